@@ -1,0 +1,93 @@
+"""Benchmark: images/s of pneumo's ingest + preprocess against a naive single-process PIL loop.
+
+Both read the same files in the same run; prints one JSON object.
+Usage: python bench/preprocess.py [--data ../shared/data/chest_xray] [--image-size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pneumo.data.ingest import build_manifest
+from pneumo.data.preprocess import decode_many
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def naive_loop(paths: list[Path], image_size: int) -> np.ndarray:
+    """What a first script does: hash, open, convert, resize, one file at a time."""
+    out = np.empty((len(paths), image_size, image_size), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        with Image.open(path) as img:
+            out[i] = np.asarray(img.convert("L").resize((image_size, image_size)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "chest_xray")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+    start = time.perf_counter()
+    manifest, _, _ = build_manifest(args.data, args.workers)
+    ingest_s = time.perf_counter() - start
+    paths = [str(args.data / p) for p in manifest["path"]]
+    start = time.perf_counter()
+    images = decode_many(paths, args.image_size, args.workers)
+    preprocess_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    naive = naive_loop([Path(p) for p in paths], args.image_size)
+    naive_s = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", images)
+        array_mb = (Path(tmp) / "x.npy").stat().st_size / 1e6
+
+    n = len(paths)
+    print(
+        json.dumps(
+            {
+                "benchmark": "ingest+preprocess",
+                "images": n,
+                "image_size": args.image_size,
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+                "pneumo": {
+                    "ingest_s": round(ingest_s, 3),
+                    "preprocess_s": round(preprocess_s, 3),
+                    "images_per_s": round(n / (ingest_s + preprocess_s), 1),
+                },
+                "naive_single_process_pil": {
+                    "seconds": round(naive_s, 3),
+                    "images_per_s": round(n / naive_s, 1),
+                },
+                "speedup": round(naive_s / (ingest_s + preprocess_s), 2),
+                "mean_abs_pixel_difference_vs_naive": round(
+                    float(np.abs(images.astype(int) - naive).mean()), 3
+                ),
+                "array_megabytes": round(array_mb, 1),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

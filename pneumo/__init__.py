@@ -1,0 +1,16 @@
+"""pneumo: detect pneumonia in paediatric chest X-rays, from a raw folder to a served model."""
+
+import os
+
+# Telemetry off for every tool in the stack, before any of them is imported.
+for _name, _value in {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+__version__ = "0.1.0"

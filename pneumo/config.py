@@ -1,0 +1,217 @@
+"""params.yaml -> typed settings: the only place hyper-parameters and data locations are read.
+
+Unknown keys and invalid values are rejected with a message that names the key, so a typo in
+params.yaml fails before any work starts instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pneumo.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Section):
+    root: Path = Field(Path("../shared/data/chest_xray"), description="Kermany-layout dataset folder")
+
+
+class IngestSettings(_Section):
+    max_quarantine_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    workers: int = Field(0, ge=0, description="0 = one per CPU core")
+
+
+class ValidateSettings(_Section):
+    min_rows: int = Field(100, ge=1)
+    max_rows: int = Field(200_000, ge=1)
+    min_side: int = Field(64, ge=1, description="smallest acceptable width/height in pixels")
+    max_side: int = Field(8192, ge=1)
+    min_pneumonia_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    max_pneumonia_fraction: float = Field(0.9, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateSettings:
+        for low, high in (
+            ("min_rows", "max_rows"),
+            ("min_side", "max_side"),
+            ("min_pneumonia_fraction", "max_pneumonia_fraction"),
+        ):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} must not exceed {high}")
+        return self
+
+
+class SplitSettings(_Section):
+    seed: int = 42
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(
+        0.15, gt=0.0, lt=0.5, description="used only when the dataset has no test/ folder"
+    )
+    stratify_tolerance: float = Field(
+        0.03, gt=0.0, le=0.2, description="max |pneumonia share of a split - share of its pool|"
+    )
+
+
+class PreprocessSettings(_Section):
+    image_size: int = Field(128, ge=32, le=512)
+    workers: int = Field(0, ge=0, description="0 = one per CPU core")
+
+
+class ResNetOptions(_Section):
+    widths: tuple[int, ...] = Field((32, 64, 128, 256), min_length=1, max_length=6)
+    blocks_per_stage: int = Field(1, ge=1, le=4)
+    stem_width: int = Field(24, ge=4, le=256)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class PaperCNNOptions(_Section):
+    hidden_units: int = Field(128, ge=1, le=4096)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="used by 2+ blocks, as in the paper")
+
+
+class ModelSettings(_Section):
+    arch: Literal["paper_cnn1", "paper_cnn2", "paper_cnn3", "paper_cnn4", "resnet"] = "resnet"
+    resnet: ResNetOptions = ResNetOptions()
+    paper_cnn: PaperCNNOptions = PaperCNNOptions()
+    tta: bool = Field(False, description="average predictions over small shifts at inference")
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options of the chosen architecture's family (its sub-section)."""
+        family = self.paper_cnn if self.arch.startswith("paper_cnn") else self.resnet
+        return family.model_dump(mode="json")
+
+
+class AugmentSettings(_Section):
+    enabled: bool = True
+    rotation_degrees: float = Field(10.0, ge=0.0, le=45.0)
+    translate: float = Field(0.08, ge=0.0, le=0.3, description="max shift, fraction of the side")
+    scale_min: float = Field(0.9, gt=0.0, le=1.0)
+    scale_max: float = Field(1.15, ge=1.0, le=2.0)
+    hflip_p: float = Field(0.0, ge=0.0, le=1.0)
+    gamma_min: float = Field(0.6, gt=0.0, le=1.0)
+    gamma_max: float = Field(1.6, ge=1.0, le=5.0)
+    brightness: float = Field(0.3, ge=0.0, lt=1.0)
+    contrast: float = Field(0.3, ge=0.0, lt=1.0)
+    equalize_p: float = Field(0.1, ge=0.0, le=1.0)
+    blur_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_sigma_max: float = Field(1.0, ge=0.1, le=5.0)
+    noise_p: float = Field(0.2, ge=0.0, le=1.0)
+    noise_sigma: float = Field(0.03, ge=0.0, le=0.5, description="fraction of the 0..255 range")
+    erase_p: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TrainSettings(_Section):
+    seed: int = 42
+    epochs: int = Field(40, ge=1, le=1000, description="maximum; early stopping may end sooner")
+    batch_size: int = Field(64, ge=2, le=4096)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(2e-3, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    class_balance: Literal["sampler", "weights", "none"] = "sampler"
+    label_smoothing: float = Field(0.05, ge=0.0, lt=0.5)
+    ema_decay: float = Field(0.998, ge=0.0, lt=1.0, description="0 = no weight averaging")
+    monitor: Literal["val_auc", "val_loss"] = "val_loss"
+    early_stopping_patience: int = Field(8, ge=0, description="epochs; 0 = never stop early")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per available core")
+    augment: AugmentSettings = AugmentSettings()
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSettings:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError("warmup_epochs must be smaller than epochs")
+        return self
+
+
+class TrackingSettings(_Section):
+    uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI; relative to the root")
+    experiment: str = Field("pneumo", min_length=1)
+    log_model: bool = True
+
+
+class Settings(_Section):
+    data: DataSettings = DataSettings()
+    ingest: IngestSettings = IngestSettings()
+    validate_: ValidateSettings = Field(ValidateSettings(), alias="validate")
+    split: SplitSettings = SplitSettings()
+    preprocess: PreprocessSettings = PreprocessSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _image_fits_model(self) -> Settings:
+        from pneumo.models import min_image_size  # torch-free: keeps config imports fast
+
+        needed = min_image_size(self.model.arch, self.model.options())
+        if self.preprocess.image_size < needed:
+            # ConfigError, not ValueError: pydantic would report it under an empty key.
+            raise ConfigError(
+                f"preprocess.image_size {self.preprocess.image_size} is too small for model.arch "
+                f"'{self.model.arch}' (needs >= {needed}): raise preprocess.image_size or choose "
+                "a shallower model.arch"
+            )
+        return self
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        for name, field in model.model_fields.items():
+            if part in (name, field.alias) and isinstance(field.annotation, type):
+                if issubclass(field.annotation, BaseModel):
+                    model = field.annotation
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(_section_model(loc))
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(known)})"
+        return f"unknown key '{key}'{suggestion}"
+    return f"invalid value for '{key}': {error['msg']}"
+
+
+def load_settings(path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read and validate params.yaml; ``overrides`` maps dotted keys to values (e.g. the CLI's --data)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (data:, ingest:, ...)")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None

@@ -1,0 +1,1 @@
+"""Data steps: ingest (manifest), validate (GX contract), split, preprocess."""

@@ -1,0 +1,113 @@
+"""The one place that knows where each pipeline step reads and writes inside a workspace.
+
+Paths are relative to the workspace root (the repository by default), matching ``dvc.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path = Path(".")
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "data" / "manifest.parquet"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "data" / "quarantine.csv"
+
+    @property
+    def rejected_quarantine(self) -> Path:
+        """Quarantine report of a failed ingest; kept apart so the last good one survives."""
+        return self.root / "data" / "quarantine.rejected.csv"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "reports" / "validation.json"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.root / "reports" / "data_docs"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "data" / "split.parquet"
+
+    @property
+    def split_metrics(self) -> Path:
+        return self.root / "metrics" / "split.json"
+
+    @property
+    def arrays_dir(self) -> Path:
+        return self.root / "data" / "arrays"
+
+    def arrays(self, split: str) -> Path:
+        return self.arrays_dir / f"{split}.npz"
+
+    @property
+    def array_stats(self) -> Path:
+        return self.arrays_dir / "stats.json"
+
+    @property
+    def model(self) -> Path:
+        """The trained network (weights + metadata) that evaluation and serving load."""
+        return self.root / "models" / "model.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Resumable training state, rewritten every epoch; not a DVC output (it must survive)."""
+        return self.root / "models" / "checkpoint.pt"
+
+    @property
+    def run_id(self) -> Path:
+        """MLflow run id of the training, so evaluation logs into the same run."""
+        return self.root / "models" / "run_id.txt"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.root / "metrics" / "train.json"
+
+    @property
+    def train_history(self) -> Path:
+        """Per-epoch metrics as CSV, for `dvc plots`."""
+        return self.root / "reports" / "train_history.csv"
+
+    @property
+    def train_curves(self) -> Path:
+        return self.root / "reports" / "train_curves.png"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        """Artifact store of the default embedded MLflow backend."""
+        return self.root / "mlartifacts"
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` and move it into place only on success.
+
+    A failed or interrupted step therefore never replaces the output of an earlier good run.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs should look like any file
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

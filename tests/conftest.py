@@ -1,0 +1,62 @@
+"""Shared fixtures: where the real data lives, and small synthetic Kermany folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PNEUMO_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.is_dir():
+        message = f"real data not found at {path} (set PNEUMO_SHARED_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must exercise the real images, never skip them
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    """The shared Kermany train/val folder (224 px, 5,232 images), read-only."""
+    return _require(SHARED_DATA / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def originals_root() -> Path:
+    """48 full-resolution radiographs in {NORMAL,PNEUMONIA}/ folders, read-only."""
+    return _require(SHARED_DATA / "originals")
+
+
+def write_image(
+    path: Path, size: tuple[int, int] = (80, 72), seed: int = 0, mode: str = "L"
+) -> Path:
+    """A small random radiograph-like image; different seeds give different bytes."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0]), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+@pytest.fixture()
+def synthetic_root(tmp_path: Path) -> Path:
+    """A tiny Kermany-layout folder: 3 patients per class in train, one test image per class."""
+    root = tmp_path / "chest_xray"
+    seed = 0
+    for split, patients in (("train", range(1, 4)), ("test", range(10, 11))):
+        for p in patients:
+            for k in range(2):
+                seed += 1
+                write_image(root / split / "NORMAL" / f"IM-{p:04d}-000{k + 1}.jpeg", seed=seed)
+                seed += 1
+                write_image(
+                    root / split / "PNEUMONIA" / f"person{p}_bacteria_{seed}.jpeg", seed=seed
+                )
+    return root
