@@ -7,6 +7,8 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?=
 PYTEST_ARGS ?=
+# e.g. SERVE_ARGS=--from-workspace to serve this workspace's model instead of the registry champion
+SERVE_ARGS ?=
 
 # Telemetry off for every tool of the stack.
 export DO_NOT_TRACK := 1
@@ -18,7 +20,7 @@ export GX_ANALYTICS_ENABLED := false
 # dvc.yaml's commands (`pneumo ...`) come from the project's virtual environment.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test lint bench clean-venv
+.PHONY: venv run test lint bench bench-serve serve clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,20 +31,26 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-run: $(STAMP)  ## the main job: dataset folder -> validated, versioned, split, preprocessed data
+run: $(STAMP)  ## the main job: the Prefect retrain flow (validate, dvc repro, gate, register, package)
 	@if [ -n "$(DATA)" ]; then $(BIN)/pneumo params set data.root="$(DATA)"; fi
-	$(BIN)/dvc repro
+	$(BIN)/python -m flows.retrain --workspace .
 
 test: $(STAMP)  ## lint + the whole test suite (slow end-to-end tests included)
-	$(BIN)/ruff check pneumo tests bench
+	$(BIN)/ruff check pneumo flows serving tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pneumo tests bench
-	$(BIN)/ruff format --check pneumo tests bench
+	$(BIN)/ruff check pneumo flows serving tests bench
+	$(BIN)/ruff format --check pneumo flows serving tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
+
+bench-serve: $(STAMP)  ## requests/s and latency of /predict (bounded; starts and stops its own servers)
+	$(BIN)/python bench/serve.py
+
+serve: $(STAMP)  ## serve the registry champion over HTTP (packaged into a Bento first if needed)
+	$(BIN)/pneumo serve $(SERVE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

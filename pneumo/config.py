@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pneumo.errors import ConfigError
 
@@ -141,6 +148,134 @@ class TrackingSettings(_Section):
     log_model: bool = True
 
 
+class EvaluateSettings(_Section):
+    threshold_rule: Literal["youden", "target_sensitivity", "fixed"] = Field(
+        "youden", description="how the decision threshold is chosen on the validation split"
+    )
+    target_sensitivity: float = Field(0.95, gt=0.0, lt=1.0, description="target_sensitivity rule")
+    fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="fixed rule")
+    bootstrap_samples: int = Field(1000, ge=0, le=100_000, description="0 = no intervals")
+    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
+    calibration_bins: int = Field(10, ge=2, le=100)
+    batch_size: int = Field(128, ge=1, le=4096)
+    seed: int = 0
+
+
+class CompareSettings(_Section):
+    paper_archs: list[Literal["paper_cnn1", "paper_cnn2", "paper_cnn3", "paper_cnn4"]] = Field(
+        default_factory=lambda: ["paper_cnn1", "paper_cnn2", "paper_cnn3", "paper_cnn4"]
+    )
+    epochs: int = Field(8, ge=1, le=1000, description="training epochs of each paper CNN")
+    logistic_image_size: int = Field(32, ge=8, le=128, description="downsampled side for the pixels")
+    logistic_c: float = Field(0.1, gt=0.0, description="inverse L2 strength of the logistic regression")
+
+
+class ExplainSettings(_Section):
+    n_per_group: int = Field(4, ge=1, le=32, description="images per TP/TN/FP/FN group")
+    alpha: float = Field(0.4, gt=0.0, lt=1.0, description="heatmap opacity over the radiograph")
+    seed: int = 0
+
+
+GateMetric = Literal["roc_auc", "accuracy", "sensitivity", "specificity", "f1", "pr_auc"]
+
+
+class RegistrySettings(_Section):
+    """The promotion gate: floors every new model must reach, and how far it may trail the champion."""
+
+    model_name: str = Field("pneumo-cnn", min_length=1, pattern=r"^[A-Za-z0-9][\w.-]*$")
+    min_roc_auc: float = Field(0.90, ge=0.0, le=1.0, description="test ROC-AUC floor")
+    min_sensitivity: float = Field(0.85, ge=0.0, le=1.0, description="test sensitivity floor")
+    min_specificity: float = Field(0.70, ge=0.0, le=1.0, description="test specificity floor")
+    margin: float = Field(
+        0.01, ge=0.0, description="non-inferiority: how much worse than the champion is tolerated"
+    )
+    primary_metrics: list[GateMetric] = Field(
+        default_factory=lambda: ["roc_auc", "accuracy"],
+        min_length=1,
+        description="metrics on which the challenger must not trail the champion by > margin",
+    )
+
+    @field_validator("min_roc_auc", "min_sensitivity", "min_specificity")
+    @classmethod
+    def _floor_attainable(cls, value: float) -> float:
+        if value >= 1.0:
+            raise ValueError(
+                "a floor of 1.0 demands a perfect test score, so no model could ever be "
+                "promoted: use a value below 1, e.g. 0.9"
+            )
+        return value
+
+    @field_validator("margin")
+    @classmethod
+    def _margin_meaningful(cls, value: float) -> float:
+        if value >= 1.0:
+            raise ValueError(
+                "a margin of 1 or more lets any challenger replace the champion, however bad: "
+                "use a small value such as 0.01"
+            )
+        return value
+
+    @field_validator("primary_metrics")
+    @classmethod
+    def _metrics_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("list each metric once")
+        return value
+
+
+class ScoreSettings(_Section):
+    """`pneumo score`: a large folder scored in chunks on a Dask cluster, resumable by chunk."""
+
+    chunk_size: int = Field(500, ge=1, le=100_000, description="images per task")
+    dask_address: str | None = Field(
+        None, description="Dask scheduler, e.g. tcp://dask-scheduler:8786; null = a local cluster"
+    )
+    n_workers: int = Field(0, ge=0, description="local cluster processes; 0 = one per CPU core")
+    threads_per_worker: int = Field(1, ge=1, le=64, description="also the torch threads per task")
+    batch_size: int = Field(64, ge=1, le=4096)
+    output: Path = Field(Path("scores/scores.parquet"), description=".parquet or .csv")
+    work_dir: Path = Field(
+        Path("scores/chunks"), description="one result per chunk; a rerun skips the done ones"
+    )
+
+    @field_validator("output")
+    @classmethod
+    def _known_format(cls, value: Path) -> Path:
+        if value.suffix.lower() not in (".parquet", ".csv"):
+            raise ValueError(f"'{value}' must end in .parquet or .csv")
+        return value
+
+
+class ServeSettings(_Section):
+    """The BentoML diagnostic service (serving/): limits, batching, referral rule, where it runs."""
+
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="`make serve` address; 0.0.0.0 exposes it"
+    )
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(
+        1, ge=1, le=64, description="model worker processes; torch threads = cores / workers"
+    )
+    adaptive_batching: bool = Field(True, description="group concurrent requests into one model call")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="images per model call")
+    max_latency_ms: int = Field(
+        5000, ge=10, le=600_000, description="a queued image is answered 503 after waiting this long"
+    )
+    referral_margin: float = Field(
+        0.1, ge=0.0, lt=0.5, description="refer when |probability - threshold| < margin"
+    )
+    max_request_bytes: int = Field(20_000_000, ge=1024, description="larger bodies get 413")
+    max_pixels: int = Field(
+        50_000_000, ge=4096, description="width x height from the header; larger images get 413"
+    )
+    min_side: int = Field(64, ge=1, description="narrower or shorter images get 422")
+    max_batch_files: int = Field(64, ge=1, le=1024, description="radiographs per /predict_batch")
+    max_concurrency: int = Field(64, ge=1, description="requests in flight; more get 503")
+    bentoml_home: Path = Field(
+        Path(".bentoml"), description="BentoML model and Bento store; relative to the workspace"
+    )
+
+
 class Settings(_Section):
     data: DataSettings = DataSettings()
     ingest: IngestSettings = IngestSettings()
@@ -150,6 +285,12 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
     tracking: TrackingSettings = TrackingSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    compare: CompareSettings = CompareSettings()
+    explain: ExplainSettings = ExplainSettings()
+    registry: RegistrySettings = RegistrySettings()
+    score: ScoreSettings = ScoreSettings()
+    serve: ServeSettings = ServeSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

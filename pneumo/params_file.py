@@ -25,7 +25,7 @@ def set_param(path: Path, dotted_key: str, raw_value: str) -> bool:
     *parents, leaf = dotted_key.split(".")
     for part in parents:
         if part not in node:
-            raise ConfigError(f"unknown section '{part}' in key '{dotted_key}'")
+            node[part] = {}  # a section left to its defaults; validation below catches typos
         node = node[part]
     if leaf in node and node[leaf] == value:
         return False

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,10 +26,18 @@ from pneumo.workspace import Workspace
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"  # the logged model's name inside the run
+# A team server given as MLFLOW_TRACKING_URI wins over tracking.uri. Read once, as the process
+# starts: MLflow copies every URI passed to mlflow.set_tracking_uri into that variable (for its
+# subprocesses), so later it would only echo whichever store this process used last.
+ENV_TRACKING_URI: str | None = os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
 def resolve_uri(uri: str, workspace: Workspace) -> str:
-    """Make a relative ``sqlite:///file.db`` URI relative to the workspace, not the cwd."""
+    """The store to use: ``MLFLOW_TRACKING_URI`` (a team server) wins over ``uri`` (params.yaml).
+
+    A relative ``sqlite:///file.db`` is relative to the workspace, not the current directory.
+    """
+    uri = ENV_TRACKING_URI or uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not Path(uri[len(prefix) :]).is_absolute():
         return prefix + str((workspace.root / uri[len(prefix) :]).resolve())
@@ -36,12 +46,13 @@ def resolve_uri(uri: str, workspace: Workspace) -> str:
 
 def configure(settings: TrackingSettings, workspace: Workspace) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id."""
-    mlflow.set_tracking_uri(resolve_uri(settings.uri, workspace))
+    uri = resolve_uri(settings.uri, workspace)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(settings.experiment)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
-    if settings.uri.startswith("sqlite:"):
+    if uri.startswith("sqlite:"):
         # Keep artifacts in the workspace, not in whatever directory the process started from.
         artifact_location = workspace.mlflow_artifacts.resolve().as_uri()
     return mlflow.create_experiment(settings.experiment, artifact_location=artifact_location)
@@ -112,18 +123,27 @@ def training_run(settings: Settings, workspace: Workspace, run_id: str | None) -
             if commit:
                 tags["git_commit"] = commit
             mlflow.set_tags(tags)
-        yield run.info.run_id
+        try:
+            yield run.info.run_id
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")  # resumable: the next `pneumo train` reopens it
+            raise
 
 
-def log_dataset(path: Path, images: np.ndarray, labels: np.ndarray, context: str) -> None:
+def log_dataset(
+    path: Path, images: np.ndarray, labels: np.ndarray, context: str, sha256: str | None = None
+) -> None:
     """Record which data version the run used (digest = hash of the arrays file)."""
-    dataset = mlflow.data.from_numpy(
-        features=images,
-        targets=labels,
-        source=str(Path(path).resolve()),
-        name=Path(path).stem,
-        digest=file_digest(path)[:16],
-    )
+    with warnings.catch_warnings():
+        # MLflow registers two local-file source classes and warns that it picks one of them.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(
+            features=images,
+            targets=labels,
+            source=str(Path(path).resolve()),
+            name=Path(path).stem,
+            digest=(sha256 or file_digest(path))[:16],
+        )
     mlflow.log_input(dataset, context=context)
 
 
@@ -161,3 +181,38 @@ def log_pyfunc_model(model_path: Path, example: np.ndarray, probabilities: np.nd
         ],
     )
     return info.model_uri
+
+
+def log_to_run(
+    settings: Settings,
+    workspace: Workspace,
+    run_id: str,
+    metrics: dict[str, float],
+    files: list[Path],
+    artifact_dir: str,
+) -> None:
+    """Reopen a finished run (e.g. the training's) and add metrics and files to it."""
+    configure(settings.tracking, workspace)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+
+
+def log_standalone_run(
+    settings: Settings,
+    workspace: Workspace,
+    step: str,
+    files: list[Path],
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """A run of its own for a step that trains nothing to keep (e.g. `pneumo compare`)."""
+    experiment_id = configure(settings.tracking, workspace)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=step, tags={"pipeline_step": step}
+    ) as run:
+        if metrics:
+            mlflow.log_metrics(metrics)
+        for path in files:
+            mlflow.log_artifact(str(path))
+        return run.info.run_id

@@ -16,6 +16,9 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Workspace:
     root: Path = Path(".")
+    # Read the arrays from another workspace (e.g. `pneumo compare` trains baselines in a
+    # scratch folder on the main workspace's data); None = this workspace's own data/arrays.
+    shared_arrays: Path | None = None
 
     @property
     def manifest(self) -> Path:
@@ -48,7 +51,7 @@ class Workspace:
 
     @property
     def arrays_dir(self) -> Path:
-        return self.root / "data" / "arrays"
+        return self.shared_arrays or self.root / "data" / "arrays"
 
     def arrays(self, split: str) -> Path:
         return self.arrays_dir / f"{split}.npz"
@@ -84,6 +87,39 @@ class Workspace:
     @property
     def train_curves(self) -> Path:
         return self.root / "reports" / "train_curves.png"
+
+    @property
+    def decision(self) -> Path:
+        """The decision threshold chosen on the validation split, travelling with the model."""
+        return self.root / "models" / "decision.json"
+
+    @property
+    def eval_metrics(self) -> Path:
+        """Test-split metrics with confidence intervals: the DVC metric of the evaluate stage."""
+        return self.root / "metrics" / "metrics.json"
+
+    @property
+    def eval_plots(self) -> Path:
+        """ROC, PR, confusion and calibration data (CSV) and figures (PNG) for `dvc plots`."""
+        return self.root / "plots" / "evaluate"
+
+    @property
+    def test_predictions(self) -> Path:
+        return self.root / "plots" / "evaluate" / "test_predictions.csv"
+
+    @property
+    def explain_dir(self) -> Path:
+        return self.root / "plots" / "explain"
+
+    @property
+    def comparison(self) -> Path:
+        """Baselines vs the default model vs published results (markdown; CSV beside it)."""
+        return self.root / "reports" / "comparison.md"
+
+    @property
+    def registry_decision(self) -> Path:
+        """The last promotion-gate decision (champion vs challenger), written by the register step."""
+        return self.root / "reports" / "registry_decision.json"
 
     @property
     def mlflow_artifacts(self) -> Path:

@@ -82,33 +82,54 @@ def decode_radiograph(
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
 
 
-def _decode_path(args: tuple[str, int]) -> np.ndarray:
+def _decode_path(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
     path, image_size = args
-    return decode_radiograph(path, image_size)
+    try:
+        return decode_radiograph(path, image_size), None
+    except ImageDecodeError as exc:
+        return None, str(exc)
+    except OSError as exc:  # unreadable file: permissions, vanished, a folder
+        return None, f"cannot read file: {exc.strerror or exc}"
 
 
-def decode_many(
+def decode_files(
     paths: list[str], image_size: int, workers: int = 0, desc: str = "decode"
-) -> np.ndarray:
-    """Decode many files into one (N, size, size) uint8 array, on every core."""
-    out = np.empty((len(paths), image_size, image_size), dtype=np.uint8)
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode many files on every core; a file that fails gets a blank image and its error."""
+    out = np.zeros((len(paths), image_size, image_size), dtype=np.uint8)
+    errors: list[str | None] = [None] * len(paths)
     if not paths:
-        return out
+        return out, errors
     workers = workers or os.cpu_count() or 1
     jobs = [(p, image_size) for p in paths]
     chunksize = max(1, min(64, len(jobs) // (workers * 8) or 1))
     bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=None)
     if workers == 1:
-        for i, job in enumerate(jobs):
-            out[i] = _decode_path(job)
-            bar.update()
+        results = map(_decode_path, jobs)
+        pool = None
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, pixels in enumerate(pool.map(_decode_path, jobs, chunksize=chunksize)):
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(_decode_path, jobs, chunksize=chunksize)
+    try:
+        for i, (pixels, error) in enumerate(results):
+            if pixels is not None:
                 out[i] = pixels
-                bar.update()
-    bar.close()
-    return out
+            errors[i] = error
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown()
+    return out, errors
+
+
+def decode_many(paths: list[str], image_size: int, workers: int = 0, desc: str = "decode") -> np.ndarray:
+    """Decode many files into one (N, size, size) uint8 array; any unreadable file is an error."""
+    images, errors = decode_files(paths, image_size, workers, desc)
+    for path, error in zip(paths, errors, strict=True):
+        if error is not None:
+            raise ImageDecodeError(f"{path}: {error}")
+    return images
 
 
 def save_arrays(path: Path, images: np.ndarray, frame: pd.DataFrame) -> None:

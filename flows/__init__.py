@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration around pneumo's plain functions (retries, schedules, artifacts)."""

@@ -1,0 +1,133 @@
+"""Network definitions and the one file format for trained weights.
+
+Every network takes standardised images (N, 1, S, S) and returns one pneumonia logit per image,
+shape (N,). A model file holds only tensors and JSON-able metadata, loaded with
+``torch.load(weights_only=True)``, so opening a model file never runs code from it.
+
+torch is imported inside the functions that need it: ``pneumo.config`` checks image sizes against
+:func:`min_image_size` and must stay quick to import for every CLI command.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pneumo.errors import ConfigError, PneumoError
+from pneumo.workspace import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+FORMAT_VERSION = 1
+PAPER_ARCHS: dict[str, int] = {f"paper_cnn{blocks}": blocks for blocks in (1, 2, 3, 4)}
+ARCHITECTURES: tuple[str, ...] = (*PAPER_ARCHS, "resnet")
+# The last feature map must keep at least this many pixels per side to hold any spatial context.
+MIN_FINAL_SIDE = 2
+
+
+class ModelFileError(PneumoError):
+    """A model file is missing, damaged, or was written by an incompatible version of pneumo."""
+
+
+def downsampling(arch: str, options: dict[str, Any] | None = None) -> int:
+    """Total stride of the network: the input side is divided by this before the classifier."""
+    options = options or {}
+    if arch in PAPER_ARCHS:
+        return 2 ** PAPER_ARCHS[arch]
+    if arch == "resnet":
+        return 2 ** (1 + len(options.get("widths", (32, 64, 128, 256))))
+    raise ConfigError(f"unknown model.arch '{arch}': choose one of {', '.join(ARCHITECTURES)}")
+
+
+def min_image_size(arch: str, options: dict[str, Any] | None = None) -> int:
+    """Smallest input side the architecture can take (preprocess.image_size must reach it)."""
+    return downsampling(arch, options) * MIN_FINAL_SIDE
+
+
+def build_model(arch: str, image_size: int, **options: Any) -> nn.Module:
+    """Build an untrained network by name; options are the arch family's keys in params.yaml."""
+    import torch
+
+    needed = min_image_size(arch, options)
+    if image_size < needed:
+        raise ConfigError(
+            f"preprocess.image_size {image_size} is too small for model.arch '{arch}': it needs "
+            f"at least {needed} px; raise preprocess.image_size or choose a shallower model.arch"
+        )
+    try:
+        if arch in PAPER_ARCHS:
+            from pneumo.models.paper_cnn import PaperCNN
+
+            model: nn.Module = PaperCNN(PAPER_ARCHS[arch], image_size, **options)
+        else:
+            from pneumo.models.resnet import ResNet
+
+            if "widths" in options:
+                options = {**options, "widths": tuple(options["widths"])}
+            model = ResNet(**options)
+    except TypeError as exc:
+        raise ConfigError(f"invalid option for model.arch '{arch}': {exc}") from exc
+    model.image_size = image_size  # lets inference reject images of the wrong size
+    # channels_last lets oneDNN pick its fastest CPU convolutions (about 1.5-2x here).
+    return model.to(memory_format=torch.channels_last)
+
+
+def _check_json_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(metadata))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"model metadata must be JSON-able primitives: {exc}") from exc
+
+
+def save_model(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
+    """Write weights + metadata atomically; metadata must name arch, image_size and options."""
+    import torch
+
+    missing = {"arch", "image_size", "options"} - metadata.keys()
+    if missing:
+        raise ValueError(f"model metadata lacks {sorted(missing)}: load_model needs them")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {
+        "format_version": FORMAT_VERSION,
+        # JSON text, not nested containers: the restricted unpickler then only sees str + tensors.
+        "metadata": json.dumps(_check_json_metadata(metadata)),
+        "state_dict": state,
+    }
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network from a file written by :func:`save_model`; returned in eval mode."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path} not found: train a model first (`pneumo train`)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        metadata = json.loads(payload["metadata"])
+        version = payload["format_version"]
+        state = payload["state_dict"]
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        OSError,
+        EOFError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as exc:
+        # UnpicklingError: the file holds pickled code, which weights_only loading refuses.
+        raise ModelFileError(f"{path} is not a pneumo model file: {exc}") from exc
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has format version {version}, this pneumo reads {FORMAT_VERSION}: retrain"
+        )
+    model = build_model(metadata["arch"], int(metadata["image_size"]), **metadata["options"])
+    model.load_state_dict(state)
+    model.eval()
+    return model, metadata

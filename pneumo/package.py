@@ -1,0 +1,331 @@
+"""Package the champion for serving: registry (or workspace) model -> BentoML model store -> Bento.
+
+The model store gets the three files the service needs (weights, decision threshold, evaluation
+metrics) under one versioned tag, and the Bento pairs that tag with this source tree's service
+code and the source tree's params.yaml (its ``serve.*`` limits). Both stores live in
+``serve.bentoml_home`` inside the workspace, so packaging never touches ``~/bentoml``, and the
+build never reaches a package index (``python.lock_packages: false``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pneumo.config import Settings
+from pneumo.errors import PipelineOrderError, PneumoError
+from pneumo.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+BENTO_NAME = "pneumo"
+# The source tree that holds serving/ next to pneumo/: the Bento's build context.
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+BENTOFILE = SOURCE_ROOT / "serving" / "bentofile.yaml"
+MODEL_FILE, DECISION_FILE, METRICS_FILE = "model.pt", "decision.json", "metrics.json"
+# Read by serving/service.py at import: which model-store tag the service loads. Without it
+# the service takes the model a Bento names under CHAMPION_ALIAS, else the latest import.
+MODEL_TAG_ENV = "PNEUMO_MODEL_TAG"
+CHAMPION_ALIAS = "champion"
+# Files whose content makes a Bento: when one changes, `pneumo package` rebuilds the Bento.
+BENTO_SOURCES = ("serving/*.py", "serving/bentofile.yaml", "pneumo/**/*.py", "params.yaml")
+
+
+class PackagingError(PneumoError):
+    """The champion cannot be imported into the model store or built into a Bento."""
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """What `pneumo package` produced: the model-store tag and the Bento tag that serves it."""
+
+    model_tag: str
+    bento_tag: str
+    metadata: dict[str, Any]
+    reused_model: bool
+    reused_bento: bool
+
+    def __str__(self) -> str:
+        return self.bento_tag
+
+
+def bentoml_home(settings: Settings, workspace: Workspace) -> Path:
+    """``serve.bentoml_home``, relative paths taken from the workspace root."""
+    home = Path(settings.serve.bentoml_home)
+    return (home if home.is_absolute() else Path(workspace.root) / home).resolve()
+
+
+def use_bentoml_home(home: Path) -> Path:
+    """Point BentoML (this process and the servers it starts) at ``home``.
+
+    BentoML reads BENTOML_HOME once and caches its stores, so the cached providers are
+    overridden too: a process can package into a workspace after BentoML was already used.
+    """
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    home = Path(home).resolve()
+    folders = {name: home / name for name in ("bentos", "models", "envs", "tmp")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ["BENTOML_HOME"] = str(home)
+    container = BentoMLContainer
+    container.bentoml_home.set(str(home))
+    container.bento_store_dir.set(str(folders["bentos"]))
+    container.model_store_dir.set(str(folders["models"]))
+    container.env_store_dir.set(str(folders["envs"]))
+    container.tmp_bento_store_dir.set(str(folders["tmp"]))
+    container.bento_store.set(BentoStore(str(folders["bentos"])))
+    container.tmp_bento_store.set(BentoStore(str(folders["tmp"])))
+    container.model_store.set(ModelStore(str(folders["models"])))
+    return home
+
+
+def _sha256(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Test-split numbers worth showing in `bentoml models list` (flat or nested reports)."""
+    source = metrics.get("test") if isinstance(metrics.get("test"), dict) else metrics
+    names = ("roc_auc", "accuracy", "sensitivity", "specificity")
+    found = {}
+    for name in names:
+        value = source.get(name, source.get(f"test_{name}"))
+        if isinstance(value, int | float):
+            found[name] = float(value)
+    return found
+
+
+def fetch_from_workspace(workspace: Workspace, dest: Path) -> dict[str, Any]:
+    """Copy this workspace's evaluated model into ``dest``; metadata as the registry gives it."""
+    for path, step in (
+        (workspace.model, "pneumo train"),
+        (workspace.decision, "pneumo evaluate"),
+        (workspace.eval_metrics, "pneumo evaluate"),
+    ):
+        if not path.is_file():
+            raise PipelineOrderError(f"{path} not found: run `{step}` (or `dvc repro`) first")
+    shutil.copyfile(workspace.model, dest / MODEL_FILE)
+    shutil.copyfile(workspace.decision, dest / DECISION_FILE)
+    shutil.copyfile(workspace.eval_metrics, dest / METRICS_FILE)
+    run_id = workspace.run_id.read_text().strip() if workspace.run_id.is_file() else ""
+    decision = json.loads((dest / DECISION_FILE).read_text())
+    return {
+        "name": None,
+        "version": None,
+        "run_id": run_id or None,
+        "threshold": float(decision["threshold"]),
+        "metrics": json.loads((dest / METRICS_FILE).read_text()),
+        "registered_at": None,
+    }
+
+
+def fetch_from_registry(
+    settings: Settings, workspace: Workspace, alias_or_version: str, dest: Path
+) -> dict[str, Any]:
+    """Download a registered version (default: the champion alias) through pneumo.registry."""
+    try:
+        from pneumo.registry import download_version
+    except ImportError as exc:
+        raise PackagingError(
+            f"the MLflow registry module is not available ({exc}): package this workspace's "
+            "model with `pneumo package --from-workspace`"
+        ) from exc
+    metadata = dict(
+        download_version(settings, workspace, alias_or_version=alias_or_version, dest=dest)
+    )
+    for name in (MODEL_FILE, DECISION_FILE):
+        if not (dest / name).is_file():
+            raise PackagingError(f"the registry download of '{alias_or_version}' lacks {name}")
+    if not (dest / METRICS_FILE).is_file():
+        (dest / METRICS_FILE).write_text(json.dumps(metadata.get("metrics") or {}, indent=2) + "\n")
+    return metadata
+
+
+def _model_version(metadata: dict[str, Any], digest: str) -> str:
+    """Registry version plus content digest (so two registries never collide), else the digest."""
+    if metadata.get("version") not in (None, ""):
+        return f"v{metadata['version']}-{digest[:8]}".lower()
+    return f"ws-{digest[:12]}"
+
+
+def import_champion(
+    settings: Settings,
+    workspace: Workspace,
+    from_workspace: bool = False,
+    alias_or_version: str = "champion",
+) -> tuple[str, dict[str, Any], bool]:
+    """Import the champion into the model store; returns (tag, metadata, already_there).
+
+    The weights are opened once with the weights-only loader to prove they are a pneumo model
+    before anything is stored; importing the same files twice reuses the stored model.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from pneumo.models import ModelFileError, load_model
+
+    with tempfile.TemporaryDirectory(prefix="pneumo-package-") as tmp:
+        staging = Path(tmp)
+        if from_workspace:
+            source = fetch_from_workspace(workspace, staging)
+        else:
+            source = fetch_from_registry(settings, workspace, alias_or_version, staging)
+        try:
+            _, model_metadata = load_model(staging / MODEL_FILE)
+        except ModelFileError as exc:
+            raise PackagingError(
+                f"the champion's weights are not a pneumo model file: {exc}"
+            ) from exc
+        decision = json.loads((staging / DECISION_FILE).read_text())
+        metrics = json.loads((staging / METRICS_FILE).read_text())
+        digest = _sha256(staging / MODEL_FILE, staging / DECISION_FILE)
+        tag = f"{settings.registry.model_name}:{_model_version(source, digest)}"
+        headline = _headline_metrics(metrics)
+        metadata: dict[str, Any] = {
+            "source": "workspace" if from_workspace else "registry",
+            "registered_model": source.get("name") or settings.registry.model_name,
+            "mlflow_version": str(source["version"]) if source.get("version") else "",
+            "run_id": source.get("run_id") or model_metadata.get("mlflow_run_id") or "",
+            "registered_at": str(source.get("registered_at") or ""),
+            "threshold": float(decision["threshold"]),
+            "threshold_rule": str(decision.get("rule", "")),
+            "tta": bool(decision.get("tta", False)),
+            "arch": str(model_metadata["arch"]),
+            "image_size": int(model_metadata["image_size"]),
+            "sha256": digest,
+            "metrics": headline,
+        }
+        use_bentoml_home(bentoml_home(settings, workspace))  # only now: nothing failed above
+        try:
+            bentoml.models.get(tag)
+            log.info("model %s is already in the store", tag)
+            return tag, metadata, True
+        except NotFound:
+            pass
+        labels = {
+            "source": metadata["source"],
+            "mlflow_version": metadata["mlflow_version"] or "none",
+            "run_id": metadata["run_id"] or "none",
+            "threshold": f"{metadata['threshold']:.6f}",
+            "image_size": str(metadata["image_size"]),
+            **{name: f"{value:.4f}" for name, value in headline.items()},
+        }
+        with bentoml.models.create(tag, labels=labels, metadata=metadata) as stored:
+            for name in (MODEL_FILE, DECISION_FILE, METRICS_FILE):
+                shutil.copyfile(staging / name, Path(stored.path) / name)
+    log.info("imported %s into %s", tag, os.environ["BENTOML_HOME"])
+    return tag, metadata, False
+
+
+def source_digest(root: Path = SOURCE_ROOT) -> str:
+    """Digest of the files a Bento is built from, to know when a rebuild is needed."""
+    digest = hashlib.sha256()
+    for pattern in BENTO_SOURCES:
+        for path in sorted(root.glob(pattern)):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _bentoml_command() -> list[str]:
+    return [sys.executable, "-m", "bentoml"]
+
+
+def build_bento(model_tag: str, labels: dict[str, str], force: bool = False) -> tuple[str, bool]:
+    """Build (or reuse) the Bento ``pneumo:<model version>``; returns (tag, reused).
+
+    The build reads serving/bentofile.yaml plus the model under the alias ``champion``, which the
+    service resolves when it serves the Bento. ``bentoml build`` runs in a child process so the
+    service module is imported afresh with this tag. BENTOML_HOME must already be set.
+    """
+    import bentoml
+    import yaml
+    from bentoml.exceptions import NotFound
+
+    if not BENTOFILE.is_file():
+        raise PackagingError(
+            f"{BENTOFILE} not found: package from a source checkout of pneumo (serving/ lives "
+            "beside the pneumo package)"
+        )
+    version = model_tag.split(":", 1)[1]
+    tag = f"{BENTO_NAME}:{version}"
+    digest = source_digest()
+    try:
+        existing = bentoml.get(tag)
+    except NotFound:
+        existing = None
+    if existing is not None:
+        if existing.info.labels.get("source_digest") == digest and not force:
+            log.info("Bento %s is up to date", tag)
+            return tag, True
+        log.info("rebuilding Bento %s: the service code or params changed", tag)
+        bentoml.delete(tag)
+    config = yaml.safe_load(BENTOFILE.read_text())
+    config["models"] = [{"tag": model_tag, "alias": CHAMPION_ALIAS}]
+    config["labels"] = {**config.get("labels", {}), **labels, "source_digest": digest}
+    with tempfile.TemporaryDirectory(prefix="pneumo-bentofile-") as tmp:
+        bentofile = Path(tmp) / "bentofile.yaml"
+        bentofile.write_text(yaml.safe_dump(config, sort_keys=False))
+        command = [*_bentoml_command(), "build", "-f", str(bentofile)]
+        command += ["--version", version, "-o", "tag", str(SOURCE_ROOT)]
+        env = {**os.environ, MODEL_TAG_ENV: model_tag, "BENTOML_DO_NOT_TRACK": "true"}
+        result = subprocess.run(
+            command, cwd=SOURCE_ROOT, env=env, capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        raise PackagingError(f"bentoml build failed: {' | '.join(detail)}")
+    built = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    if built != tag:
+        raise PackagingError(f"bentoml build produced {built}, expected {tag}")
+    return tag, False
+
+
+def package(
+    settings: Settings,
+    workspace: Workspace,
+    from_workspace: bool = False,
+    alias_or_version: str = "champion",
+    force: bool = False,
+) -> Packaged:
+    """Import the champion into the model store and build the Bento that serves it."""
+    model_tag, metadata, reused_model = import_champion(
+        settings, workspace, from_workspace, alias_or_version
+    )
+    labels = {
+        "model": model_tag,
+        "mlflow_version": metadata["mlflow_version"] or "none",
+        "run_id": metadata["run_id"] or "none",
+        "threshold": f"{metadata['threshold']:.6f}",
+    }
+    bento_tag, reused_bento = build_bento(model_tag, labels, force)
+    return Packaged(model_tag, bento_tag, metadata, reused_model, reused_bento)
+
+
+def serve_command(settings: Settings, bento_tag: str) -> list[str]:
+    """The `bentoml serve` command line for a packaged Bento at ``serve.host:serve.port``."""
+    return [
+        *_bentoml_command(),
+        "serve",
+        bento_tag,
+        "--host",
+        settings.serve.host,
+        "--port",
+        str(settings.serve.port),
+    ]

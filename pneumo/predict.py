@@ -1,0 +1,136 @@
+"""Batch prediction: files or folders in, one CSV row per image out.
+
+Uses exactly what evaluation uses: ``decode_radiograph`` for pixels, ``load_model`` for the
+network, ``predict_proba`` for probabilities and the validation-chosen decision threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pneumo.data.kermany import CLASSES, IMAGE_SUFFIXES
+from pneumo.errors import PipelineOrderError, PneumoError
+from pneumo.workspace import Workspace, atomic_path
+
+log = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "path", "probability", "predicted_label", "threshold", "model", "true_label", "error",
+)  # fmt: skip
+
+
+@dataclass
+class Predictor:
+    """A trained network with its decision threshold: everything needed to call a radiograph."""
+
+    model: Any
+    metadata: dict[str, Any]
+    threshold: float
+    tta: bool
+    model_id: str
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata["image_size"])
+
+    @classmethod
+    def from_files(cls, model_path: Path, decision_path: Path) -> Predictor:
+        from pneumo.models import load_model
+
+        if not Path(decision_path).is_file():
+            raise PipelineOrderError(
+                f"{decision_path} not found: run `pneumo evaluate` to choose the decision threshold"
+            )
+        model, metadata = load_model(model_path)
+        decision = json.loads(Path(decision_path).read_text())
+        digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:12]
+        model_id = f"{metadata['arch']}@{digest}"
+        return cls(
+            model, metadata, float(decision["threshold"]), bool(decision.get("tta")), model_id
+        )
+
+    @classmethod
+    def from_workspace(cls, workspace: Workspace = Workspace()) -> Predictor:
+        return cls.from_files(workspace.model, workspace.decision)
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        from pneumo.inference import predict_proba
+
+        return predict_proba(self.model, images, batch_size, tta=self.tta)
+
+    def label(self, probability: float) -> str:
+        return CLASSES[1] if probability >= self.threshold else CLASSES[0]
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Expand folders (recursively, a Kermany-layout folder included) into image files."""
+    found: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found.extend(
+                sorted(
+                    p for p in item.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                )
+            )  # fmt: skip
+        else:
+            found.append(item)  # missing or odd files still get a row that says why
+    if not found:
+        raise PneumoError(f"no images found in {', '.join(map(str, inputs))} (.jpeg, .jpg or .png)")
+    return found
+
+
+def predict_paths(
+    inputs: list[Path], predictor: Predictor, workers: int = 0, batch_size: int = 64
+) -> pd.DataFrame:
+    """Predict every image; unreadable files get a row with the error instead of stopping the run."""
+    from pneumo.data.preprocess import decode_files
+
+    files = collect_images(inputs)
+    images, errors = decode_files([str(f) for f in files], predictor.image_size, workers, "predict")
+    ok = np.array([e is None for e in errors])
+    probabilities = np.full(len(files), np.nan)
+    if ok.any():
+        probabilities[ok] = predictor.probabilities(images[ok], batch_size)
+    rows = []
+    for path, p, error in zip(files, probabilities, errors, strict=True):
+        parent = path.parent.name
+        rows.append(
+            {
+                "path": str(path),
+                "probability": round(float(p), 6) if error is None else None,
+                "predicted_label": predictor.label(float(p)) if error is None else None,
+                "threshold": round(predictor.threshold, 6),
+                "model": predictor.model_id,
+                "true_label": parent if parent in CLASSES else None,
+                "error": error,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def predict(
+    inputs: list[Path], output: Path, predictor: Predictor, workers: int = 0, batch_size: int = 64
+) -> pd.DataFrame:
+    """Write predictions as CSV (atomically) and return them."""
+    frame = predict_paths(inputs, predictor, workers, batch_size)
+    with atomic_path(Path(output)) as tmp:
+        frame.to_csv(tmp, index=False)
+    failed = frame["error"].notna().sum()
+    if failed:
+        log.warning(
+            "%d of %d files could not be read; see the error column of %s",
+            failed,
+            len(frame),
+            output,
+        )
+    return frame

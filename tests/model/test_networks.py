@@ -1,0 +1,116 @@
+"""Network definitions, the model file format, and params that cannot build a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumo.errors import ConfigError
+from pneumo.models import (
+    ARCHITECTURES,
+    ModelFileError,
+    build_model,
+    load_model,
+    min_image_size,
+    save_model,
+)
+from tests.model.realdata import fast_settings
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("size", [64, 128])
+def test_every_architecture_gives_one_logit_per_image(arch: str, size: int) -> None:
+    model = build_model(arch, size).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(3, 1, size, size))
+    assert logits.shape == (3,)
+    assert torch.isfinite(logits).all()
+
+
+def test_paper_family_uses_dropout_only_from_two_blocks() -> None:
+    def has_dropout(arch: str) -> bool:
+        return any(isinstance(m, torch.nn.Dropout) for m in build_model(arch, 64).modules())
+
+    assert not has_dropout("paper_cnn1")
+    assert all(has_dropout(f"paper_cnn{blocks}") for blocks in (2, 3, 4))
+
+
+def test_unknown_architecture_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="model.arch"):
+        build_model("vgg16", 128)
+
+
+def test_image_too_small_for_depth_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="preprocess.image_size"):
+        build_model("resnet", min_image_size("resnet") - 1)
+
+
+def test_unknown_option_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="resnet"):
+        build_model("resnet", 64, hidden_units=3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"train.epochs": 0}, "train.epochs"),
+        ({"model.arch": "alexnet"}, "model.arch"),
+        ({"preprocess.image_size": 32}, "preprocess.image_size"),
+        ({"train.optimizer": "adam"}, "train.optimizer"),
+        ({"train.augment.rotation_degree": 5}, "rotation_degrees"),
+        ({"train.warmup_epochs": 5, "train.epochs": 5}, "warmup_epochs"),
+    ],
+)
+def test_params_that_cannot_train_fail_at_load(overrides: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        fast_settings(**overrides)
+
+
+def test_shallow_paper_model_accepts_small_images() -> None:
+    settings = fast_settings(**{"model.arch": "paper_cnn2", "preprocess.image_size": 32})
+    assert settings.model.options()["hidden_units"] > 0
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet", 64, widths=[8, 16], stem_width=8).eval()
+    metadata = {"arch": "resnet", "image_size": 64, "options": {"widths": [8, 16], "stem_width": 8}}
+    save_model(model, tmp_path / "model.pt", metadata)
+    loaded, loaded_metadata = load_model(tmp_path / "model.pt")
+    assert loaded_metadata == metadata
+    assert not loaded.training
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_model_file_never_unpickles_code(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    # A whole pickled module (code) instead of tensors + JSON: must be refused, not executed.
+    torch.save({"format_version": 1, "metadata": "{}", "state_dict": torch.nn.Linear(2, 1)}, path)
+    with pytest.raises(ModelFileError, match="not a pneumo model file"):
+        load_model(path)
+
+
+def test_metadata_must_be_json_and_complete(tmp_path: Path) -> None:
+    model = build_model("paper_cnn1", 32)
+    with pytest.raises(ValueError, match="arch"):
+        save_model(model, tmp_path / "m.pt", {"image_size": 32, "options": {}})
+    with pytest.raises(TypeError, match="JSON"):
+        save_model(model, tmp_path / "m.pt", {"arch": "x", "image_size": 32, "options": {1j: 2}})
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_missing_model_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="pneumo train"):
+        load_model(tmp_path / "absent.pt")
+
+
+def test_metadata_is_stored_as_json_text(tmp_path: Path) -> None:
+    save_model(build_model("paper_cnn1", 32), tmp_path / "m.pt",
+               {"arch": "paper_cnn1", "image_size": 32, "options": {}})  # fmt: skip
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert json.loads(payload["metadata"])["arch"] == "paper_cnn1"

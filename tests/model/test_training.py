@@ -1,0 +1,156 @@
+"""Training on real radiographs: learning, reproducibility, resume, NaN guard, tracking."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pneumo.train as train_module
+from pneumo.data.preprocess import load_arrays
+from pneumo.errors import PipelineOrderError
+from pneumo.inference import predict_proba
+from pneumo.models import load_model
+from pneumo.train import TrainingDivergedError, train
+from pneumo.workspace import Workspace
+from tests.model.realdata import copy_workspace, fast_settings
+
+
+def _weights(workspace: Workspace) -> dict[str, torch.Tensor]:
+    return torch.load(workspace.model, weights_only=True)["state_dict"]
+
+
+def _same_weights(a: Workspace, b: Workspace) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _history(workspace: Workspace) -> list[dict[str, str]]:
+    with open(workspace.train_history) as handle:
+        return [
+            {k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(handle)
+        ]
+
+
+def test_loss_decreases_over_two_epochs(small_workspace: Workspace, tmp_path: Path) -> None:
+    workspace = copy_workspace(small_workspace, tmp_path)
+    settings = fast_settings(**{"train.augment.enabled": False, "train.label_smoothing": 0.0})
+    result = train(settings, workspace, track=False)
+    losses = [float(row["train_loss"]) for row in _history(workspace)]
+    assert losses[1] < losses[0]
+    assert result.epochs_run == 2 and workspace.model.is_file()
+    summary = json.loads(workspace.train_metrics.read_text())
+    assert 0.0 <= summary["val_auc"] <= 1.0 and summary["best_epoch"] in (1, 2)
+    assert workspace.train_curves.stat().st_size > 0
+
+
+def test_same_params_and_seed_give_identical_weights(
+    small_workspace: Workspace, tmp_path: Path
+) -> None:
+    settings = fast_settings()
+    first = copy_workspace(small_workspace, tmp_path / "a")
+    second = copy_workspace(small_workspace, tmp_path / "b")
+    train(settings, first, track=False)
+    train(settings, second, track=False)
+    assert _same_weights(first, second)
+    other_seed = copy_workspace(small_workspace, tmp_path / "c")
+    train(fast_settings(**{"train.seed": 7}), other_seed, track=False)
+    assert not _same_weights(first, other_seed)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(
+    small_workspace: Workspace, tmp_path: Path
+) -> None:
+    settings = fast_settings(**{"train.epochs": 3})
+    uninterrupted = copy_workspace(small_workspace, tmp_path / "whole")
+    train(settings, uninterrupted, track=False)
+
+    def interrupt_after_second_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt  # what Ctrl-C does between two batches
+
+    resumed = copy_workspace(small_workspace, tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, resumed, track=False, on_epoch_end=interrupt_after_second_epoch)
+    assert resumed.checkpoint.is_file() and not resumed.model.exists()
+    epochs_seen: list[int] = []
+    train(settings, resumed, track=False, on_epoch_end=lambda e, m: epochs_seen.append(e))
+    assert epochs_seen == [3]  # only the missing epoch ran
+    assert _same_weights(uninterrupted, resumed)
+    assert _history(uninterrupted) == _history(resumed)
+
+
+def test_changed_params_do_not_resume_a_foreign_checkpoint(
+    small_workspace: Workspace, tmp_path: Path
+) -> None:
+    workspace = copy_workspace(small_workspace, tmp_path)
+    train(fast_settings(**{"train.epochs": 1}), workspace, track=False)
+    epochs_seen: list[int] = []
+    train(fast_settings(**{"train.epochs": 1, "train.lr": 1e-3}), workspace, track=False,
+          on_epoch_end=lambda e, m: epochs_seen.append(e))  # fmt: skip
+    assert epochs_seen == [1]
+
+
+def test_nan_loss_stops_with_the_epoch_and_keeps_last_good_checkpoint(
+    small_workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = copy_workspace(small_workspace, tmp_path)
+    real_loss = train_module._batch_loss
+    calls = {"n": 0}
+    steps_per_epoch = 256 // 32
+
+    def loss_that_explodes_in_epoch_two(*args: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real_loss(*args)  # type: ignore[arg-type]
+        return loss * float("nan") if calls["n"] > steps_per_epoch + 2 else loss
+
+    monkeypatch.setattr(train_module, "_batch_loss", loss_that_explodes_in_epoch_two)
+    with pytest.raises(TrainingDivergedError, match="epoch 2") as failure:
+        train(fast_settings(**{"train.epochs": 3}), workspace, track=False)
+    assert "train.lr" in str(failure.value)
+    checkpoint = torch.load(workspace.checkpoint, weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(
+        torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point()
+    )
+    assert not workspace.model.exists()
+
+
+def test_missing_arrays_say_which_step_to_run(tmp_path: Path) -> None:
+    with pytest.raises(PipelineOrderError, match="pneumo preprocess"):
+        train(fast_settings(), Workspace(tmp_path), track=False)
+
+
+def test_training_is_tracked_in_one_mlflow_run(small_workspace: Workspace, tmp_path: Path) -> None:
+    import mlflow
+
+    from pneumo import tracking
+
+    workspace = copy_workspace(small_workspace, tmp_path)
+    settings = fast_settings(**{"train.epochs": 2, "tracking.experiment": "pneumo-test"})
+    result = train(settings, workspace, track=True)
+    run_id = workspace.run_id.read_text().strip()
+    assert result.run_id == run_id
+    client = mlflow.MlflowClient(tracking.resolve_uri(settings.tracking.uri, workspace))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == str(settings.train.lr)
+    assert [m.step for m in client.get_metric_history(run_id, "val_auc")] == [1, 2]
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val"}
+    assert {a.path for a in client.list_artifacts(run_id)} >= {
+        "train_curves.png",
+        "train_history.csv",
+    }
+    # The logged pyfunc predicts exactly what predict_proba does with the model file.
+    mlflow.set_tracking_uri(tracking.resolve_uri(settings.tracking.uri, workspace))
+    [logged] = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
+    images = load_arrays(workspace.arrays("val"))["images"][:4]
+    via_mlflow = mlflow.pyfunc.load_model(logged.model_uri).predict(images)
+    model, _ = load_model(workspace.model)
+    assert np.allclose(via_mlflow, predict_proba(model, images))

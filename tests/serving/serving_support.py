@@ -1,0 +1,121 @@
+"""Helpers of the serving tests: a small evaluated model in a workspace, and `bentoml serve`.
+
+The network is untrained: the tests check the service's contract and compare served
+probabilities with `pneumo predict` on the same model, so any weights will do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+
+from pneumo.config import Settings
+from pneumo.models import build_model, save_model
+from pneumo.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE_SIZE = 64
+OPTIONS = {"widths": [8, 16, 32, 64], "blocks_per_stage": 1, "stem_width": 8, "dropout": 0.0}
+THRESHOLD = 0.5
+
+
+@dataclass
+class ServingLab:
+    """A workspace with an evaluated model, imported into its own BentoML home."""
+
+    root: Path
+    params: Path
+    settings: Settings
+    workspace: Workspace
+    home: Path
+    model_tag: str
+
+
+def make_workspace(root: Path, seed: int = 0) -> Workspace:
+    """models/model.pt + decision.json + metrics/metrics.json, as `dvc repro` leaves them."""
+    workspace = Workspace(root)
+    torch.manual_seed(seed)
+    model = build_model("resnet", IMAGE_SIZE, **OPTIONS)
+    metadata = {"arch": "resnet", "image_size": IMAGE_SIZE, "options": OPTIONS}
+    save_model(model, workspace.model, {**metadata, "mlflow_run_id": None})
+    decision = {"threshold": THRESHOLD, "rule": "fixed", "tta": False}
+    workspace.decision.write_text(json.dumps(decision))
+    workspace.eval_metrics.parent.mkdir(parents=True, exist_ok=True)
+    report = {"threshold": decision, "test": {"n": 10, "roc_auc": 0.5, "accuracy": 0.5}}
+    workspace.eval_metrics.write_text(json.dumps(report))
+    return workspace
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A `bentoml serve` child process (its own process group) on 127.0.0.1."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_server(target: str, lab: ServingLab, log: Path, timeout: float = 180.0) -> Server:
+    """Start ``bentoml serve target`` and wait until /readyz answers 200."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(lab.home),
+        "PNEUMO_PARAMS": str(lab.params),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    if target.startswith("serving."):
+        env["PNEUMO_MODEL_TAG"] = lab.model_tag
+    else:
+        env.pop("PNEUMO_MODEL_TAG", None)  # a Bento names its own model
+    command = [sys.executable, "-m", "bentoml", "serve", target]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    if target.startswith("serving."):
+        command += ["--working-dir", str(REPO)]
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"bentoml serve exited with {process.returncode}:\n{server.log_tail()}"
+            )
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"bentoml serve not ready after {timeout:.0f} s:\n{server.log_tail()}")

@@ -1,0 +1,108 @@
+"""Uploads -> pixels: DICOM variants decode to the same pixels as a PNG of the image; bad files
+are refused with the right status before anything large is decoded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo.data.dicom import (
+    DicomError,
+    DicomTooLargeError,
+    UnsupportedDicomError,
+    dicom_to_image,
+)
+from pneumo.data.preprocess import decode_radiograph
+from serving.inputs import InputError, media_type, read_radiograph, sniff_format
+from tests.serving.serving_samples import (
+    dicom8,
+    dicom16_inverted_rescaled,
+    dicom_bytes,
+    full_range,
+    png_bytes,
+)
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def radiograph(originals_root: Path) -> np.ndarray:
+    """One real full-size radiograph as 8-bit grayscale, spanning 0..255."""
+    path = sorted(originals_root.rglob("*.jpeg"))[0]
+    with Image.open(path) as img:
+        return full_range(np.asarray(img.convert("L")))
+
+
+def read(data: bytes, content_type: str | None = None, **limits: int):
+    options = {"max_pixels": 50_000_000, "min_side": 64, **limits}
+    return read_radiograph(data, content_type, SIZE, **options)
+
+
+def test_dicom_variants_decode_like_the_png(radiograph: np.ndarray) -> None:
+    expected = decode_radiograph(png_bytes(radiograph), SIZE)
+    for data in (dicom8(radiograph), dicom16_inverted_rescaled(radiograph)):
+        decoded = read(data, "application/dicom")
+        assert decoded.format == "DICOM"
+        assert (decoded.width, decoded.height) == (radiograph.shape[1], radiograph.shape[0])
+        np.testing.assert_array_equal(decoded.pixels, expected)
+
+
+def test_monochrome1_is_inverted_and_16_bit_kept_16_bit() -> None:
+    ramp = np.tile(np.arange(0, 256, dtype=np.uint16) * 257, (80, 1))
+    image = dicom_to_image(dicom_bytes(ramp, bits=16, photometric="MONOCHROME1"))
+    assert image.mode == "I;16"
+    values = np.asarray(image)
+    assert values[0, 0] > values[0, -1]  # stored 0 is white in MONOCHROME1
+    eight = dicom_to_image(dicom_bytes(ramp.astype(np.uint8) // 1, photometric="MONOCHROME1"))
+    assert eight.mode == "L" and np.asarray(eight)[0, 0] == 255
+
+
+def test_window_is_applied_when_present() -> None:
+    ramp = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (80, 1))
+    windowed = np.asarray(dicom_to_image(dicom_bytes(ramp, bits=16, window=(1024, 512))))
+    # Everything above the window's top is equally white, everything below equally black.
+    assert len(np.unique(windowed[0, ramp[0] >= 1280])) == 1
+    assert len(np.unique(windowed[0, ramp[0] <= 768])) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\0" * 200, DicomError),
+        (dicom_bytes(np.zeros((80, 80), np.uint8), with_pixels=False), UnsupportedDicomError),
+        (
+            dicom_bytes(np.zeros((80, 80, 3), np.uint8), samples=3, photometric="RGB"),
+            UnsupportedDicomError,
+        ),
+        (dicom_bytes(np.zeros((80, 80), np.uint8), rows=9000, columns=9000), DicomTooLargeError),
+    ],
+    ids=["not_dicom", "no_pixels", "rgb", "too_large"],
+)
+def test_dicom_errors_are_specific(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        dicom_to_image(data, max_pixels=10_000_000)
+
+
+def test_pixel_limit_runs_before_decoding(radiograph: np.ndarray) -> None:
+    with pytest.raises(InputError) as raised:
+        read(png_bytes(radiograph), "image/png", max_pixels=1000)
+    assert raised.value.status == 413 and raised.value.code == "too_many_pixels"
+
+
+def test_formats_and_content_types() -> None:
+    assert sniff_format(b"\xff\xd8\xff\xe0") == "JPEG"
+    assert sniff_format(b"\x89PNG\r\n\x1a\n") == "PNG"
+    assert sniff_format(b"\0" * 128 + b"DICM") == "DICOM"
+    assert sniff_format(b"GIF89a") is None
+    assert media_type("Image/JPEG; charset=binary") == "image/jpeg"
+    assert media_type(None) == "application/octet-stream"
+
+
+def test_error_messages_hold_no_object_reprs() -> None:
+    with pytest.raises(InputError) as raised:
+        read(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png")
+    assert raised.value.status == 400
+    assert "0x" not in raised.value.message and "<" not in raised.value.message

@@ -1,0 +1,167 @@
+"""`pneumo package`: workspace or registry champion -> BentoML model store (-> Bento)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pneumo import registry, tracking
+from pneumo.cli import main
+from pneumo.config import load_settings
+from pneumo.data.preprocess import save_arrays
+from pneumo.data.transforms import standardize
+from pneumo.errors import PipelineOrderError
+from pneumo.evaluate import binary_metrics
+from pneumo.inference import predict_proba
+from pneumo.models import build_model, save_model
+from pneumo.package import (
+    DECISION_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PackagingError,
+    import_champion,
+)
+from pneumo.workspace import Workspace
+from tests.serving.serving_support import ServingLab, make_workspace
+
+
+def test_workspace_model_is_imported_once_with_its_files_and_labels(
+    serving_lab: ServingLab,
+) -> None:
+    import bentoml
+
+    tag, metadata, reused = import_champion(
+        serving_lab.settings, serving_lab.workspace, from_workspace=True
+    )
+    assert tag == serving_lab.model_tag and reused  # same files: the stored model is reused
+    stored = bentoml.models.get(tag)
+    assert Path(stored.path).is_relative_to(serving_lab.home)  # never ~/bentoml
+    ws = serving_lab.workspace
+    for name, source in ((MODEL_FILE, ws.model), (DECISION_FILE, ws.decision)):
+        assert Path(stored.path_of(name)).read_bytes() == source.read_bytes()
+    assert json.loads(Path(stored.path_of(METRICS_FILE)).read_text())["test"]["roc_auc"] == 0.5
+    assert stored.info.labels["source"] == "workspace"
+    assert stored.info.labels["threshold"] == "0.500000"
+    assert stored.info.metadata["image_size"] == 64
+    assert metadata["metrics"] == {"roc_auc": 0.5, "accuracy": 0.5}
+
+
+def test_missing_evaluation_says_which_step_to_run(tmp_path: Path, serving_lab: ServingLab) -> None:
+    workspace = make_workspace(tmp_path)
+    workspace.decision.unlink()
+    with pytest.raises(PipelineOrderError, match="pneumo evaluate"):
+        import_champion(serving_lab.settings, workspace, from_workspace=True)
+
+
+def test_weights_that_are_not_a_pneumo_model_are_refused(
+    tmp_path: Path, serving_lab: ServingLab
+) -> None:
+    workspace = make_workspace(tmp_path)
+    workspace.model.write_bytes(b"not a model")
+    with pytest.raises(PackagingError, match="not a pneumo model"):
+        import_champion(serving_lab.settings, workspace, from_workspace=True)
+
+
+@pytest.mark.slow
+def test_cli_packages_the_workspace_model(
+    serving_lab: ServingLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--params", str(serving_lab.params), "package", "--from-workspace"])
+    assert code == 0
+    out = capsys.readouterr().out
+    version = serving_lab.model_tag.split(":")[1]
+    assert f"model {serving_lab.model_tag}" in out and f"Bento pneumo:{version}" in out
+
+
+# ---------------------------------------------------------------- the registry champion
+
+SIZE = 32
+OPTIONS = {"hidden_units": 8, "dropout": 0.0}
+
+
+def _synthetic(n: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """32 px images in which pneumonia is a bright central patch: easy enough to pass the gate."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    pixels = rng.normal(110.0, 25.0, (n, SIZE, SIZE))
+    pixels[labels == 1, 10:22, 10:22] += 70.0
+    names = np.where(labels == 1, "PNEUMONIA", "NORMAL")
+    frame = pd.DataFrame(
+        {
+            "label": names,
+            "path": [f"test/{name}/img{i}.jpeg" for i, name in enumerate(names)],
+            "patient_id": [f"p{i}" for i in range(n)],
+            "subtype": np.where(labels == 1, "bacterial", "none"),
+        }
+    )
+    return np.clip(pixels, 0, 255).astype(np.uint8), frame
+
+
+@pytest.mark.slow
+def test_registry_champion_is_packaged_with_its_version(
+    serving_lab: ServingLab, tmp_path: Path
+) -> None:
+    import bentoml
+
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(serving_lab.params, params)
+    settings = load_settings(
+        params,
+        {
+            "tracking.uri": f"sqlite:///{tmp_path / 'mlruns.db'}",
+            "tracking.experiment": "serving-package",
+            "registry.model_name": "pneumo-cnn-serving-test",
+        },
+    )
+    workspace = Workspace(tmp_path)
+    train_images, train_frame = _synthetic(64, seed=1)
+    test_images, test_frame = _synthetic(120, seed=2)
+    save_arrays(workspace.arrays("test"), test_images, test_frame)
+    torch.manual_seed(0)
+    model = build_model("paper_cnn1", SIZE, **OPTIONS)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = standardize(train_images)
+    y = torch.as_tensor((train_frame["label"] == "PNEUMONIA").to_numpy(), dtype=torch.float32)
+    for _ in range(15):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    save_model(
+        model, workspace.model, {"arch": "paper_cnn1", "image_size": SIZE, "options": OPTIONS}
+    )
+    decision = {"threshold": 0.5, "rule": "fixed", "tta": False}
+    workspace.decision.write_text(json.dumps(decision))
+    probabilities = predict_proba(model, test_images)
+    labels = (test_frame["label"] == "PNEUMONIA").to_numpy(int)
+    report = {
+        "threshold": decision,
+        "test": {**binary_metrics(labels, probabilities, 0.5), "ci": {}},
+    }
+    workspace.eval_metrics.parent.mkdir(parents=True, exist_ok=True)
+    workspace.eval_metrics.write_text(json.dumps(report))
+    experiment = tracking.configure(settings.tracking, workspace)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        tracking.log_pyfunc_model(workspace.model, test_images[:2], probabilities[:2])
+    workspace.run_id.write_text(run.info.run_id + "\n")
+    assert registry.register_and_gate(settings, workspace).passed
+
+    tag, metadata, reused = import_champion(settings, workspace)  # default: the champion
+
+    assert not reused and tag.startswith("pneumo-cnn-serving-test:v1-")
+    stored = bentoml.models.get(tag)
+    assert stored.info.labels["mlflow_version"] == "1"
+    assert stored.info.labels["run_id"] == run.info.run_id
+    assert stored.info.metadata["source"] == "registry"
+    assert Path(stored.path_of(MODEL_FILE)).read_bytes() == workspace.model.read_bytes()
+    stored_metrics = json.loads(Path(stored.path_of(METRICS_FILE)).read_text())
+    assert stored_metrics["roc_auc"] == pytest.approx(report["test"]["roc_auc"])
+    assert metadata["mlflow_version"] == "1" and metadata["threshold"] == 0.5

@@ -1,0 +1,102 @@
+"""Metrics against scikit-learn on known inputs; the threshold never sees test labels."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from pneumo.config import EvaluateSettings
+from pneumo.evaluate import (
+    binary_metrics,
+    bootstrap_intervals,
+    choose_threshold,
+    evaluation_report,
+    expected_calibration_error,
+    flat_metrics,
+)
+
+
+def test_metrics_on_a_hand_checked_example() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.7, 0.6, 0.2, 0.95, 0.55])
+    m = binary_metrics(y, p, threshold=0.5)
+    # predictions: 0 0 0 1 | 1 1 1 0 1 1 -> tn 3, fp 1, fn 1, tp 5
+    assert m["confusion"] == {"tn": 3, "fp": 1, "fn": 1, "tp": 5}
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["sensitivity"] == pytest.approx(5 / 6)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["precision"] == pytest.approx(5 / 6)
+    assert m["f1"] == pytest.approx(skm.f1_score(y, p >= 0.5))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert m["pr_auc"] == pytest.approx(skm.average_precision_score(y, p))
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+
+
+def test_ece_zero_when_calibrated_and_large_when_not() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=200_000)
+    y = (rng.uniform(size=p.size) < p).astype(int)
+    assert expected_calibration_error(y, p) < 0.01
+    assert expected_calibration_error(y, np.clip(p + 0.3, 0, 1)) > 0.2
+
+
+def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=n) < 0.7).astype(int)
+    p = 1 / (1 + np.exp(-(2.5 * (2 * y - 1) + rng.normal(0, 1.5, n))))
+    return y, p
+
+
+@pytest.mark.parametrize("rule", ["youden", "target_sensitivity", "fixed"])
+def test_threshold_rules(rule: str) -> None:
+    y, p = _scores(2000, 1)
+    settings = EvaluateSettings(threshold_rule=rule, target_sensitivity=0.97, fixed_threshold=0.42)
+    decision = choose_threshold(y, p, settings)
+    assert 0 < decision.threshold < 1
+    if rule == "fixed":
+        assert decision.threshold == 0.42
+    if rule == "target_sensitivity":
+        assert decision.val_sensitivity >= 0.97
+    if rule == "youden":
+        j = decision.val_sensitivity + decision.val_specificity - 1
+        fpr, tpr, _ = skm.roc_curve(y, p)
+        assert j >= (tpr - fpr).max() - 0.01
+
+
+def test_test_labels_cannot_reach_the_threshold() -> None:
+    """Flip or shuffle every test label: the decision and its threshold must not move."""
+    y_val, p_val = _scores(500, 2)
+    y_test, p_test = _scores(400, 3)
+    settings = EvaluateSettings(bootstrap_samples=0)
+    decision = choose_threshold(y_val, p_val, settings)
+    groups = np.arange(len(y_test)).astype(str)
+    subtypes = np.where(y_test == 1, "bacterial", "none")
+    honest = evaluation_report(y_test, p_test, subtypes, groups, decision, settings)
+    flipped = evaluation_report(1 - y_test, p_test, subtypes, groups, decision, settings)
+    assert honest["threshold"] == flipped["threshold"] == decision.to_json()
+    assert honest["test"]["accuracy"] != flipped["test"]["accuracy"]
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_resample_patients() -> None:
+    y, p = _scores(600, 4)
+    patients = np.repeat(np.arange(300), 2).astype(str)
+    settings = EvaluateSettings(bootstrap_samples=200, seed=1)
+    ci = bootstrap_intervals(y, p, patients, 0.5, settings)
+    point = binary_metrics(y, p, 0.5)
+    for name in ("accuracy", "roc_auc", "sensitivity", "specificity"):
+        low, high = ci[name]
+        assert low <= point[name] <= high
+        assert high - low < 0.2
+    assert ci == bootstrap_intervals(y, p, patients, 0.5, settings)  # seeded
+
+
+def test_report_has_slices_and_flat_metrics() -> None:
+    y, p = _scores(300, 5)
+    rng = np.random.default_rng(0)
+    subtypes = np.where(y == 1, rng.choice(["bacterial", "viral"], y.size), "none")
+    settings = EvaluateSettings(bootstrap_samples=20)
+    decision = choose_threshold(y, p, settings)
+    report = evaluation_report(y, p, subtypes, np.arange(300).astype(str), decision, settings)
+    assert {"test", "test_bacterial", "test_viral"} <= report.keys()
+    assert report["test_viral"]["n"] == (y == 0).sum() + (subtypes == "viral").sum()
+    flat = flat_metrics(report)
+    assert "test_roc_auc_ci_low" in flat and "test_viral_sensitivity" in flat

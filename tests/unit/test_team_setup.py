@@ -1,0 +1,262 @@
+"""The team set-up without Docker: settings that switch servers, prefect.yaml, the compose file."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from pneumo.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+COMPOSE = INFRA / "docker-compose.yml"
+# Services that run pneumo's own code, and so may only get settings pneumo (or its stack) reads.
+PNEUMO_SERVICES = ("prefect-worker", "serving")
+TELEMETRY = (
+    "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY",
+    "BENTOML_DO_NOT_TRACK", "DVC_NO_ANALYTICS", "GX_ANALYTICS_ENABLED",
+)  # fmt: skip
+
+
+def _env_example() -> dict[str, str]:
+    lines = (INFRA / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} and $$, as `docker compose config` does."""
+
+    def value(match: re.Match[str]) -> str:
+        name, operator, rest = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if operator == ":?":
+            raise AssertionError(f"${{{name}}} is required: {rest}")
+        return rest or ""
+
+    text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}", value, text)
+    return text.replace("$$", "$")
+
+
+def _compose() -> dict:
+    """The compose file as Docker would see it with infra/.env.example as its .env."""
+    return yaml.safe_load(_interpolate(COMPOSE.read_text(), _env_example()))
+
+
+def _port_of(service: dict) -> set[str]:
+    """Container ports a service listens on (from its command) or publishes."""
+    ports = {str(p).split(":")[-1] for p in service.get("ports", [])}
+    command = service.get("command") or []
+    command = command.split() if isinstance(command, str) else [str(c) for c in command]
+    ports.update(command[i + 1] for i, word in enumerate(command[:-1]) if word == "--port")
+    return ports
+
+
+# ---------------------------------------------------------------- settings that switch servers
+
+
+def test_mlflow_tracking_uri_env_wins_over_params(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pneumo import tracking
+
+    ws = Workspace(tmp_path)
+    monkeypatch.setattr(tracking, "ENV_TRACKING_URI", None)
+    default = f"sqlite:///{(tmp_path / 'mlruns.db').resolve()}"
+    assert tracking.resolve_uri("sqlite:///mlruns.db", ws) == default
+    assert tracking.resolve_uri("http://params-server:5000", ws) == "http://params-server:5000"
+    monkeypatch.setattr(tracking, "ENV_TRACKING_URI", "http://mlflow:5000")
+    assert tracking.resolve_uri("sqlite:///mlruns.db", ws) == "http://mlflow:5000"
+
+
+def test_tracking_uri_env_is_read_as_the_process_starts(tmp_path: Path) -> None:
+    """MLflow copies each mlflow.set_tracking_uri into MLFLOW_TRACKING_URI; that is no override."""
+    script = (
+        "import mlflow, os, sys\n"
+        "from pathlib import Path\n"
+        "from pneumo.tracking import resolve_uri\n"
+        "from pneumo.workspace import Workspace\n"
+        "ws = Workspace(Path(sys.argv[1]))\n"
+        "first = resolve_uri('sqlite:///a.db', ws)\n"
+        "mlflow.set_tracking_uri('sqlite:///' + sys.argv[1] + '/other.db')\n"
+        "print(first, resolve_uri('sqlite:///b.db', ws), os.environ.get('MLFLOW_TRACKING_URI'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    plain = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert plain.returncode == 0, plain.stderr
+    first, second, copied = plain.stdout.split()
+    assert first.endswith("/a.db") and second.endswith("/b.db") and copied.endswith("/other.db")
+    team = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env={**env, "MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+        capture_output=True,
+        text=True,
+    )
+    assert team.returncode == 0, team.stderr
+    assert team.stdout.split()[:2] == ["http://mlflow:5000", "http://mlflow:5000"]
+
+
+def test_prefect_api_url_env_is_read_by_prefect(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import Settings
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect-server:4200/api")
+    assert Settings().api.url == "http://prefect-server:4200/api"
+
+
+# ---------------------------------------------------------------- prefect.yaml
+
+
+def test_prefect_yaml_deployments_import_and_match_their_flows() -> None:
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    pull = config["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    assert pull["directory"] == "{{ $PNEUMO_WORKSPACE }}"
+    names = set()
+    for deployment in config["deployments"]:
+        path, _, name = deployment["entrypoint"].partition(":")
+        assert (REPO / path).is_file(), deployment["entrypoint"]
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, name)
+        assert type(flow).__name__ == "Flow", f"{deployment['entrypoint']} is not a Prefect flow"
+        accepted = inspect.signature(flow.fn).parameters
+        unknown = set(deployment.get("parameters", {})) - set(accepted)
+        assert not unknown, f"{deployment['name']}: {flow.name} takes no {sorted(unknown)}"
+        assert deployment["work_pool"]["name"] == "pneumo-process"
+        names.add(deployment["name"])
+        if deployment["name"] == "pneumo-retrain":
+            assert deployment["entrypoint"] == f"flows/retrain.py:{module.retrain.fn.__name__}"
+            assert module.DEPLOYMENT_NAME == "pneumo-retrain"
+    assert {"pneumo-retrain", "pneumo-healthcheck"} <= names
+
+
+# ---------------------------------------------------------------- infra/docker-compose.yml
+
+
+def test_compose_has_every_team_service_with_pinned_images() -> None:
+    services = _compose()["services"]
+    expected = {
+        "postgres", "minio", "minio-buckets", "mlflow", "prefect-server", "prefect-worker",
+        "serving",
+    }  # fmt: skip
+    assert expected <= set(services)
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        image = service.get("image", "")
+        if not image.startswith("pneumo-"):  # third-party images: a fixed version
+            assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+    for name, port in (("mlflow", "5000"), ("prefect-server", "4200"), ("serving", "3000")):
+        assert f"{port}:{port}" in services[name]["ports"], name
+    for name in ("mlflow", "prefect-worker"):
+        dockerfile = services[name]["build"]["dockerfile"]
+        context = (INFRA / services[name]["build"]["context"]).resolve()
+        assert (context / dockerfile).is_file(), dockerfile
+
+
+def test_compose_mlflow_uses_postgres_and_proxies_artifacts_to_minio() -> None:
+    services = _compose()["services"]
+    command = " ".join(services["mlflow"]["command"])
+    assert re.search(
+        r"--backend-store-uri postgresql\+psycopg2://\S+@postgres:5432/mlflow", command
+    )
+    assert "--artifacts-destination s3://mlflow" in command
+    env = services["mlflow"]["environment"]
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+    assert (
+        "mc mb --ignore-existing store/mlflow store/dvc" in services["minio-buckets"]["command"][0]
+    )
+    prefect_db = services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+    assert prefect_db.startswith("postgresql+asyncpg://") and prefect_db.endswith(
+        "@postgres:5432/prefect"
+    )
+    init = (INFRA / "postgres-init.sql").read_text()
+    assert "CREATE DATABASE prefect" in init
+    dockerfile = (INFRA / services["mlflow"]["build"]["dockerfile"]).read_text()
+    assert "psycopg2-binary" in dockerfile and "boto3" in dockerfile
+
+
+def test_compose_clients_reach_the_servers_by_service_name_and_port() -> None:
+    services = _compose()["services"]
+    env = services["prefect-worker"]["environment"]
+    for variable, target in (
+        ("MLFLOW_TRACKING_URI", "mlflow"),
+        ("PREFECT_API_URL", "prefect-server"),
+    ):
+        url = urlparse(env[variable])
+        assert url.hostname == target, variable
+        assert str(url.port) in _port_of(services[target]), (
+            f"{variable}: {target} is not on {url.port}"
+        )
+    assert env["PREFECT_API_URL"].endswith("/api")
+    worker_command = services["prefect-worker"]["command"]
+    pool = worker_command[worker_command.index("--pool") + 1]
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert {d["work_pool"]["name"] for d in config["deployments"]} == {pool}
+    assert env["PNEUMO_WORKSPACE"] == services["prefect-worker"]["working_dir"] == "/workspace"
+
+
+def test_compose_gives_pneumo_only_settings_it_honours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import Settings
+
+    import pneumo
+    from pneumo import tracking
+    from pneumo.tracking import resolve_uri
+
+    services = _compose()["services"]
+    worker_env = services["prefect-worker"]["environment"]
+    monkeypatch.setattr(tracking, "ENV_TRACKING_URI", worker_env["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv("PREFECT_API_URL", worker_env["PREFECT_API_URL"])
+    honoured = {
+        # training, evaluation and the registry all resolve their store here
+        "MLFLOW_TRACKING_URI": resolve_uri("sqlite:///mlruns.db", Workspace(tmp_path))
+        == worker_env["MLFLOW_TRACKING_URI"],
+        "PREFECT_API_URL": Settings().api.url == worker_env["PREFECT_API_URL"],
+        "PNEUMO_WORKSPACE": "{{ $PNEUMO_WORKSPACE }}" in (REPO / "prefect.yaml").read_text(),
+        # S3 credentials of the DVC remote (botocore's standard variables)
+        "AWS_ACCESS_KEY_ID": True,
+        "AWS_SECRET_ACCESS_KEY": True,
+    }
+    pneumo_init = Path(pneumo.__file__).read_text()
+    honoured.update({name: f'"{name}"' in pneumo_init for name in TELEMETRY})
+    assert all(honoured.values()), [name for name, ok in honoured.items() if not ok]
+    for name in PNEUMO_SERVICES:
+        unknown = set(services[name].get("environment", {})) - set(honoured)
+        assert not unknown, f"{name} gets settings pneumo never reads: {sorted(unknown)}"
+
+
+def test_env_example_defines_every_compose_variable() -> None:
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
+    example = set(_env_example())
+    assert used <= example, f"missing from infra/.env.example: {sorted(used - example)}"
+    assert example <= used, f"unused in the compose file: {sorted(example - used)}"
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    """The real parser, where the Docker CLI and its compose plug-in exist (not in CI)."""
+    docker = shutil.which("docker")
+    if (
+        docker is None
+        or subprocess.run([docker, "compose", "version"], capture_output=True).returncode
+    ):
+        pytest.skip("docker compose is not installed; the structural checks above stand in for it")
+    run = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE), "--env-file", str(INFRA / ".env.example"),
+         "--profile", "serving", "config", "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
