@@ -13,4 +13,8 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
+# Idle OpenMP threads sleep instead of spinning (set before torch loads libgomp): on a machine
+# whose cores are shared with other work, spinning made 2-thread training 4x slower than 1 thread.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

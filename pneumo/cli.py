@@ -271,7 +271,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     command = serve_command(settings, packaged.bento_tag)
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home(settings, _workspace(args)))}
     print(f"serving {packaged.bento_tag} at http://{settings.serve.host}:{settings.serve.port}"
-          " (POST /predict, /predict_batch, /explain; GET /metadata, /readyz); Ctrl-C stops",
+          " (open it for the web page; POST /predict, /predict_batch, /explain;"
+          " GET /metadata, /model_card, /readyz); Ctrl-C stops",
           flush=True)  # fmt: skip
     os.execve(command[0], command, env)  # the server replaces this process: Ctrl-C reaches it
     return 0  # not reached

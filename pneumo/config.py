@@ -90,7 +90,7 @@ class ModelSettings(_Section):
     arch: Literal["paper_cnn1", "paper_cnn2", "paper_cnn3", "paper_cnn4", "resnet"] = "resnet"
     resnet: ResNetOptions = ResNetOptions()
     paper_cnn: PaperCNNOptions = PaperCNNOptions()
-    tta: bool = Field(False, description="average predictions over small shifts at inference")
+    tta: bool = Field(True, description="average predictions over small shifts at inference")
 
     def options(self) -> dict[str, Any]:
         """The keyword options of the chosen architecture's family (its sub-section)."""
@@ -119,19 +119,19 @@ class AugmentSettings(_Section):
 
 class TrainSettings(_Section):
     seed: int = 42
-    epochs: int = Field(40, ge=1, le=1000, description="maximum; early stopping may end sooner")
+    epochs: int = Field(30, ge=1, le=1000, description="maximum; early stopping may end sooner")
     batch_size: int = Field(64, ge=2, le=4096)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(2e-3, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.05, ge=0.0, le=1.0)
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0.0)
     class_balance: Literal["sampler", "weights", "none"] = "sampler"
     label_smoothing: float = Field(0.05, ge=0.0, lt=0.5)
     ema_decay: float = Field(0.998, ge=0.0, lt=1.0, description="0 = no weight averaging")
-    monitor: Literal["val_auc", "val_loss"] = "val_loss"
-    early_stopping_patience: int = Field(8, ge=0, description="epochs; 0 = never stop early")
+    monitor: Literal["val_auc", "val_loss"] = "val_auc"
+    early_stopping_patience: int = Field(10, ge=0, description="epochs; 0 = never stop early")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per available core")
     augment: AugmentSettings = AugmentSettings()
 

@@ -32,12 +32,20 @@ BENTO_NAME = "pneumo"
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = SOURCE_ROOT / "serving" / "bentofile.yaml"
 MODEL_FILE, DECISION_FILE, METRICS_FILE = "model.pt", "decision.json", "metrics.json"
+# What the model card shows besides metrics.json (serving/web.py reads them), carried only when
+# present and when the workspace's evaluation is of the packaged weights.
+SPLIT_FILE, ROC_FILE, COMPARISON_FILE = "split.json", "roc.csv", "comparison.csv"
+# The full evaluation report (intervals, confusion) of a registry model, whose metrics.json holds
+# only the registry's headline numbers.
+EVALUATION_FILE = "evaluation.json"
 # Read by serving/service.py at import: which model-store tag the service loads. Without it
 # the service takes the model a Bento names under CHAMPION_ALIAS, else the latest import.
 MODEL_TAG_ENV = "PNEUMO_MODEL_TAG"
 CHAMPION_ALIAS = "champion"
 # Files whose content makes a Bento: when one changes, `pneumo package` rebuilds the Bento.
-BENTO_SOURCES = ("serving/*.py", "serving/bentofile.yaml", "pneumo/**/*.py", "params.yaml")
+BENTO_SOURCES = (
+    "serving/*.py", "serving/bentofile.yaml", "serving/static/*", "pneumo/**/*.py", "params.yaml",
+)  # fmt: skip
 
 
 class PackagingError(PneumoError):
@@ -156,6 +164,25 @@ def fetch_from_registry(
     return metadata
 
 
+def card_files(workspace: Workspace, weights: Path, from_workspace: bool) -> dict[str, Path]:
+    """The workspace files that describe ``weights`` for the model card, by their stored name.
+
+    Only when the workspace's own model is these very weights: a registry champion older than
+    the workspace's last training must not be shown with another model's evaluation.
+    """
+    if not workspace.model.is_file() or _sha256(workspace.model) != _sha256(weights):
+        log.info("the workspace's evaluation is of another model: no card files are packaged")
+        return {}
+    sources = {
+        SPLIT_FILE: workspace.split_metrics,
+        ROC_FILE: workspace.eval_plots / ROC_FILE,
+        COMPARISON_FILE: workspace.comparison.with_suffix(".csv"),
+    }
+    if not from_workspace:  # from a workspace, metrics.json already is the full report
+        sources[EVALUATION_FILE] = workspace.eval_metrics
+    return {name: path for name, path in sources.items() if path.is_file()}
+
+
 def _model_version(metadata: dict[str, Any], digest: str) -> str:
     """Registry version plus content digest (so two registries never collide), else the digest."""
     if metadata.get("version") not in (None, ""):
@@ -193,6 +220,7 @@ def import_champion(
             ) from exc
         decision = json.loads((staging / DECISION_FILE).read_text())
         metrics = json.loads((staging / METRICS_FILE).read_text())
+        card = card_files(workspace, staging / MODEL_FILE, from_workspace)
         digest = _sha256(staging / MODEL_FILE, staging / DECISION_FILE)
         tag = f"{settings.registry.model_name}:{_model_version(source, digest)}"
         headline = _headline_metrics(metrics)
@@ -228,6 +256,8 @@ def import_champion(
         with bentoml.models.create(tag, labels=labels, metadata=metadata) as stored:
             for name in (MODEL_FILE, DECISION_FILE, METRICS_FILE):
                 shutil.copyfile(staging / name, Path(stored.path) / name)
+            for name, path in card.items():
+                shutil.copyfile(path, Path(stored.path) / name)
     log.info("imported %s into %s", tag, os.environ["BENTOML_HOME"])
     return tag, metadata, False
 

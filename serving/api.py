@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from pneumo.config import ServeSettings
 from serving.inputs import InputError, Radiograph, media_type, read_radiograph
+from serving.web import explain_layers, web_routes
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Backend(Protocol):
     threshold: float
     model_info: dict[str, Any]
     metrics: dict[str, Any]
+    model_card: dict[str, Any]  # serving/web.py's read_model_card of the served model
     decode_limiter: anyio.CapacityLimiter  # decoding is CPU work: about one per core at once
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]: ...
@@ -211,13 +213,16 @@ async def predict_batch(request: Request) -> Response:
 
 
 async def explain(request: Request) -> Response:
-    """Grad-CAM of the pneumonia logit: a PNG overlay, or the raw map with ?format=json."""
+    """Grad-CAM of the pneumonia logit: a PNG overlay, the raw map with ?format=json, or
+    ?format=layers (the web page): the model's view and the heatmap colours as PNG data URLs."""
     from pneumo.explain import overlay_png
 
     backend: Backend = request.app.state.backend()
     wanted = request.query_params.get("format", "png").lower()
-    if wanted not in ("png", "json"):
-        raise InputError(400, "invalid_format", "format must be 'png' (default) or 'json'")
+    if wanted not in ("png", "json", "layers"):
+        raise InputError(
+            400, "invalid_format", "format must be 'png' (default), 'json' or 'layers'"
+        )
     radiograph, _ = await read_one(request, backend)
     (result,) = await _classify(backend, radiograph.pixels[None])
     try:
@@ -234,6 +239,9 @@ async def explain(request: Request) -> Response:
                 "model": backend.model_info,
             }
         )
+    if wanted == "layers":
+        layers = await anyio.to_thread.run_sync(explain_layers, radiograph.pixels, heatmap)
+        return JSONResponse({**prediction, **layers, "model": backend.model_info})
     png = await anyio.to_thread.run_sync(overlay_png, radiograph.pixels, heatmap)
     headers = {
         "X-Pneumo-Probability": f"{prediction['probability']:.6f}",
@@ -302,6 +310,7 @@ def create_app(backend: Callable[[], Backend]) -> Starlette:
             Route("/predict_batch", predict_batch, methods=["POST"]),
             Route("/explain", explain, methods=["POST"]),
             Route("/metadata", metadata, methods=["GET"]),
+            *web_routes(),
         ],
         exception_handlers={
             InputError: _input_error,

@@ -24,6 +24,7 @@ from bentoml.exceptions import NotFound
 
 from pneumo.config import ServeSettings, load_settings
 from serving.api import create_app
+from serving.web import read_model_card
 
 log = logging.getLogger("pneumo.serving")
 
@@ -140,6 +141,7 @@ class PneumoniaService:
         decision = json.loads(Path(stored.path_of("decision.json")).read_text())
         self.threshold = float(decision["threshold"])
         self.metrics = json.loads(Path(stored.path_of("metrics.json")).read_text())
+        self.model_card = read_model_card(stored, self.metrics)
         self.decode_limiter = anyio.CapacityLimiter(available_cores())
         _ = self.model  # in-process (tests, to_asgi) this loads the model now, not on a request
         self.ready = True

@@ -138,3 +138,40 @@ def test_make_run_with_a_broken_contract_stops_before_the_split(
     assert run.returncode != 0
     assert "expect_column_mean_to_be_between(is_pneumonia)" in run.stderr + run.stdout
     assert not (workspace / "data" / "split.parquet").exists()
+
+
+@pytest.mark.slow
+def test_make_run_against_shared_mlflow_and_prefect_servers(
+    workspace: Path, real_root: Path, tmp_path: Path
+) -> None:
+    """The team set-up by settings alone: MLflow on PostgreSQL with proxied artifacts + Prefect."""
+    from tests.e2e.servers import mlflow_server, postgres_server
+
+    data = _subset(real_root, tmp_path / "chest_xray", {"NORMAL": 110, "PNEUMONIA": 150})
+    subprocess.run([BIN / "pneumo", "params", "set", *QUICK_PARAMS], cwd=workspace, check=True)
+    with (
+        postgres_server() as pg,
+        mlflow_server(pg, tmp_path / "artifacts") as tracking_uri,
+        prefect_server(tmp_path / "prefect") as api_url,
+    ):
+        env = prefect_env(api_url, tmp_path / "prefect-client", MLFLOW_TRACKING_URI=tracking_uri)
+        run = make_run(workspace, data, env)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+
+        api = f"{tracking_uri}/api/2.0/mlflow"
+        alias = httpx.get(
+            f"{api}/registered-models/alias",
+            params={"name": "pneumo-cnn", "alias": "champion"},
+            timeout=30,
+        )
+        assert alias.status_code == 200, alias.text
+        version = alias.json()["model_version"]
+        assert version["tags"] and any(t["key"] == "validation_status" for t in version["tags"])
+        run_id = (workspace / "models" / "run_id.txt").read_text().strip()
+        assert version["run_id"] == run_id
+        logged = httpx.get(f"{api}/runs/get", params={"run_id": run_id}, timeout=30).json()["run"]
+        metric_names = {m["key"] for m in logged["data"]["metrics"]}
+        assert {"test_roc_auc", "test_accuracy"} <= metric_names  # evaluation reopened the run
+        assert any(r["state_type"] == "COMPLETED" for r in _flow_runs(api_url))
+    assert not (workspace / "mlruns.db").exists()  # nothing went to the embedded store
+    assert list((tmp_path / "artifacts").rglob("model.pt"))  # artifacts proxied to the server

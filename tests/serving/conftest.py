@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from pneumo.config import load_settings
 from pneumo.params_file import set_param
@@ -62,6 +63,15 @@ def service_module(serving_lab: ServingLab):  # -> the serving.service module
     if "serving.service" in sys.modules:
         return importlib.reload(sys.modules["serving.service"])
     return importlib.import_module("serving.service")
+
+
+@pytest.fixture(scope="session")
+def asgi_client(service_module) -> Iterator[TestClient]:
+    """The service in-process (``to_asgi``), once per session: BentoML registers its Prometheus
+    metrics globally, so a second app in the same process would fail on duplicates."""
+    app = service_module.PneumoniaService.to_asgi()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

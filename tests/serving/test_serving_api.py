@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,8 @@ from tests.serving.serving_support import THRESHOLD, ServingLab
 
 
 @pytest.fixture(scope="module")
-def client(service_module) -> Iterator[TestClient]:
-    app = service_module.PneumoniaService.to_asgi()
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+def client(asgi_client: TestClient) -> TestClient:
+    return asgi_client
 
 
 @pytest.fixture(scope="module")
