@@ -152,6 +152,10 @@ class EvaluateSettings(_Section):
     threshold_rule: Literal["youden", "target_sensitivity", "fixed"] = Field(
         "youden", description="how the decision threshold is chosen on the validation split"
     )
+    youden_tolerance: float = Field(
+        0.01, ge=0.0, lt=0.2, description="thresholds within this of the best J count as ties"
+    )
+    youden_tiebreak: Literal["most_specific", "centre"] = "most_specific"
     target_sensitivity: float = Field(0.95, gt=0.0, lt=1.0, description="target_sensitivity rule")
     fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="fixed rule")
     bootstrap_samples: int = Field(1000, ge=0, le=100_000, description="0 = no intervals")

@@ -90,14 +90,25 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, settings: EvaluateSet
         reaching = thresholds[tpr >= settings.target_sensitivity]
         threshold = float(reaching.max()) if len(reaching) else float(thresholds.min())
     else:
-        # On a near-separable validation split many thresholds tie for the best J; the centre
-        # of that plateau (in probability) is far less arbitrary than its first point.
+        # On a near-separable validation split many thresholds tie for the best J. Acquisition
+        # shift (new scanners, new sites) raises normal radiographs' scores, so specificity is
+        # what collapses out of distribution: by default take the most specific of the near-best
+        # thresholds; `centre` takes the middle of that plateau in logit space instead.
         j = tpr - fpr
-        plateau = thresholds[j >= j.max() - 0.005]
-        threshold = float(np.sqrt(plateau.min() * plateau.max()))
+        plateau = thresholds[j >= j.max() - settings.youden_tolerance]
+        if settings.youden_tiebreak == "most_specific":
+            threshold = float(plateau.max())
+        else:
+            low, high = _logit(plateau.min()), _logit(plateau.max())
+            threshold = float(1.0 / (1.0 + np.exp(-(low + high) / 2)))
     threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
     at = binary_metrics(y_val, p_val, threshold)
     return Decision(threshold, settings.threshold_rule, at["sensitivity"], at["specificity"])
+
+
+def _logit(p: float) -> float:
+    p = float(np.clip(p, 1e-6, 1 - 1e-6))
+    return float(np.log(p / (1 - p)))
 
 
 def bootstrap_intervals(

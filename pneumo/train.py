@@ -3,6 +3,9 @@
 Reproducible (same params, data and seed give identical weights on a CPU), resumable (a checkpoint
 is written atomically after every epoch and a rerun continues from it) and tracked in MLflow (one
 run per training, reopened on resume). The test split is never read here.
+
+Under ``torchrun`` (WORLD_SIZE > 1) it trains with DistributedDataParallel: each rank takes its
+slice of the single-process global batch, and only rank 0 validates, checkpoints, tracks and writes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 import json
 import logging
 import math
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -23,16 +27,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pneumo.config import Settings, TrainSettings
 from pneumo.data.preprocess import load_arrays
 from pneumo.data.transforms import NORMALISATION, augment_batch, build_augmentation, standardize
-from pneumo.errors import PipelineOrderError, PneumoError
-from pneumo.inference import configure_threads, predict_proba
+from pneumo.errors import ConfigError, PipelineOrderError, PneumoError
+from pneumo.inference import available_cores, configure_threads, predict_proba
 from pneumo.models import build_model, save_model
 from pneumo.workspace import Workspace, atomic_path
 
@@ -55,6 +61,58 @@ class TrainResult:
     best_epoch: int
     epochs_run: int
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job; world_size 1 is plain single-process training."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        """Read the variables torchrun sets (WORLD_SIZE, RANK, LOCAL_WORLD_SIZE)."""
+        try:
+            return cls(
+                rank=int(os.environ.get("RANK", "0")),
+                world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"RANK, WORLD_SIZE and LOCAL_WORLD_SIZE must be integers ({exc}): start "
+                "distributed training with torchrun"
+            ) from None
+
+
+@contextmanager
+def _process_group(ddp: Distributed) -> Iterator[None]:
+    """Join torchrun's process group for the training (gloo for CPU tensors, nccl for CUDA ones)."""
+    if not ddp.enabled or dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _broadcast_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (early stop, the final result)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ---------------------------------------------------------------- data, loss, schedule, metrics
@@ -303,8 +361,18 @@ def train(
     Writes the model, metrics, history and curves (paths in :class:`Workspace`); with ``track`` it
     logs everything to one MLflow run and writes the run id for evaluation. ``on_epoch_end`` is
     called after each epoch's checkpoint is safely on disk (progress reporting, tests).
+
+    Under torchrun every rank calls this; only rank 0 tracks, writes files and calls
+    ``on_epoch_end``, and every rank returns rank 0's result.
     """
     cfg, image_size = settings.train, settings.preprocess.image_size
+    ddp = Distributed.from_env()
+    if cfg.batch_size % ddp.world_size:
+        raise ConfigError(
+            f"train.batch_size {cfg.batch_size} is the global batch and must divide evenly over "
+            f"{ddp.world_size} processes: choose a multiple of {ddp.world_size}"
+        )
+    track = track and ddp.is_main
     if not workspace.array_stats.is_file():
         raise PipelineOrderError(
             f"{workspace.array_stats} not found: run `pneumo preprocess` first"
@@ -313,9 +381,14 @@ def train(
     val_data = _load_split(workspace, "val", image_size)
     digests = {s: _file_digest(workspace.arrays(s)) for s in ("train", "val")}
     fingerprint = _fingerprint(settings, digests)
-    threads = configure_threads(cfg.threads)
+    if ddp.enabled:  # the node's cores are shared by its ranks
+        threads = configure_threads(
+            cfg.threads or max(1, available_cores() // ddp.local_world_size)
+        )
+    else:
+        threads = configure_threads(cfg.threads)
 
-    with _deterministic():
+    with _process_group(ddp), _deterministic():
         torch.manual_seed(cfg.seed)
         model = build_model(settings.model.arch, image_size, **settings.model.options())
         ema = build_model(settings.model.arch, image_size, **settings.model.options())
@@ -371,10 +444,18 @@ def train(
                 track,
                 on_epoch_end,
                 threads,
+                ddp,
             )
-            return _finish(
-                ema if cfg.ema_decay > 0 else model, state, val_data, settings, workspace, track
-            )
+            result = None
+            if ddp.is_main:
+                result = _finish(
+                    ema if cfg.ema_decay > 0 else model, state, val_data, settings, workspace, track
+                )
+            if ddp.enabled:
+                result = _broadcast_from_main(result)
+                dist.barrier()
+            assert result is not None
+            return result
 
 
 def _fit(
@@ -389,9 +470,16 @@ def _fit(
     track: bool,
     on_epoch_end: EpochHook | None,
     threads: int,
+    ddp: Distributed = Distributed(),
 ) -> None:
-    """Run the remaining epochs, checkpointing after each; updates ``state`` in place."""
+    """Run the remaining epochs, checkpointing after each; updates ``state`` in place.
+
+    Every rank augments the whole global batch (same random draws as one process) and trains on
+    its slice; DDP averages the gradients, so the step equals the single-process one.
+    """
     cfg = settings.train
+    per_rank = cfg.batch_size // ddp.world_size
+    net: nn.Module = DistributedDataParallel(model) if ddp.enabled else model
     images = torch.from_numpy(train_data["images"]).unsqueeze(1)
     labels = train_data["labels"]
     targets = torch.as_tensor(labels, dtype=torch.float32)
@@ -420,7 +508,7 @@ def _fit(
         range(state["epoch"] + 1, cfg.epochs + 1),
         desc="train",
         unit="epoch",
-        disable=None,
+        disable=None if ddp.is_main else True,
         initial=state["epoch"],
         total=cfg.epochs,
     )
@@ -431,21 +519,36 @@ def _fit(
         torch.manual_seed(_epoch_seed(cfg.seed, epoch))
         generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
         order = _epoch_order(labels, cfg.class_balance, generator)
-        model.train()
+        net.train()
         loss_sum, correct, seen = 0.0, 0, 0
         batches = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}", unit="batch", leave=False, disable=None
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+            disable=None if ddp.is_main else True,
         )
         for step in batches:
             index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             lr = _learning_rate(state["global_step"], total_steps, warmup_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(standardize(augment_batch(images[index], augmentation)))
+            pixels = augment_batch(images[index], augmentation)
+            if ddp.enabled:
+                shard = slice(ddp.rank * per_rank, (ddp.rank + 1) * per_rank)
+                index, pixels = index[shard], pixels[shard]
+            logits = net(standardize(pixels))
             loss = _batch_loss(logits, targets[index], sample_weights[index], cfg.label_smoothing)
-            if not torch.isfinite(loss):
+            batch_loss = loss.detach()
+            batch_correct = ((logits > 0) == (targets[index] > 0.5)).sum()
+            if ddp.enabled:  # the global batch's numbers, so all ranks judge divergence alike
+                totals = torch.stack([batch_loss, batch_correct.float()])
+                dist.all_reduce(totals)
+                batch_loss, batch_correct = totals[0] / ddp.world_size, totals[1]
+            if not torch.isfinite(batch_loss):
                 raise TrainingDivergedError(
-                    f"the training loss became {loss.item()} in epoch {epoch} (batch {step + 1}): "
+                    f"the training loss became {batch_loss.item()} in epoch {epoch} "
+                    f"(batch {step + 1}): "
                     f"lower train.lr (now {cfg.lr}); the checkpoint of epoch {state['epoch']} "
                     f"is kept in {workspace.checkpoint}"
                 )
@@ -453,12 +556,17 @@ def _fit(
             loss.backward()
             optimizer.step()
             state["global_step"] += 1
-            if cfg.ema_decay > 0:
+            if cfg.ema_decay > 0 and ddp.is_main:
                 _update_ema(ema, model, cfg.ema_decay, state["global_step"])
-            loss_sum += loss.item() * len(index)
-            correct += int(((logits > 0) == (targets[index] > 0.5)).sum())
-            seen += len(index)
+            loss_sum += batch_loss.item() * cfg.batch_size
+            correct += int(batch_correct)
+            seen += cfg.batch_size
             batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+
+        if not ddp.is_main:  # rank 0 validates and checkpoints; follow its early-stop decision
+            if _broadcast_from_main(None):
+                break
+            continue
 
         val_probs = predict_proba(eval_model, val_data["images"], batch_size=128)
         val = binary_metrics(val_data["labels"], val_probs)
@@ -487,6 +595,8 @@ def _fit(
             state["bad_epochs"] += 1
         patience = cfg.early_stopping_patience
         stop = patience > 0 and state["bad_epochs"] >= patience
+        if ddp.enabled:
+            _broadcast_from_main(stop)
         state["history"].append(row)
         state.update(
             epoch=epoch,

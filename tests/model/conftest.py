@@ -22,7 +22,7 @@ def small_workspace(
 
 
 @pytest.fixture(scope="session")
-def trained(
+def briefly_trained(
     tmp_path_factory: pytest.TempPathFactory, real_root: Path, originals_root: Path
 ) -> tuple[Workspace, Settings]:
     """A model trained briefly on 640 real images: good enough for behavioural tests."""

@@ -152,5 +152,5 @@ def test_training_is_tracked_in_one_mlflow_run(small_workspace: Workspace, tmp_p
     )
     images = load_arrays(workspace.arrays("val"))["images"][:4]
     via_mlflow = mlflow.pyfunc.load_model(logged.model_uri).predict(images)
-    model, _ = load_model(workspace.model)
-    assert np.allclose(via_mlflow, predict_proba(model, images))
+    model, metadata = load_model(workspace.model)
+    assert np.allclose(via_mlflow, predict_proba(model, images, tta=metadata["tta"]))
