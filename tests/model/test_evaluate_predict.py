@@ -134,3 +134,41 @@ def test_predict_full_size_originals(
     assert frame["probability"].between(0, 1).all()
     assert set(frame["predicted_label"]) <= {"NORMAL", "PNEUMONIA"}
     assert np.isfinite(frame["probability"].to_numpy(float)).all()
+
+
+def test_compare_table_has_baselines_default_model_and_published_rows(
+    trained: tuple[Settings, Workspace],
+) -> None:
+    import mlflow
+
+    from pneumo import tracking
+    from pneumo.compare import compare
+
+    settings, ws = trained
+    quick = settings.model_copy(
+        update={
+            "compare": settings.compare.model_copy(
+                update={"paper_archs": ["paper_cnn1"], "epochs": 1}
+            )
+        }
+    )
+    table = compare(quick, ws)
+    models = list(table["model"])
+    assert models[:2] == ["logistic regression on pixels", "paper CNN, 1 block"]
+    assert any(m.startswith("pneumo default") for m in models)
+    published = table[table["source"] == "published"]
+    assert published["accuracy"].tolist()[:4] == [0.8974, 0.8526, 0.9231, 0.9167]
+    measured = table[table["source"] != "published"]
+    assert measured["roc_auc"].between(0, 1).all() and measured["threshold"].between(0, 1).all()
+    markdown = ws.comparison.read_text()
+    assert "| logistic regression on pixels |" in markdown and "92.3 %" in markdown
+    assert ws.comparison.with_suffix(".csv").is_file()
+    tracking.configure(settings.tracking, ws)
+    runs = mlflow.search_runs(
+        experiment_names=[settings.tracking.experiment],
+        filter_string="tags.pipeline_step = 'compare'",
+        output_format="list",
+    )
+    assert runs and any(
+        a.path == "comparison.md" for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)
+    )
