@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pneumo.config import Settings
 from pneumo.data.transforms import standardize
-from pneumo.inference import available_cores, configure_threads
+from pneumo.inference import available_cores, check_images, configure_threads
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _check_images(model: nn.Module, images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(
-            f"expected square uint8 images of shape (N, S, S), got {images.dtype} {images.shape}: "
-            "decode files with pneumo.data.preprocess.decode_radiograph first"
-        )
-    expected = getattr(model, "image_size", None)
-    if expected is not None and images.shape[1] != expected:
-        raise ValueError(
-            f"the model takes {expected}x{expected} images, got {images.shape[1]}x"
-            f"{images.shape[2]}: decode at the model's image_size"
-        )
+    images = check_images(model, images)
     if len(images) == 0:
         raise ValueError("no images given: pass at least one (N, S, S) image")
     return images

@@ -64,22 +64,28 @@ def _views(images: torch.Tensor, tta: bool) -> list[torch.Tensor]:
     ]
 
 
-def predict_proba(
-    model: nn.Module, images: np.ndarray, batch_size: int = 64, tta: bool = False
-) -> np.ndarray:
-    """Probability of pneumonia for each uint8 image of ``images`` (N, S, S) -> (N,) float64."""
+def check_images(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """Reject pixels not prepared by ``decode_radiograph`` at the model's size, with a hint."""
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 3:
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(
-            f"expected uint8 images of shape (N, S, S), got {images.dtype} {images.shape}: "
+            f"expected square uint8 images of shape (N, S, S), got {images.dtype} {images.shape}: "
             "decode files with pneumo.data.preprocess.decode_radiograph first"
         )
     expected = getattr(model, "image_size", None)
-    if expected is not None and images.shape[1:] != (expected, expected):
+    if expected is not None and images.shape[1] != expected:
         raise ValueError(
             f"the model takes {expected}x{expected} images, got {images.shape[1]}x"
             f"{images.shape[2]}: decode at the model's image_size"
         )
+    return images
+
+
+def predict_proba(
+    model: nn.Module, images: np.ndarray, batch_size: int = 64, tta: bool = False
+) -> np.ndarray:
+    """Probability of pneumonia for each uint8 image of ``images`` (N, S, S) -> (N,) float64."""
+    images = check_images(model, images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if torch.get_num_threads() > available_cores():
