@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 
 from pneumo import tracking
@@ -37,12 +36,11 @@ from tests.e2e.servers import (
     prefect_worker,
     worker_log,
 )
+from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SIZE = 32
-OPTIONS = {"hidden_units": 8, "dropout": 0.0}
 DECISION = {"threshold": 0.5, "rule": "fixed", "tta": False}
 
 
@@ -98,42 +96,6 @@ def _restore_mlflow_globals() -> Iterator[None]:
         os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
-def _tiny_model(images: np.ndarray, labels: np.ndarray):  # -> torch.nn.Module
-    """A paper_cnn1 trained for a moment on arrays where pneumonia is a bright central patch."""
-    import torch
-
-    from pneumo.data.transforms import standardize
-    from pneumo.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("paper_cnn1", SIZE, **OPTIONS)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = standardize(images), torch.as_tensor(labels, dtype=torch.float32)
-    for _ in range(15):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
-def _synthetic(n: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    pixels = rng.normal(110.0, 25.0, (n, SIZE, SIZE))
-    pixels[labels == 1, 10:22, 10:22] += 70.0
-    names = np.where(labels == 1, "PNEUMONIA", "NORMAL")
-    frame = pd.DataFrame(
-        {
-            "label": names,
-            "path": [f"test/{name}/img{i}.jpeg" for i, name in enumerate(names)],
-            "patient_id": [f"p{i}" for i in range(n)],
-            "subtype": np.where(labels == 1, "bacterial", "none"),
-        }
-    )
-    return np.clip(pixels, 0, 255).astype(np.uint8), frame
-
-
 def _trained_workspace(root: Path, settings: Settings) -> tuple[Workspace, str]:
     """What `pneumo train` + `pneumo evaluate` leave behind, tracked with pneumo's own functions."""
     from pneumo.data.preprocess import save_arrays
@@ -142,10 +104,10 @@ def _trained_workspace(root: Path, settings: Settings) -> tuple[Workspace, str]:
     from pneumo.models import save_model
 
     ws = Workspace(root)
-    train_images, train_frame = _synthetic(64, seed=1)
-    test_images, test_frame = _synthetic(80, seed=2)
+    train_images, train_frame = synthetic_split(64, seed=1)
+    test_images, test_frame = synthetic_split(80, seed=2)
     save_arrays(ws.arrays("test"), test_images, test_frame)
-    model = _tiny_model(train_images, (train_frame["label"] == "PNEUMONIA").to_numpy(int))
+    model = train_tiny_model(train_images, (train_frame["label"] == "PNEUMONIA").to_numpy(int))
     save_model(model, ws.model, {"arch": "paper_cnn1", "image_size": SIZE, "options": OPTIONS})
     probabilities = predict_proba(model, test_images)
     test_labels = (test_frame["label"] == "PNEUMONIA").to_numpy(int)

@@ -42,7 +42,9 @@ def test_mlflow_server_errors_are_transient_client_errors_are_not() -> None:
 
     try:
         try:
-            raise requests.ConnectionError("Max retries exceeded with url: /api/2.0/mlflow/runs/get")
+            raise requests.ConnectionError(
+                "Max retries exceeded with url: /api/2.0/mlflow/runs/get"
+            )
         except requests.ConnectionError as cause:
             raise MlflowException("API request to http://127.0.0.1:5000 failed") from cause
     except MlflowException as unreachable:
@@ -79,12 +81,16 @@ def _workspace(tmp_path: Path, data: Path) -> Path:
     shutil.copytree(REPO / "pneumo", ws / "pneumo", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True)
     subprocess.run(
-        [sys.executable, "-m", "pneumo.cli", "params", "set", f"data.root={data}"], cwd=ws, check=True
+        [sys.executable, "-m", "pneumo.cli", "params", "set", f"data.root={data}"],
+        cwd=ws,
+        check=True,
     )
     return ws
 
 
-def test_bad_params_fail_before_anything_runs(prefect_harness, tmp_path: Path, synthetic_root: Path) -> None:
+def test_bad_params_fail_before_anything_runs(
+    prefect_harness, tmp_path: Path, synthetic_root: Path
+) -> None:
     ws = _workspace(tmp_path, synthetic_root)
     (ws / "params.yaml").write_text((ws / "params.yaml").read_text().replace("seed: 42", "sed: 42"))
     state = retrain(workspace=str(ws), return_state=True)

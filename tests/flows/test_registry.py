@@ -28,50 +28,14 @@ from pneumo import registry, tracking
 from pneumo.cli import main
 from pneumo.config import Settings, load_settings
 from pneumo.data.preprocess import save_arrays
-from pneumo.data.transforms import standardize
 from pneumo.errors import ConfigError, PipelineOrderError
 from pneumo.evaluate import binary_metrics
 from pneumo.inference import predict_proba
 from pneumo.models import build_model, save_model
 from pneumo.workspace import Workspace
+from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
 
-SIZE = 32
-OPTIONS = {"hidden_units": 8, "dropout": 0.0}
 DECISION = {"threshold": 0.5, "rule": "fixed", "val_sensitivity": 1.0, "val_specificity": 1.0}
-
-
-def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    pixels = rng.normal(110.0, 25.0, (n, SIZE, SIZE))
-    pixels[labels == 1, 10:22, 10:22] += 70.0  # a bright central "opacity"
-    images = np.clip(pixels, 0, 255).astype(np.uint8)
-    names = np.where(labels == 1, "PNEUMONIA", "NORMAL")
-    frame = pd.DataFrame(
-        {
-            "label": names,
-            "path": [f"test/{name}/img{i}.jpeg" for i, name in enumerate(names)],
-            "patient_id": [f"p{i}" for i in range(n)],
-            "subtype": np.where(labels == 1, "bacterial", "none"),
-        }
-    )
-    return images, frame
-
-
-def train_tiny_model(images: np.ndarray, labels: np.ndarray) -> torch.nn.Module:
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: extra threads only contend on a shared CPU
-    model = build_model("paper_cnn1", SIZE, **OPTIONS)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = standardize(images), torch.as_tensor(labels, dtype=torch.float32)
-    for _ in range(15):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    torch.set_num_threads(threads)
-    return model.eval()
 
 
 @dataclass

@@ -7,20 +7,16 @@ import shutil
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from pneumo import registry, tracking
 from pneumo.cli import main
 from pneumo.config import load_settings
 from pneumo.data.preprocess import save_arrays
-from pneumo.data.transforms import standardize
 from pneumo.errors import PipelineOrderError
 from pneumo.evaluate import binary_metrics
 from pneumo.inference import predict_proba
-from pneumo.models import build_model, save_model
+from pneumo.models import save_model
 from pneumo.package import (
     DECISION_FILE,
     METRICS_FILE,
@@ -30,6 +26,7 @@ from pneumo.package import (
 )
 from pneumo.workspace import Workspace
 from tests.serving.serving_support import ServingLab, make_workspace
+from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
 
 
 def test_workspace_model_is_imported_once_with_its_files_and_labels(
@@ -82,27 +79,6 @@ def test_cli_packages_the_workspace_model(
 
 # ---------------------------------------------------------------- the registry champion
 
-SIZE = 32
-OPTIONS = {"hidden_units": 8, "dropout": 0.0}
-
-
-def _synthetic(n: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
-    """32 px images in which pneumonia is a bright central patch: easy enough to pass the gate."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    pixels = rng.normal(110.0, 25.0, (n, SIZE, SIZE))
-    pixels[labels == 1, 10:22, 10:22] += 70.0
-    names = np.where(labels == 1, "PNEUMONIA", "NORMAL")
-    frame = pd.DataFrame(
-        {
-            "label": names,
-            "path": [f"test/{name}/img{i}.jpeg" for i, name in enumerate(names)],
-            "patient_id": [f"p{i}" for i in range(n)],
-            "subtype": np.where(labels == 1, "bacterial", "none"),
-        }
-    )
-    return np.clip(pixels, 0, 255).astype(np.uint8), frame
-
 
 @pytest.mark.slow
 def test_registry_champion_is_packaged_with_its_version(
@@ -121,20 +97,10 @@ def test_registry_champion_is_packaged_with_its_version(
         },
     )
     workspace = Workspace(tmp_path)
-    train_images, train_frame = _synthetic(64, seed=1)
-    test_images, test_frame = _synthetic(120, seed=2)
+    train_images, train_frame = synthetic_split(64, seed=1)
+    test_images, test_frame = synthetic_split(120, seed=2)
     save_arrays(workspace.arrays("test"), test_images, test_frame)
-    torch.manual_seed(0)
-    model = build_model("paper_cnn1", SIZE, **OPTIONS)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x = standardize(train_images)
-    y = torch.as_tensor((train_frame["label"] == "PNEUMONIA").to_numpy(), dtype=torch.float32)
-    for _ in range(15):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = train_tiny_model(train_images, (train_frame["label"] == "PNEUMONIA").to_numpy(int))
     save_model(
         model, workspace.model, {"arch": "paper_cnn1", "image_size": SIZE, "options": OPTIONS}
     )
