@@ -66,7 +66,7 @@ def make_workspace(root: Path, params: Path) -> Workspace:
 
 def in_process(images: list[bytes], workspace: Workspace, settings: Any) -> dict[str, Any]:
     """Decode with the service's upload path and predict all images in one call, here."""
-    from pneumo.inference import configure_threads
+    from pneumo.accel import configure_threads
     from pneumo.predict import Predictor
     from serving.inputs import read_radiograph
 

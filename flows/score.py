@@ -107,7 +107,7 @@ def score_chunk(
     threads: int,
 ) -> dict[str, int]:
     """Predict one chunk with `predict_paths` and keep its rows (written atomically)."""
-    from pneumo.inference import configure_threads
+    from pneumo.accel import configure_threads
     from pneumo.predict import predict_paths
 
     configure_threads(threads)  # one Dask worker thread = this many torch threads
@@ -127,7 +127,7 @@ def dask_task_runner(settings: ScoreSettings, api_url: str | None = None) -> Any
 
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
-    from pneumo.inference import available_cores
+    from pneumo.accel import available_cores
 
     n_workers = settings.n_workers or max(1, available_cores() // settings.threads_per_worker)
     return DaskTaskRunner(

@@ -140,7 +140,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor = champion_predictor(_settings(args), workspace)
     else:
         predictor = Predictor.from_files(
-            args.model or workspace.model, args.decision or workspace.decision
+            args.model or workspace.model,
+            args.decision or workspace.decision,
+            _settings(args).model.accelerator(),
         )
     frame = predict(
         args.paths, args.output, predictor, _settings(args).preprocess.workers, args.batch_size

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from pneumo.config import Settings
-from pneumo.evaluate import binary_metrics, choose_threshold
+from pneumo.decision import choose_threshold
+from pneumo.metrics import binary_metrics
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,15 @@ COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _row(name: str, y_val, p_val, y_test, p_test, settings: Settings) -> dict[str, Any]:
+def _row(
+    name: str, y_val, p_val, y_test, p_test, settings: Settings, test_split: str
+) -> dict[str, Any]:
     decision = choose_threshold(y_val, p_val, settings.evaluate)
     m = binary_metrics(y_test, p_test, decision.threshold)
     return {
         "model": name,
         "source": "measured here",
-        "test_split": "carved, patient-disjoint",
+        "test_split": test_split,
         **{k: m[k] for k in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")},
         "threshold": decision.threshold,
     }
@@ -99,9 +102,9 @@ def paper_cnn(
     )
     train(variant, scratch, track=False)
     model, _ = load_model(scratch.model)
-    batch = settings.evaluate.batch_size
-    return predict_proba(model, data["val"]["images"], batch), predict_proba(
-        model, data["test"]["images"], batch
+    batch, accel = settings.model.batch_size, settings.model.accelerator()
+    return tuple(  # type: ignore[return-value]
+        predict_proba(model, data[s]["images"], batch, accel=accel) for s in ("val", "test")
     )
 
 
@@ -113,9 +116,14 @@ def compare(settings: Settings, workspace: Workspace = Workspace()) -> pd.DataFr
 
     data = {s: load_arrays(workspace.arrays(s)) for s in ("train", "val", "test")}
     y_val, y_test = data["val"]["labels"], data["test"]["labels"]
+    from pneumo.evaluate import test_source
+
+    source = test_source(workspace)
     rows = []
     p_val, p_test = logistic_pixels(data, settings)
-    rows.append(_row("logistic regression on pixels", y_val, p_val, y_test, p_test, settings))
+    rows.append(
+        _row("logistic regression on pixels", y_val, p_val, y_test, p_test, settings, source)
+    )
     for arch in settings.compare.paper_archs:
         log.info("training %s for the comparison", arch)
         p_val, p_test = paper_cnn(arch, data, settings, workspace)
@@ -128,6 +136,7 @@ def compare(settings: Settings, workspace: Workspace = Workspace()) -> pd.DataFr
                 y_test,
                 p_test,
                 settings,
+                source,
             )
         )
     if workspace.eval_metrics.is_file():
@@ -136,7 +145,7 @@ def compare(settings: Settings, workspace: Workspace = Workspace()) -> pd.DataFr
         rows.append({
             "model": f"pneumo default ({settings.model.arch})",
             "source": "measured here (pneumo evaluate)",
-            "test_split": "carved, patient-disjoint",
+            "test_split": source,
             **{k: t[k] for k in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")},
             "threshold": report["threshold"]["threshold"],
         })  # fmt: skip

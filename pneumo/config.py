@@ -90,7 +90,18 @@ class ModelSettings(_Section):
     arch: Literal["paper_cnn1", "paper_cnn2", "paper_cnn3", "paper_cnn4", "resnet"] = "resnet"
     resnet: ResNetOptions = ResNetOptions()
     paper_cnn: PaperCNNOptions = PaperCNNOptions()
+    # How the model runs at inference (evaluation, prediction, serving); training has its own.
     tta: bool = Field(True, description="average predictions over small shifts at inference")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="for inference")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="for inference")
+    threads: int = Field(0, ge=0, description="torch threads for inference; 0 = one per core")
+    batch_size: int = Field(128, ge=1, le=4096, description="images per inference call")
+
+    def accelerator(self) -> Any:
+        """The resolved inference device and precision (:mod:`pneumo.accel`)."""
+        from pneumo.accel import resolve
+
+        return resolve(self.device, self.precision)
 
     def options(self) -> dict[str, Any]:
         """The keyword options of the chosen architecture's family (its sub-section)."""
@@ -100,6 +111,9 @@ class ModelSettings(_Section):
 
 class AugmentSettings(_Section):
     enabled: bool = True
+    engine: Literal["batched", "per_image"] = Field(
+        "batched", description="batched tensor ops (fast); per_image: torchvision v2, the reference"
+    )
     rotation_degrees: float = Field(10.0, ge=0.0, le=45.0)
     translate: float = Field(0.08, ge=0.0, le=0.3, description="max shift, fraction of the side")
     scale_min: float = Field(0.9, gt=0.0, le=1.0)
@@ -115,6 +129,24 @@ class AugmentSettings(_Section):
     noise_p: float = Field(0.2, ge=0.0, le=1.0)
     noise_sigma: float = Field(0.03, ge=0.0, le=0.5, description="fraction of the 0..255 range")
     erase_p: float = Field(0.0, ge=0.0, le=1.0)
+    aspect_max: float = Field(
+        1.0, ge=1.0, le=2.0, description="width/height stretched by up to this factor either way"
+    )
+    resample_p: float = Field(0.0, ge=0.0, le=1.0, description="made at a lower resolution")
+    resample_scale_min: float = Field(0.5, gt=0.05, le=1.0, description="smallest side factor")
+    jpeg_p: float = Field(0.0, ge=0.0, le=1.0, description="re-compressed as JPEG")
+    jpeg_quality_min: int = Field(30, ge=1, le=100)
+    jpeg_quality_max: int = Field(90, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _engine_supports(self) -> AugmentSettings:
+        if self.jpeg_quality_min > self.jpeg_quality_max:
+            raise ValueError("jpeg_quality_min must not exceed jpeg_quality_max")
+        batched_only = {"aspect_max": 1.0, "resample_p": 0.0, "jpeg_p": 0.0}
+        used = [k for k, off in batched_only.items() if getattr(self, k) != off]
+        if self.engine == "per_image" and used:
+            raise ValueError(f"{', '.join(used)} need engine: batched")
+        return self
 
 
 class TrainSettings(_Section):
@@ -130,9 +162,13 @@ class TrainSettings(_Section):
     class_balance: Literal["sampler", "weights", "none"] = "sampler"
     label_smoothing: float = Field(0.05, ge=0.0, lt=0.5)
     ema_decay: float = Field(0.998, ge=0.0, lt=1.0, description="0 = no weight averaging")
-    monitor: Literal["val_auc", "val_loss"] = "val_auc"
+    monitor: Literal["val_roc_auc", "val_log_loss"] = "val_roc_auc"
     early_stopping_patience: int = Field(10, ge=0, description="epochs; 0 = never stop early")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per available core")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA if present")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware has native bf16, else fp32"
+    )
     augment: AugmentSettings = AugmentSettings()
 
     @model_validator(mode="after")
@@ -158,10 +194,12 @@ class EvaluateSettings(_Section):
     youden_tiebreak: Literal["most_specific", "centre"] = "most_specific"
     target_sensitivity: float = Field(0.95, gt=0.0, lt=1.0, description="target_sensitivity rule")
     fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="fixed rule")
+    referral_margin: float = Field(
+        0.1, ge=0.0, lt=0.5, description="refer when |probability - threshold| < margin"
+    )
     bootstrap_samples: int = Field(1000, ge=0, le=100_000, description="0 = no intervals")
     ci_level: float = Field(0.95, gt=0.5, lt=1.0)
     calibration_bins: int = Field(10, ge=2, le=100)
-    batch_size: int = Field(128, ge=1, le=4096)
     seed: int = 0
 
 
@@ -264,9 +302,6 @@ class ServeSettings(_Section):
     max_batch_size: int = Field(32, ge=1, le=1024, description="images per model call")
     max_latency_ms: int = Field(
         5000, ge=10, le=600_000, description="a queued image is answered 503 after waiting this long"
-    )
-    referral_margin: float = Field(
-        0.1, ge=0.0, lt=0.5, description="refer when |probability - threshold| < margin"
     )
     max_request_bytes: int = Field(20_000_000, ge=1024, description="larger bodies get 413")
     max_pixels: int = Field(

@@ -27,8 +27,10 @@ from torch import nn
 from tqdm import tqdm
 
 from pneumo.config import Settings
+from pneumo.data.kermany import CLASSES
 from pneumo.data.transforms import standardize
-from pneumo.inference import available_cores, check_images, configure_threads
+from pneumo.decision import Decision
+from pneumo.inference import check_images
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,6 @@ GROUPS: dict[str, str] = {
     "FP": "false positive",
     "FN": "false negative",
 }
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 ACTIVATION_CHANNELS = 8
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -125,8 +126,6 @@ def gradcam(
         log.debug("grad-cam layer: %s", name)
     elif not any(module is layer for module in model.modules()):
         raise ValueError("layer is not a submodule of model: pass one of model.modules()")
-    if torch.get_num_threads() > available_cores():
-        configure_threads()
 
     captured: dict[str, torch.Tensor] = {}
 
@@ -246,7 +245,7 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> b
 def select_examples(
     labels: np.ndarray,
     probabilities: np.ndarray,
-    threshold: float,
+    decision: Decision,
     n_per_group: int = 4,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
@@ -263,7 +262,7 @@ def select_examples(
         )
     if n_per_group < 1:
         raise ValueError(f"n_per_group must be at least 1, got {n_per_group}")
-    predicted = probabilities >= threshold  # the same rule as pneumo.evaluate
+    predicted = decision.positive(probabilities)
     members = {
         "TP": (labels == 1) & predicted,
         "TN": (labels == 0) & ~predicted,
@@ -313,7 +312,7 @@ def _gradcam_figure(
         left.set_title(f"{GROUPS[group]}\n{_short(names[index])}", fontsize=9)
         right.imshow(overlay(images[index], heatmap, alpha))
         right.set_title(
-            f"label {CLASS_NAMES[int(labels[index])]}\np(pneumonia) = {probabilities[index]:.2f}",
+            f"label {CLASSES[int(labels[index])]}\np(pneumonia) = {probabilities[index]:.2f}",
             fontsize=9,
         )
         left.set_axis_off()
@@ -368,7 +367,7 @@ def explain(
     images: np.ndarray,
     labels: np.ndarray,
     probabilities: np.ndarray,
-    threshold: float,
+    decision: Decision,
     paths: Sequence[str | Path],
     out_dir: Path,
     n_per_group: int = 4,
@@ -389,7 +388,7 @@ def explain(
             f"images ({len(images)}), labels ({len(labels)}), probabilities "
             f"({len(probabilities)}) and paths ({len(names)}) must describe the same images"
         )
-    chosen = select_examples(labels, probabilities, threshold, n_per_group, seed)
+    chosen = select_examples(labels, probabilities, decision, n_per_group, seed)
     rows = [(group, int(index)) for group, indices in chosen.items() for index in indices]
     log.info(
         "explaining %d images: %s",
@@ -406,7 +405,7 @@ def explain(
     out_dir = Path(out_dir)
     figures = {
         "gradcam_grid": _gradcam_figure(
-            rows, images, heatmaps, labels, probabilities, names, threshold, alpha
+            rows, images, heatmaps, labels, probabilities, names, decision.threshold, alpha
         ),
         "activation_maps": _activation_figure(samples, images, names),
     }
@@ -415,19 +414,20 @@ def explain(
 
 def explain_workspace(settings: Settings, workspace: Workspace = Workspace()) -> list[Path]:
     """The `explain` stage: Grad-CAM grids for the test split at the evaluated threshold."""
+    from pneumo.accel import configure_threads
     from pneumo.data.preprocess import load_arrays
     from pneumo.predict import Predictor
 
-    configure_threads(settings.train.threads)
-    predictor = Predictor.from_workspace(workspace)
+    configure_threads(settings.model.threads)
+    predictor = Predictor.from_workspace(workspace, settings.model.accelerator())
     test = load_arrays(workspace.arrays("test"))
-    probabilities = predictor.probabilities(test["images"], settings.evaluate.batch_size)
+    probabilities = predictor.probabilities(test["images"], settings.model.batch_size)
     written = explain(
         predictor.model,
         test["images"],
         test["labels"],
         probabilities,
-        predictor.threshold,
+        predictor.decision,
         test["paths"],
         workspace.explain_dir,
         n_per_group=settings.explain.n_per_group,

@@ -1,25 +1,25 @@
 """The one place that turns decoded pixels into pneumonia probabilities.
 
-Validation during training, evaluation, batch prediction and the HTTP service all call
-:func:`predict_proba`, so standardisation and test-time augmentation cannot drift apart.
+Validation during training, evaluation, stress tests, batch prediction and the HTTP service all
+call :func:`predict_proba`, so standardisation and test-time augmentation cannot drift apart.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import functools
+import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as F
 
+from pneumo.accel import Accelerator
 from pneumo.data.transforms import standardize
 
-log = logging.getLogger(__name__)
-
+CPU_FP32 = Accelerator("cpu", "fp32")
 # Test-time views (rotation degrees, horizontal shift as a fraction of the side, scale): small
-# changes of positioning that the network saw during training; their average is steadier.
+# changes of positioning that the network saw during training; their probabilities are averaged.
 TTA_VIEWS: tuple[tuple[float, float, float], ...] = (
     (0.0, 0.0, 1.0),
     (0.0, 0.0, 1.08),
@@ -30,38 +30,26 @@ TTA_VIEWS: tuple[tuple[float, float, float], ...] = (
 )
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (the container's share, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+@functools.cache
+def _tta_grids(side: int) -> torch.Tensor:
+    """Sampling grids of every view, (views, S, S, 2): built once per image size."""
+    thetas = []
+    for degrees, shift, scale in TTA_VIEWS:
+        angle = math.radians(degrees)
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        inverse = torch.tensor([[cos, sin], [-sin, cos]], dtype=torch.float32)
+        offset = torch.tensor([[2.0 * shift], [0.0]])
+        thetas.append(torch.cat([inverse, -(inverse @ offset)], 1))
+    return F.affine_grid(torch.stack(thetas), [len(TTA_VIEWS), 1, side, side], align_corners=False)
 
 
-def configure_threads(threads: int = 0) -> int:
-    """Use ``threads`` torch threads (0 = one per available core); more only oversubscribe."""
-    wanted = threads or available_cores()
-    if torch.get_num_threads() != wanted:
-        torch.set_num_threads(wanted)
-    return wanted
-
-
-def _views(images: torch.Tensor, tta: bool) -> list[torch.Tensor]:
-    if not tta:
-        return [images]
-    images = images.float() / 255.0  # torchvision warps uint8 far slower than float
-    side = images.shape[-1]
-    return [
-        F.affine(
-            images,
-            angle=angle,
-            translate=[round(shift * side), 0],
-            scale=scale,
-            shear=[0.0, 0.0],
-            interpolation=F.InterpolationMode.BILINEAR,
-        )
-        for angle, shift, scale in TTA_VIEWS
-    ]
+def tta_views(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, S, S) float -> (views * N, 1, S, S): each view of the whole batch, view-major."""
+    n, _, side, _ = images.shape
+    grids = _tta_grids(side).to(images.device)
+    grids = grids.repeat_interleave(n, dim=0)
+    stacked = images.repeat(len(TTA_VIEWS), 1, 1, 1)
+    return F.grid_sample(stacked, grids, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def check_images(model: nn.Module, images: np.ndarray) -> np.ndarray:
@@ -81,24 +69,39 @@ def check_images(model: nn.Module, images: np.ndarray) -> np.ndarray:
     return images
 
 
+def prepare(model: nn.Module, accel: Accelerator) -> nn.Module:
+    """Put the model on the accelerator's device and memory format (idempotent)."""
+    fmt = torch.channels_last if accel.channels_last else torch.contiguous_format
+    return model.to(device=accel.device, memory_format=fmt)
+
+
 def predict_proba(
-    model: nn.Module, images: np.ndarray, batch_size: int = 64, tta: bool = False
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 64,
+    tta: bool = False,
+    accel: Accelerator = CPU_FP32,
 ) -> np.ndarray:
     """Probability of pneumonia for each uint8 image of ``images`` (N, S, S) -> (N,) float64."""
     images = check_images(model, images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if torch.get_num_threads() > available_cores():
-        configure_threads()
     was_training = model.training
     model.eval()
+    prepare(model, accel)
+    views = len(TTA_VIEWS) if tta else 1
     out = np.empty(len(images), dtype=np.float64)
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).unsqueeze(1)
-                probs = [torch.sigmoid(model(standardize(v))) for v in _views(batch, tta)]
-                out[start : start + len(batch)] = torch.stack(probs).mean(0).double().numpy()
+                pixels = batch.to(accel.device).float() / 255.0
+                if tta:
+                    pixels = tta_views(pixels)
+                with accel.autocast():
+                    logits = model(standardize(pixels))
+                probs = torch.sigmoid(logits.float()).view(views, len(batch)).mean(0)
+                out[start : start + len(batch)] = probs.double().cpu().numpy()
     finally:
         model.train(was_training)
     return out

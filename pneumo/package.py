@@ -23,7 +23,7 @@ from typing import Any
 
 from pneumo.config import Settings
 from pneumo.errors import PipelineOrderError, PneumoError
-from pneumo.workspace import Workspace
+from pneumo.workspace import Workspace, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,6 @@ def use_bentoml_home(home: Path) -> Path:
     return home
 
 
-def _sha256(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
-
-
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Test-split numbers worth showing in `bentoml models list` (flat or nested reports)."""
     source = metrics.get("test") if isinstance(metrics.get("test"), dict) else metrics
@@ -170,7 +163,7 @@ def card_files(workspace: Workspace, weights: Path, from_workspace: bool) -> dic
     Only when the workspace's own model is these very weights: a registry champion older than
     the workspace's last training must not be shown with another model's evaluation.
     """
-    if not workspace.model.is_file() or _sha256(workspace.model) != _sha256(weights):
+    if not workspace.model.is_file() or sha256_file(workspace.model) != sha256_file(weights):
         log.info("the workspace's evaluation is of another model: no card files are packaged")
         return {}
     sources = {
@@ -221,7 +214,7 @@ def import_champion(
         decision = json.loads((staging / DECISION_FILE).read_text())
         metrics = json.loads((staging / METRICS_FILE).read_text())
         card = card_files(workspace, staging / MODEL_FILE, from_workspace)
-        digest = _sha256(staging / MODEL_FILE, staging / DECISION_FILE)
+        digest = sha256_file(staging / MODEL_FILE, staging / DECISION_FILE)
         tag = f"{settings.registry.model_name}:{_model_version(source, digest)}"
         headline = _headline_metrics(metrics)
         metadata: dict[str, Any] = {

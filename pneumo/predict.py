@@ -6,8 +6,6 @@ network, ``predict_proba`` for probabilities and the validation-chosen decision 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pneumo.accel import Accelerator
 from pneumo.data.kermany import CLASSES, IMAGE_SUFFIXES
-from pneumo.errors import PipelineOrderError, PneumoError
-from pneumo.workspace import Workspace, atomic_path
+from pneumo.decision import Decision
+from pneumo.errors import PneumoError
+from pneumo.inference import CPU_FP32
+from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -29,45 +30,46 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
 
 @dataclass
 class Predictor:
-    """A trained network with its decision threshold: everything needed to call a radiograph."""
+    """A trained network with its decision: everything needed to call a radiograph."""
 
     model: Any
     metadata: dict[str, Any]
-    threshold: float
-    tta: bool
+    decision: Decision
     model_id: str
+    accel: Accelerator = CPU_FP32
 
     @property
     def image_size(self) -> int:
         return int(self.metadata["image_size"])
 
+    @property
+    def threshold(self) -> float:
+        return self.decision.threshold
+
     @classmethod
-    def from_files(cls, model_path: Path, decision_path: Path) -> Predictor:
+    def from_files(
+        cls, model_path: Path, decision_path: Path, accel: Accelerator = CPU_FP32
+    ) -> Predictor:
         from pneumo.models import load_model
 
-        if not Path(decision_path).is_file():
-            raise PipelineOrderError(
-                f"{decision_path} not found: run `pneumo evaluate` to choose the decision threshold"
-            )
+        decision = Decision.load(decision_path)
         model, metadata = load_model(model_path)
-        decision = json.loads(Path(decision_path).read_text())
-        digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:12]
-        model_id = f"{metadata['arch']}@{digest}"
-        return cls(
-            model, metadata, float(decision["threshold"]), bool(decision.get("tta")), model_id
-        )
+        model_id = f"{metadata['arch']}@{sha256_file(Path(model_path))[:12]}"
+        return cls(model, metadata, decision, model_id, accel)
 
     @classmethod
-    def from_workspace(cls, workspace: Workspace = Workspace()) -> Predictor:
-        return cls.from_files(workspace.model, workspace.decision)
+    def from_workspace(
+        cls, workspace: Workspace = Workspace(), accel: Accelerator = CPU_FP32
+    ) -> Predictor:
+        return cls.from_files(workspace.model, workspace.decision, accel)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         from pneumo.inference import predict_proba
 
-        return predict_proba(self.model, images, batch_size, tta=self.tta)
+        return predict_proba(self.model, images, batch_size, self.decision.tta, self.accel)
 
     def label(self, probability: float) -> str:
-        return CLASSES[1] if probability >= self.threshold else CLASSES[0]
+        return self.decision.label(probability)
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:

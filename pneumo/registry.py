@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from pneumo import tracking
 from pneumo.config import RegistrySettings, Settings
 from pneumo.errors import PipelineOrderError, PneumoError
-from pneumo.workspace import Workspace, atomic_path
+from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -444,7 +444,7 @@ def register_and_gate(settings: Settings, workspace: Workspace = Workspace()) ->
     test = load_arrays(workspace.arrays("test"))
     _check_same_test_split(report, test["labels"], workspace)
     challenger_metrics = point_metrics(report["test"])
-    data_sha256 = tracking.file_digest(workspace.arrays("test"))
+    data_sha256 = sha256_file(workspace.arrays("test"))
     with connect(settings, workspace) as registry:
         version, created = _register(
             registry, run_id, workspace, decision_file, challenger_metrics, data_sha256, test
@@ -548,8 +548,8 @@ def _register(
     test: dict[str, np.ndarray],
 ) -> tuple[ModelVersion, bool]:
     """The run's version of the model (created with alias challenger when new) and whether it is new."""
-    model_sha256 = tracking.file_digest(workspace.model)
-    decision_sha256 = tracking.file_digest(workspace.decision)
+    model_sha256 = sha256_file(workspace.model)
+    decision_sha256 = sha256_file(workspace.decision)
     for existing in registry.versions(run_id, any_name=True):
         recorded = existing.tags.get("decision_sha256")
         if recorded and recorded != decision_sha256:
@@ -572,7 +572,7 @@ def _register(
     logged = _logged_model(registry, run, workspace, test)
     with tempfile.TemporaryDirectory(prefix="pneumo-registry-") as tmp:
         weights = registry.download(logged.artifact_location, WEIGHTS_ARTIFACT, Path(tmp))
-        if tracking.file_digest(weights) != model_sha256:
+        if sha256_file(weights) != model_sha256:
             raise RegistryError(
                 f"models/model.pt differs from the weights logged in run {run_id}: the file changed "
                 "after training; rerun `pneumo train` (or `dvc repro`) so the run and the file agree"
@@ -637,8 +637,9 @@ def _rescore(
     workspace: Workspace,
 ) -> dict[str, float]:
     """A version's own weights and threshold, scored on this workspace's test arrays."""
-    from pneumo.evaluate import binary_metrics
-    from pneumo.inference import configure_threads, predict_proba
+    from pneumo.accel import configure_threads
+    from pneumo.inference import predict_proba
+    from pneumo.metrics import binary_metrics
     from pneumo.models import load_model
 
     with tempfile.TemporaryDirectory(prefix="pneumo-registry-") as tmp:
@@ -649,9 +650,10 @@ def _rescore(
     size = int(metadata["image_size"])
     if images.shape[-1] != size:
         images = _decode_test_split(test["paths"], size, settings, workspace)
-    configure_threads(settings.train.threads)
+    configure_threads(settings.model.threads)
     probabilities = predict_proba(
-        model, images, settings.evaluate.batch_size, tta=bool(decision.get("tta", False))
+        model, images, settings.model.batch_size, tta=bool(decision.get("tta", False)),
+        accel=settings.model.accelerator(),
     )
     values = binary_metrics(
         test["labels"],
@@ -833,7 +835,7 @@ def download_version(
         with tempfile.TemporaryDirectory(prefix="pneumo-registry-") as tmp:
             files = registry.version_files(version, Path(tmp))
             expected = model_version.tags.get("model_sha256")
-            if expected and tracking.file_digest(files["model"]) != expected:
+            if expected and sha256_file(files["model"]) != expected:
                 raise RegistryError(
                     f"the weights of {registry.name} v{version} do not match their recorded "
                     "sha256: the artifact store was altered; re-register the model"
@@ -870,7 +872,9 @@ def champion_predictor(settings: Settings, workspace: Workspace = Workspace()) -
 
     with tempfile.TemporaryDirectory(prefix="pneumo-champion-") as tmp:
         info = download_version(settings, workspace, CHAMPION, Path(tmp))
-        predictor = Predictor.from_files(Path(tmp) / "model.pt", Path(tmp) / "decision.json")
+        predictor = Predictor.from_files(
+            Path(tmp) / "model.pt", Path(tmp) / "decision.json", settings.model.accelerator()
+        )
     return replace(predictor, model_id=f"{info['name']}/v{info['version']}:{predictor.model_id}")
 
 

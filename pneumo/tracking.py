@@ -6,7 +6,6 @@ The default backend is an SQLite file in the workspace (``sqlite:///mlruns.db``)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -21,7 +20,7 @@ import numpy as np
 import yaml
 
 from pneumo.config import Settings, TrackingSettings
-from pneumo.workspace import Workspace
+from pneumo.workspace import Workspace, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +69,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes: the identity of a data version."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def git_commit(root: Path) -> str | None:
     try:
         result = subprocess.run(
@@ -94,7 +84,7 @@ def dvc_tags(root: Path) -> dict[str, str]:
     lock = root / "dvc.lock"
     if not lock.is_file():
         return {}
-    tags = {"dvc_lock_sha256": file_digest(lock)}
+    tags = {"dvc_lock_sha256": sha256_file(lock)}
     try:
         stages = yaml.safe_load(lock.read_text()).get("stages", {})
         for out in stages.get("preprocess", {}).get("outs", []):
@@ -142,7 +132,7 @@ def log_dataset(
             targets=labels,
             source=str(Path(path).resolve()),
             name=Path(path).stem,
-            digest=(sha256 or file_digest(path))[:16],
+            digest=(sha256 or sha256_file(path))[:16],
         )
     mlflow.log_input(dataset, context=context)
 

@@ -1,8 +1,8 @@
 """Train the network on the train split; choose the best epoch on the validation split only.
 
-Reproducible (same params, data and seed give identical weights on a CPU), resumable (a checkpoint
-is written atomically after every epoch and a rerun continues from it) and tracked in MLflow (one
-run per training, reopened on resume). The test split is never read here.
+Reproducible (same params, data and seed give identical weights on a given machine), resumable (a
+checkpoint is written atomically after every epoch and a rerun continues from it) and tracked in
+MLflow (one run per training, reopened on resume). The test split is never read here.
 
 Under ``torchrun`` (WORLD_SIZE > 1) it trains with DistributedDataParallel: each rank takes its
 slice of the single-process global batch, and only rank 0 validates, checkpoints, tracks and writes.
@@ -12,42 +12,59 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import math
-import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pneumo.config import Settings, TrainSettings
+from pneumo import accel as accelerators
+from pneumo import plots
+from pneumo.config import Settings
+from pneumo.data.augment import BatchAugmentation
+from pneumo.data.kermany import CLASSES
 from pneumo.data.preprocess import load_arrays
 from pneumo.data.transforms import NORMALISATION, augment_batch, build_augmentation, standardize
+from pneumo.distributed import (
+    Distributed,
+    barrier,
+    broadcast_from_main,
+    global_mean_and_sum,
+    process_group,
+)
 from pneumo.errors import ConfigError, PipelineOrderError, PneumoError
-from pneumo.inference import available_cores, configure_threads, predict_proba
+from pneumo.inference import predict_proba, prepare
+from pneumo.metrics import binary_metrics
 from pneumo.models import build_model, save_model
-from pneumo.workspace import Workspace, atomic_path
+from pneumo.optimization import (
+    batch_loss,
+    build_optimizer,
+    epoch_order,
+    epoch_seed,
+    learning_rate,
+    sample_weights,
+    update_ema,
+)
+from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("NORMAL", "PNEUMONIA")
-DECISION_THRESHOLD = 0.5
 _MIN_DELTA = 1e-4  # smaller changes of the monitored metric do not count as improvement
+# Validation metrics recorded per epoch (at the neutral threshold 0.5; the real one comes later).
+VAL_METRICS = ("log_loss", "roc_auc", "accuracy", "sensitivity", "specificity")
 EpochHook = Callable[[int, dict[str, float]], None]
+Augmenter = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 class TrainingDivergedError(PneumoError):
@@ -64,58 +81,93 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job; world_size 1 is plain single-process training."""
+class TrainData:
+    """The train split as tensors, and the validation split as the arrays inference takes."""
 
-    rank: int = 0
-    world_size: int = 1
-    local_world_size: int = 1
+    images: torch.Tensor  # (N, 1, S, S) uint8
+    labels: np.ndarray
+    targets: torch.Tensor
+    weights: torch.Tensor
+    val_images: np.ndarray
+    val_labels: np.ndarray
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+@dataclass
+class TrainState:
+    """Everything the loop carries between epochs; the checkpoint is built from it at save time."""
+
+    fingerprint: str
+    epoch: int = 0
+    global_step: int = 0
+    finished: bool = False
+    run_id: str = ""
+    bad_epochs: int = 0
+    best_epoch: int = 0
+    best_score: float = math.nan
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    def to_checkpoint(
+        self, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Any]:
+        """Tensors and plain values only: loadable with ``torch.load(weights_only=True)``."""
+        return {
+            **asdict(self),
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
 
     @classmethod
-    def from_env(cls) -> Distributed:
-        """Read the variables torchrun sets (WORLD_SIZE, RANK, LOCAL_WORLD_SIZE)."""
+    def from_checkpoint(
+        cls,
+        path: Path,
+        fingerprint: str,
+        model: nn.Module,
+        ema: nn.Module,
+        optimizer: torch.optim.Optimizer,
+    ) -> TrainState | None:
+        """The state saved at ``path`` (weights restored into the modules), if it is this training's."""
+        if not path.is_file():
+            return None
         try:
-            return cls(
-                rank=int(os.environ.get("RANK", "0")),
-                world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"RANK, WORLD_SIZE and LOCAL_WORLD_SIZE must be integers ({exc}): start "
-                "distributed training with torchrun"
-            ) from None
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if payload.get("fingerprint") != fingerprint:
+                log.info("checkpoint %s belongs to other params or data; training anew", path)
+                return None
+            model.load_state_dict(payload.pop("model"))
+            ema.load_state_dict(payload.pop("ema"))
+            optimizer.load_state_dict(payload.pop("optimizer"))
+            return cls(**payload)
+        except (
+            pickle.UnpicklingError,
+            RuntimeError,
+            OSError,
+            EOFError,
+            KeyError,
+            TypeError,
+        ) as exc:
+            log.warning("checkpoint %s is unreadable (%s); training from scratch", path, exc)
+            return None
 
-
-@contextmanager
-def _process_group(ddp: Distributed) -> Iterator[None]:
-    """Join torchrun's process group for the training (gloo for CPU tensors, nccl for CUDA ones)."""
-    if not ddp.enabled or dist.is_initialized():
-        yield
-        return
-    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _broadcast_from_main(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (early stop, the final result)."""
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-# ---------------------------------------------------------------- data, loss, schedule, metrics
+    def record(
+        self, row: dict[str, float], score: float, higher_is_better: bool, weights: nn.Module
+    ) -> bool:
+        """Add an epoch's row; keep the weights when the monitored score improved."""
+        best = self.best_score
+        improved = math.isnan(best) or (
+            score > best + _MIN_DELTA if higher_is_better else score < best - _MIN_DELTA
+        )
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = score, int(row["epoch"]), 0
+            self.best_weights = {
+                k: v.detach().cpu().clone() for k, v in weights.state_dict().items()
+            }
+        else:
+            self.bad_epochs += 1
+        self.history.append(row)
+        return improved
 
 
 def _load_split(workspace: Workspace, split: str, image_size: int) -> dict[str, np.ndarray]:
@@ -130,216 +182,32 @@ def _load_split(workspace: Workspace, split: str, image_size: int) -> dict[str, 
     return arrays
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fingerprint(settings: Settings, data_digests: dict[str, str]) -> str:
+def fingerprint(settings: Settings, data_digests: dict[str, str]) -> str:
     """Identity of a training: a checkpoint is resumed only by the training it belongs to."""
     blob = {
-        "model": settings.model.model_dump(mode="json", exclude={"tta"}),
-        "train": settings.train.model_dump(mode="json"),
+        "model": settings.model.model_dump(mode="json", exclude={"tta", "device", "precision"}),
+        "train": settings.train.model_dump(mode="json", exclude={"threads", "device"}),
         "image_size": settings.preprocess.image_size,
         "data": data_digests,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """Every epoch draws from its own seed, so a resumed run repeats the uninterrupted one."""
-    return (seed * 1_000_003 + epoch) % 2**63
-
-
-def _epoch_order(
-    labels: np.ndarray, class_balance: str, generator: torch.Generator
-) -> torch.Tensor:
-    """Image indices for one epoch; "sampler" draws both classes equally often (with replacement)."""
-    if class_balance == "sampler":
-        counts = np.bincount(labels, minlength=2)
-        weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
-        return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
-    return torch.randperm(len(labels), generator=generator)
-
-
-def _sample_weights(labels: np.ndarray, class_balance: str) -> torch.Tensor:
-    """Per-image loss weights; "weights" makes both classes count equally in the loss."""
-    if class_balance != "weights":
-        return torch.ones(len(labels))
-    counts = np.bincount(labels, minlength=2)
-    return torch.as_tensor(len(labels) / (2.0 * counts[labels]), dtype=torch.float32)
-
-
-def _batch_loss(
-    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, label_smoothing: float
-) -> torch.Tensor:
-    """Binary cross-entropy against smoothed targets (0 -> e/2, 1 -> 1 - e/2)."""
-    soft_targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    return F.binary_cross_entropy_with_logits(logits, soft_targets, weight=weights)
-
-
-def _learning_rate(step: int, total_steps: int, warmup_steps: int, cfg: TrainSettings) -> float:
-    """Linear warm-up, then constant or cosine decay to zero at the last planned step."""
-    if step < warmup_steps:
-        return cfg.lr * (step + 1) / warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _optimizer(model: nn.Module, cfg: TrainSettings) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's) or AdamW; no weight decay on biases and norm scales."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-@torch.no_grad()
-def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
-    """Exponential moving average of weights and BN statistics; short memory early on."""
-    decay = min(decay, (1.0 + step) / (10.0 + step))
-    for averaged, current in zip(
-        ema.state_dict().values(), model.state_dict().values(), strict=True
-    ):
-        if averaged.is_floating_point():
-            averaged.lerp_(current, 1.0 - decay)
-        else:
-            averaged.copy_(current)
-
-
-def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Loss, ROC-AUC and decision metrics at the 0.5 threshold (pneumonia = positive)."""
-    labels = np.asarray(labels).astype(bool)
-    predicted = probs >= DECISION_THRESHOLD
-    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
-    loss = -np.mean(np.where(labels, np.log(clipped), np.log(1 - clipped)))
-    positives, negatives = labels.sum(), (~labels).sum()
-    both = positives > 0 and negatives > 0
-    return {
-        "loss": float(loss),
-        "auc": float(roc_auc_score(labels, probs)) if both else float("nan"),
-        "accuracy": float(np.mean(predicted == labels)),
-        "sensitivity": float((predicted & labels).sum() / positives) if positives else float("nan"),
-        "specificity": float((~predicted & ~labels).sum() / negatives)
-        if negatives
-        else float("nan"),
-    }
-
-
-def _perturbations(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Acquisition-like changes of the same radiographs: tone curve, saturation, blur, JPEG."""
-    from PIL import Image, ImageFilter
-
-    pixels = images.astype(np.float32) / 255.0
-    mean = pixels.mean(axis=(1, 2), keepdims=True)
-
-    def pil_each(op: Callable[[Image.Image], Image.Image]) -> np.ndarray:
-        return np.stack([np.asarray(op(Image.fromarray(img))) for img in images])
-
-    def jpeg(img: Image.Image) -> Image.Image:
-        buffer = io.BytesIO()
-        img.save(buffer, format="JPEG", quality=30)
-        return Image.open(buffer).convert("L")
-
-    def to_uint8(x: np.ndarray) -> np.ndarray:
-        return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-    return {
-        "gamma_0.7": to_uint8(pixels**0.7),
-        "gamma_1.4": to_uint8(pixels**1.4),
-        "contrast_1.4": to_uint8(mean + 1.4 * (pixels - mean)),
-        "blur_1": pil_each(lambda img: img.filter(ImageFilter.GaussianBlur(1.0))),
-        "jpeg_30": pil_each(jpeg),
-    }
-
-
-def shift_probe(model: nn.Module, images: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """How much predictions move under acquisition-like changes: a proxy for robustness to shift.
-
-    Reports the share of decisions that flip and the mean absolute change of probability.
-    """
-    flips, changes = [], []
-    for perturbed in _perturbations(images).values():
-        moved = predict_proba(model, perturbed, batch_size=128)
-        flips.append(np.mean((moved >= DECISION_THRESHOLD) != (probs >= DECISION_THRESHOLD)))
-        changes.append(np.mean(np.abs(moved - probs)))
-    return {
-        "shift_flip_rate": float(np.mean(flips)),
-        "shift_mean_abs_change": float(np.mean(changes)),
-    }
-
-
-# ---------------------------------------------------------------- checkpoint and outputs
-
-
-def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
-        log.warning("checkpoint %s is unreadable (%s); training from scratch", path, exc)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        log.info("checkpoint %s belongs to other params or data; training from scratch", path)
-        return None
-    return state
-
-
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def _plot_history(path: Path, history: list[dict[str, float]], best_epoch: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train (augmented)")
-    ax_loss.plot(epochs, [r["val_loss"] for r in history], label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="binary cross-entropy", title="loss")
-    for key in ("val_auc", "val_accuracy", "val_specificity"):
-        ax_val.plot(epochs, [r[key] for r in history], label=key.removeprefix("val_"))
-    ax_val.set(xlabel="epoch", title="validation", ylim=(0.5, 1.0))
-    for ax in (ax_loss, ax_val):
-        ax.axvline(best_epoch, color="grey", linestyle=":", label="selected epoch")
-        ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+def make_augmenter(settings: Settings) -> Augmenter:
+    """The configured engine as one call signature: (uint8 batch, generator) -> float batch."""
+    cfg = settings.train.augment
+    if cfg.engine == "batched":
+        return BatchAugmentation(cfg)
+    reference = build_augmentation(cfg)
+    # torchvision v2 draws from torch's global generator (seeded per epoch by the loop).
+    return lambda images, _generator: augment_batch(images, reference)
 
 
 @contextmanager
 def _deterministic() -> Iterator[None]:
     """Deterministic kernels and a private RNG stream, restored afterwards for the caller."""
     previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         with torch.random.fork_rng(devices=[]):
             yield
@@ -347,7 +215,79 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-# ---------------------------------------------------------------- the training loop
+def validate(
+    model: nn.Module, data: TrainData, accel: accelerators.Accelerator
+) -> dict[str, float]:
+    """Validation metrics at the neutral threshold 0.5 (no test-time augmentation)."""
+    probabilities = predict_proba(model, data.val_images, batch_size=128, accel=accel)
+    values = binary_metrics(data.val_labels, probabilities, 0.5)
+    return {f"val_{name}": values[name] for name in VAL_METRICS}
+
+
+def train_one_epoch(
+    net: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: TrainData,
+    state: TrainState,
+    settings: Settings,
+    augment: Augmenter,
+    accel: accelerators.Accelerator,
+    ddp: Distributed,
+) -> dict[str, float]:
+    """One pass over an epoch's batches; returns the augmented training loss and accuracy.
+
+    Every rank augments the whole global batch (the same draws as one process) and trains on its
+    slice; DDP averages the gradients, so the step equals the single-process one.
+    """
+    cfg, epoch = settings.train, state.epoch + 1
+    steps = len(data.labels) // cfg.batch_size
+    total_steps, warmup = steps * cfg.epochs, round(cfg.warmup_epochs * steps)
+    per_rank = cfg.batch_size // ddp.world_size
+    seed = epoch_seed(cfg.seed, epoch)
+    torch.manual_seed(seed)  # dropout (and the per-image reference augmentation)
+    order = epoch_order(data.labels, cfg.class_balance, torch.Generator().manual_seed(seed))
+    augment_rng = torch.Generator().manual_seed(seed ^ 0x5EED)
+    model = net.module if isinstance(net, DistributedDataParallel) else net
+    net.train()
+    loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
+    bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False,
+               disable=None if ddp.is_main else True)  # fmt: skip
+    for step in bar:
+        index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        lr = learning_rate(state.global_step, total_steps, warmup, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pixels = augment(data.images[index], augment_rng)
+        if ddp.enabled:
+            shard = slice(ddp.rank * per_rank, (ddp.rank + 1) * per_rank)
+            index, pixels = index[shard], pixels[shard]
+        targets = data.targets[index].to(accel.device, non_blocking=True)
+        pixels = pixels.to(accel.device, non_blocking=True)
+        with accel.autocast():
+            logits = net(standardize(pixels))
+        loss = batch_loss(
+            logits, targets, data.weights[index].to(accel.device), cfg.label_smoothing
+        )
+        batch_correct = ((logits.detach() > 0) == (targets > 0.5)).sum()
+        mean_loss, batch_correct = global_mean_and_sum(loss.detach(), batch_correct, ddp)
+        if not torch.isfinite(mean_loss):
+            raise TrainingDivergedError(
+                f"the training loss became {mean_loss.item()} in epoch {epoch} (batch {step + 1}): "
+                f"lower train.lr (now {cfg.lr}); the checkpoint of epoch {state.epoch} is kept"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.global_step += 1
+        if cfg.ema_decay > 0 and ddp.is_main:
+            update_ema(ema, model, cfg.ema_decay, state.global_step)
+        loss_sum += mean_loss.item() * cfg.batch_size
+        correct += int(batch_correct)
+        seen += cfg.batch_size
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    return {"lr": lr, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
 
 
 def train(
@@ -361,100 +301,78 @@ def train(
     Writes the model, metrics, history and curves (paths in :class:`Workspace`); with ``track`` it
     logs everything to one MLflow run and writes the run id for evaluation. ``on_epoch_end`` is
     called after each epoch's checkpoint is safely on disk (progress reporting, tests).
-
     Under torchrun every rank calls this; only rank 0 tracks, writes files and calls
     ``on_epoch_end``, and every rank returns rank 0's result.
     """
-    cfg, image_size = settings.train, settings.preprocess.image_size
+    cfg, size = settings.train, settings.preprocess.image_size
     ddp = Distributed.from_env()
     if cfg.batch_size % ddp.world_size:
         raise ConfigError(
             f"train.batch_size {cfg.batch_size} is the global batch and must divide evenly over "
             f"{ddp.world_size} processes: choose a multiple of {ddp.world_size}"
         )
-    track = track and ddp.is_main
     if not workspace.array_stats.is_file():
         raise PipelineOrderError(
             f"{workspace.array_stats} not found: run `pneumo preprocess` first"
         )
-    train_data = _load_split(workspace, "train", image_size)
-    val_data = _load_split(workspace, "val", image_size)
-    digests = {s: _file_digest(workspace.arrays(s)) for s in ("train", "val")}
-    fingerprint = _fingerprint(settings, digests)
-    if ddp.enabled:  # the node's cores are shared by its ranks
-        threads = configure_threads(
-            cfg.threads or max(1, available_cores() // ddp.local_world_size)
+    arrays = {s: _load_split(workspace, s, size) for s in ("train", "val")}
+    digests = {s: sha256_file(workspace.arrays(s)) for s in arrays}
+    labels = arrays["train"]["labels"]
+    if len(labels) < cfg.batch_size:
+        raise PipelineOrderError(
+            f"the train split has {len(labels)} images, fewer than train.batch_size "
+            f"{cfg.batch_size}: lower train.batch_size"
         )
-    else:
-        threads = configure_threads(cfg.threads)
+    data = TrainData(
+        images=torch.from_numpy(arrays["train"]["images"]).unsqueeze(1),
+        labels=labels,
+        targets=torch.as_tensor(labels, dtype=torch.float32),
+        weights=sample_weights(labels, cfg.class_balance),
+        val_images=arrays["val"]["images"],
+        val_labels=arrays["val"]["labels"],
+    )
+    accel = accelerators.resolve(ddp.device(cfg.device), cfg.precision)
+    threads = cfg.threads or max(1, accelerators.available_cores() // ddp.local_world_size)
+    accelerators.configure_threads(threads)
+    track = track and ddp.is_main
 
-    with _process_group(ddp), _deterministic():
+    with process_group(ddp, accel.device_type), _deterministic():
         torch.manual_seed(cfg.seed)
-        model = build_model(settings.model.arch, image_size, **settings.model.options())
-        ema = build_model(settings.model.arch, image_size, **settings.model.options())
+        model = prepare(build_model(settings.model.arch, size, **settings.model.options()), accel)
+        ema = prepare(build_model(settings.model.arch, size, **settings.model.options()), accel)
         ema.load_state_dict(model.state_dict())
         ema.requires_grad_(False)
-        optimizer = _optimizer(model, cfg)
-        state = _load_checkpoint(workspace.checkpoint, fingerprint)
+        optimizer = build_optimizer(model, cfg)
+        key = fingerprint(settings, digests)
+        state = TrainState.from_checkpoint(workspace.checkpoint, key, model, ema, optimizer)
         if state is None:
-            state = {
-                "fingerprint": fingerprint,
-                "epoch": 0,
-                "finished": False,
-                "run_id": "",
-                "global_step": 0,
-                "bad_epochs": 0,
-                "best_epoch": 0,
-                "best_score": float("nan"),
-                "best_state": _clone_state(model),
-                "history": [],
-                "train_seconds": 0.0,
-            }
+            state = TrainState(key)
         else:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            log.info("resuming from %s after epoch %d", workspace.checkpoint, state["epoch"])
-
+            log.info("resuming from %s after epoch %d", workspace.checkpoint, state.epoch)
         tracking_context = nullcontext(None)
         if track:
             from pneumo import tracking
 
-            tracking_context = tracking.training_run(settings, workspace, state["run_id"] or None)
+            tracking_context = tracking.training_run(settings, workspace, state.run_id or None)
         with tracking_context as run_id:
-            if track and not state["run_id"]:
-                for split, data in (("train", train_data), ("val", val_data)):
-                    tracking.log_dataset(
-                        workspace.arrays(split),
-                        data["images"],
-                        data["labels"],
-                        split,
-                        digests[split],
-                    )
-            state["run_id"] = run_id or ""
-            _fit(
-                model,
-                ema,
-                optimizer,
-                state,
-                train_data,
-                val_data,
-                settings,
-                workspace,
-                track,
-                on_epoch_end,
-                threads,
-                ddp,
-            )
+            if track and not state.run_id:
+                for split, split_arrays in arrays.items():
+                    tracking.log_dataset(workspace.arrays(split), split_arrays["images"],
+                                         split_arrays["labels"], split, digests[split])  # fmt: skip
+            state.run_id = run_id or ""
+            log.info(
+                "training %s on %d images (%d val) at %d px on %s, %d threads, up to %d epochs",
+                settings.model.arch, len(labels), len(data.val_labels), size, accel.describe(),
+                threads, cfg.epochs,
+            )  # fmt: skip
+            _fit(model, ema, optimizer, data, state, settings, workspace, accel, ddp, track,
+                 on_epoch_end)  # fmt: skip
             result = None
             if ddp.is_main:
-                result = _finish(
-                    ema if cfg.ema_decay > 0 else model, state, val_data, settings, workspace, track
-                )
-            if ddp.enabled:
-                result = _broadcast_from_main(result)
-                dist.barrier()
-            assert result is not None
+                result = _finish(ema if cfg.ema_decay > 0 else model, state, data, settings,
+                                 workspace, accel, track)  # fmt: skip
+            result = broadcast_from_main(result, ddp)
+            barrier(ddp)
             return result
 
 
@@ -462,199 +380,96 @@ def _fit(
     model: nn.Module,
     ema: nn.Module,
     optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-    train_data: dict[str, np.ndarray],
-    val_data: dict[str, np.ndarray],
+    data: TrainData,
+    state: TrainState,
     settings: Settings,
     workspace: Workspace,
+    accel: accelerators.Accelerator,
+    ddp: Distributed,
     track: bool,
     on_epoch_end: EpochHook | None,
-    threads: int,
-    ddp: Distributed = Distributed(),
 ) -> None:
-    """Run the remaining epochs, checkpointing after each; updates ``state`` in place.
-
-    Every rank augments the whole global batch (same random draws as one process) and trains on
-    its slice; DDP averages the gradients, so the step equals the single-process one.
-    """
+    """The remaining epochs: train, validate, keep the best weights, checkpoint, report."""
     cfg = settings.train
-    per_rank = cfg.batch_size // ddp.world_size
+    if ddp.enabled and accel.device_type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: nn.Module = DistributedDataParallel(model) if ddp.enabled else model
-    images = torch.from_numpy(train_data["images"]).unsqueeze(1)
-    labels = train_data["labels"]
-    targets = torch.as_tensor(labels, dtype=torch.float32)
-    sample_weights = _sample_weights(labels, cfg.class_balance)
-    augmentation = build_augmentation(cfg.augment)
-    steps_per_epoch = len(labels) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise PipelineOrderError(
-            f"the train split has {len(labels)} images, fewer than train.batch_size "
-            f"{cfg.batch_size}: lower train.batch_size"
-        )
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    augment = make_augmenter(settings)
     eval_model = ema if cfg.ema_decay > 0 else model
-    higher_is_better = cfg.monitor == "val_auc"
-    log.info(
-        "training %s on %d images (%d val) at %d px, %d threads, up to %d epochs",
-        settings.model.arch,
-        len(labels),
-        len(val_data["labels"]),
-        settings.preprocess.image_size,
-        threads,
-        cfg.epochs,
-    )
-    epochs = tqdm(
-        range(state["epoch"] + 1, cfg.epochs + 1),
-        desc="train",
-        unit="epoch",
-        disable=None if ddp.is_main else True,
-        initial=state["epoch"],
-        total=cfg.epochs,
-    )
+    epochs = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="train", unit="epoch",
+                  initial=state.epoch, total=cfg.epochs, disable=None if ddp.is_main else True)  # fmt: skip
     for epoch in epochs:
-        if state["finished"]:
+        if state.finished:
             break
         started = time.perf_counter()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
-        generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-        order = _epoch_order(labels, cfg.class_balance, generator)
-        net.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        batches = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch}",
-            unit="batch",
-            leave=False,
-            disable=None if ddp.is_main else True,
-        )
-        for step in batches:
-            index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            lr = _learning_rate(state["global_step"], total_steps, warmup_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            pixels = augment_batch(images[index], augmentation)
-            if ddp.enabled:
-                shard = slice(ddp.rank * per_rank, (ddp.rank + 1) * per_rank)
-                index, pixels = index[shard], pixels[shard]
-            logits = net(standardize(pixels))
-            loss = _batch_loss(logits, targets[index], sample_weights[index], cfg.label_smoothing)
-            batch_loss = loss.detach()
-            batch_correct = ((logits > 0) == (targets[index] > 0.5)).sum()
-            if ddp.enabled:  # the global batch's numbers, so all ranks judge divergence alike
-                totals = torch.stack([batch_loss, batch_correct.float()])
-                dist.all_reduce(totals)
-                batch_loss, batch_correct = totals[0] / ddp.world_size, totals[1]
-            if not torch.isfinite(batch_loss):
-                raise TrainingDivergedError(
-                    f"the training loss became {batch_loss.item()} in epoch {epoch} "
-                    f"(batch {step + 1}): "
-                    f"lower train.lr (now {cfg.lr}); the checkpoint of epoch {state['epoch']} "
-                    f"is kept in {workspace.checkpoint}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state["global_step"] += 1
-            if cfg.ema_decay > 0 and ddp.is_main:
-                _update_ema(ema, model, cfg.ema_decay, state["global_step"])
-            loss_sum += batch_loss.item() * cfg.batch_size
-            correct += int(batch_correct)
-            seen += cfg.batch_size
-            batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-
-        if not ddp.is_main:  # rank 0 validates and checkpoints; follow its early-stop decision
-            if _broadcast_from_main(None):
-                break
-            continue
-
-        val_probs = predict_proba(eval_model, val_data["images"], batch_size=128)
-        val = binary_metrics(val_data["labels"], val_probs)
-        seconds = time.perf_counter() - started
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": loss_sum / seen,
-            "train_accuracy": correct / seen,
-            **{f"val_{k}": v for k, v in val.items()},
-            "epoch_seconds": seconds,
-        }
-        score = row[cfg.monitor]
-        best = state["best_score"]
-        improved = math.isnan(best) or (
-            score > best + _MIN_DELTA if higher_is_better else score < best - _MIN_DELTA
-        )
-        if improved:
-            state.update(
-                best_score=score,
-                best_epoch=epoch,
-                best_state=_clone_state(eval_model),
-                bad_epochs=0,
+        row = {"epoch": epoch, **train_one_epoch(net, ema, optimizer, data, state, settings,
+                                                 augment, accel, ddp)}  # fmt: skip
+        stop = False
+        if ddp.is_main:
+            row.update(validate(eval_model, data, accel))
+            improved = state.record(
+                row, row[cfg.monitor], cfg.monitor != "val_log_loss", eval_model
             )
+            patience = cfg.early_stopping_patience
+            stop = patience > 0 and state.bad_epochs >= patience
+            state.epoch, state.finished = epoch, stop or epoch == cfg.epochs
+            state.train_seconds += time.perf_counter() - started
+            with atomic_path(workspace.checkpoint) as tmp:
+                torch.save(state.to_checkpoint(model, ema, optimizer), tmp)
+            _report_epoch(row, improved, state, epochs, track, on_epoch_end)
         else:
-            state["bad_epochs"] += 1
-        patience = cfg.early_stopping_patience
-        stop = patience > 0 and state["bad_epochs"] >= patience
-        if ddp.enabled:
-            _broadcast_from_main(stop)
-        state["history"].append(row)
-        state.update(
-            epoch=epoch,
-            train_seconds=state["train_seconds"] + seconds,
-            finished=stop or epoch == cfg.epochs,
-        )
-        state.update(
-            model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict()
-        )
-        _save_checkpoint(workspace.checkpoint, state)
-        if track:
-            from pneumo import tracking
-
-            tracking.log_epoch({k: v for k, v in row.items() if k != "epoch"}, epoch)
-        epochs.set_postfix(
-            val_auc=f"{val['auc']:.4f}", val_loss=f"{val['loss']:.4f}", best=state["best_epoch"]
-        )
-        log.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f, val accuracy %.3f, %.1f s%s",
-            epoch,
-            row["train_loss"],
-            val["loss"],
-            val["auc"],
-            val["accuracy"],
-            seconds,
-            " (best)" if improved else "",
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
-        if stop:
-            log.info("early stop: %s has not improved for %d epochs", cfg.monitor, patience)
+            state.epoch = epoch
+        if broadcast_from_main(stop, ddp):
+            log.info(
+                "early stop: %s has not improved for %d epochs",
+                cfg.monitor,
+                cfg.early_stopping_patience,
+            )
             break
     epochs.close()
 
 
+def _report_epoch(
+    row: dict[str, float],
+    improved: bool,
+    state: TrainState,
+    bar: Any,
+    track: bool,
+    on_epoch_end: EpochHook | None,
+) -> None:
+    if track:
+        from pneumo import tracking
+
+        tracking.log_epoch({k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
+    bar.set_postfix(val_auc=f"{row['val_roc_auc']:.4f}", val_loss=f"{row['val_log_loss']:.4f}",
+                    best=state.best_epoch)  # fmt: skip
+    log.info(
+        "epoch %d: train loss %.4f, val loss %.4f, val ROC-AUC %.4f, val accuracy %.3f%s",
+        row["epoch"], row["train_loss"], row["val_log_loss"], row["val_roc_auc"],
+        row["val_accuracy"], " (best)" if improved else "",
+    )  # fmt: skip
+    if on_epoch_end is not None:
+        on_epoch_end(int(row["epoch"]), row)
+
+
 def _finish(
     eval_model: nn.Module,
-    state: dict[str, Any],
-    val_data: dict[str, np.ndarray],
+    state: TrainState,
+    data: TrainData,
     settings: Settings,
     workspace: Workspace,
+    accel: accelerators.Accelerator,
     track: bool,
 ) -> TrainResult:
     """Export the selected epoch's weights, metrics, history and curves; log them to MLflow."""
-    eval_model.load_state_dict(state["best_state"])
-    eval_model.eval()
-    val_probs = predict_proba(eval_model, val_data["images"], batch_size=128)
-    history = state["history"]
-    epochs_run = len(history)
-    summary: dict[str, float] = {
-        "best_epoch": state["best_epoch"],
-        "epochs_run": epochs_run,
-        "train_minutes": state["train_seconds"] / 60.0,
-        "seconds_per_epoch": state["train_seconds"] / max(1, epochs_run),
-        **{f"val_{k}": v for k, v in binary_metrics(val_data["labels"], val_probs).items()},
-        **{
-            f"val_{k}": v for k, v in shift_probe(eval_model, val_data["images"], val_probs).items()
-        },
+    eval_model.load_state_dict(state.best_weights)
+    val = validate(eval_model, data, accel)
+    epochs_run = len(state.history)
+    summary: dict[str, float] = {"best_epoch": state.best_epoch, "epochs_run": epochs_run, **val}
+    timing = {
+        "train_minutes": state.train_seconds / 60.0,
+        "seconds_per_epoch": state.train_seconds / max(1, epochs_run),
+        "device": accel.describe(),
     }
     metadata = {
         "arch": settings.model.arch,
@@ -662,34 +477,38 @@ def _finish(
         "image_size": settings.preprocess.image_size,
         "normalisation": NORMALISATION,
         "classes": list(CLASSES),
-        "decision_threshold": DECISION_THRESHOLD,
         "tta": settings.model.tta,
-        "best_epoch": state["best_epoch"],
-        "val_metrics": {k: v for k, v in summary.items() if k.startswith("val_")},
-        "fingerprint": state["fingerprint"],
-        "mlflow_run_id": state["run_id"] or None,
+        "best_epoch": state.best_epoch,
+        "val_metrics_at_0.5": val,
+        "fingerprint": state.fingerprint,
+        "mlflow_run_id": state.run_id or None,
     }
-    save_model(eval_model, workspace.model, metadata)
-    with atomic_path(workspace.train_metrics) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    _write_history(workspace.train_history, history)
-    _plot_history(workspace.train_curves, history, state["best_epoch"])
+    save_model(eval_model.to("cpu"), workspace.model, metadata)
+    for path, content in ((workspace.train_metrics, summary), (workspace.train_timing, timing)):
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(content, indent=2) + "\n")
+    _write_history(workspace.train_history, state.history)
+    plots.training_curves(workspace.train_curves, state.history, state.best_epoch)
     log.info(
-        "selected epoch %d of %d: val AUC %.4f, accuracy %.3f; %.1f training minutes",
-        state["best_epoch"],
-        epochs_run,
-        summary["val_auc"],
-        summary["val_accuracy"],
-        summary["train_minutes"],
-    )
-    run_id = state["run_id"] or None
+        "selected epoch %d of %d: val ROC-AUC %.4f, accuracy %.3f; %.1f training minutes",
+        state.best_epoch, epochs_run, val["val_roc_auc"], val["val_accuracy"], timing["train_minutes"],
+    )  # fmt: skip
+    run_id = state.run_id or None
     if track and run_id:
         from pneumo import tracking
 
-        tracking.log_final(summary, [workspace.train_curves, workspace.train_history])
+        numbers = {k: v for k, v in {**summary, **timing}.items() if isinstance(v, int | float)}
+        tracking.log_final(numbers, [workspace.train_curves, workspace.train_history])
         if settings.tracking.log_model:
-            example = val_data["images"][:2]
-            tracking.log_pyfunc_model(workspace.model, example, val_probs[:2])
+            example = data.val_images[:2]
+            tracking.log_pyfunc_model(workspace.model, example, predict_proba(eval_model, example))
         with atomic_path(workspace.run_id) as tmp:
             tmp.write_text(run_id + "\n")
-    return TrainResult(workspace.model, run_id, state["best_epoch"], epochs_run, summary)
+    return TrainResult(workspace.model, run_id, state.best_epoch, epochs_run, {**summary, **timing})
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)

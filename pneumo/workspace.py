@@ -5,6 +5,7 @@ Paths are relative to the workspace root (the repository by default), matching `
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -80,6 +81,11 @@ class Workspace:
         return self.root / "metrics" / "train.json"
 
     @property
+    def train_timing(self) -> Path:
+        """Minutes and device of the last training: machine-dependent, so git-ignored."""
+        return self.root / "metrics" / "timing" / "train.json"
+
+    @property
     def train_history(self) -> Path:
         """Per-epoch metrics as CSV, for `dvc plots`."""
         return self.root / "reports" / "train_history.csv"
@@ -147,3 +153,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def sha256_file(*paths: Path) -> str:
+    """sha256 of the bytes of one file (or several, concatenated): the identity of a version."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

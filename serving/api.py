@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pneumo.config import ServeSettings
+from pneumo.decision import Decision
 from serving.inputs import InputError, Radiograph, media_type, read_radiograph
 from serving.web import explain_layers, web_routes
 
@@ -40,7 +41,7 @@ class Backend(Protocol):
 
     serve: ServeSettings
     image_size: int
-    threshold: float
+    decision: Decision
     model_info: dict[str, Any]
     metrics: dict[str, Any]
     model_card: dict[str, Any]  # serving/web.py's read_model_card of the served model
@@ -49,16 +50,6 @@ class Backend(Protocol):
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]: ...
 
     async def heatmaps(self, images: np.ndarray) -> np.ndarray: ...
-
-
-def referral_band(threshold: float, margin: float) -> tuple[float, float]:
-    """Probabilities within ``margin`` of the decision threshold go to a radiologist."""
-    return max(0.0, threshold - margin), min(1.0, threshold + margin)
-
-
-def refer_to_radiologist(probability: float, threshold: float, margin: float) -> bool:
-    """True for the calls a small change of the image could flip: |p - threshold| < margin."""
-    return abs(probability - threshold) < margin
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -144,13 +135,13 @@ async def _classify(backend: Backend, images: np.ndarray) -> list[dict[str, Any]
 
 def _prediction(backend: Backend, result: dict[str, Any], radiograph: Radiograph) -> dict[str, Any]:
     probability = float(result["probability"])
-    margin = backend.serve.referral_margin
+    decision = backend.decision
     return {
         "probability": probability,
-        "label": result["label"],
-        "threshold": backend.threshold,
-        "refer_to_radiologist": refer_to_radiologist(probability, backend.threshold, margin),
-        "referral_band": list(referral_band(backend.threshold, margin)),
+        "label": decision.label(probability),
+        "threshold": decision.threshold,
+        "refer_to_radiologist": decision.refer(probability),
+        "referral_band": list(decision.referral_band),
         "input": {
             "format": radiograph.format,
             "width": radiograph.width,
@@ -257,8 +248,8 @@ async def metadata(request: Request) -> Response:
     return JSONResponse(
         {
             "model": backend.model_info,
-            "threshold": backend.threshold,
-            "referral_band": list(referral_band(backend.threshold, serve.referral_margin)),
+            "threshold": backend.decision.threshold,
+            "referral_band": list(backend.decision.referral_band),
             "image_size": backend.image_size,
             "metrics": backend.metrics,
             "limits": {

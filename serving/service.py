@@ -23,6 +23,7 @@ import numpy as np
 from bentoml.exceptions import NotFound
 
 from pneumo.config import ServeSettings, load_settings
+from pneumo.decision import Decision
 from serving.api import create_app
 from serving.web import read_model_card
 
@@ -75,14 +76,16 @@ class PneumoniaModel:
     champion = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        from pneumo.inference import available_cores, configure_threads
+        from pneumo.accel import available_cores, configure_threads
         from pneumo.predict import Predictor
 
         threads = configure_threads(max(1, available_cores() // SERVE.workers))
         stored = self.champion
         # Predictor.from_files loads weights with torch.load(weights_only=True): never unpickles.
         self.predictor = Predictor.from_files(
-            Path(stored.path_of("model.pt")), Path(stored.path_of("decision.json"))
+            Path(stored.path_of("model.pt")),
+            Path(stored.path_of("decision.json")),
+            _SETTINGS.model.accelerator(),
         )
         side = self.predictor.image_size
         # One warm-up call: the first real request should not pay for oneDNN's set-up.
@@ -99,13 +102,10 @@ class PneumoniaModel:
         max_latency_ms=SERVE.max_latency_ms,
     )
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """uint8 images (N, S, S) -> one {probability, label} per image, in one model call."""
+        """uint8 images (N, S, S) -> one {probability} per image, in one model call."""
         images = np.require(images, np.uint8, ["C", "W"])  # arrives read-only when unpickled
         probabilities = self.predictor.probabilities(images, batch_size=max(1, len(images)))
-        return [
-            {"probability": float(p), "label": self.predictor.label(float(p))}
-            for p in probabilities
-        ]
+        return [{"probability": float(p)} for p in probabilities]
 
     @bentoml.api
     def gradcam(self, images: np.ndarray) -> np.ndarray:
@@ -132,14 +132,13 @@ class PneumoniaService:
     model = bentoml.depends(PneumoniaModel)
 
     def __init__(self) -> None:
-        from pneumo.inference import available_cores
+        from pneumo.accel import available_cores
 
         stored = self.champion
         self.serve = SERVE
         self.model_info = _model_info(stored)
         self.image_size = int(stored.info.metadata["image_size"])
-        decision = json.loads(Path(stored.path_of("decision.json")).read_text())
-        self.threshold = float(decision["threshold"])
+        self.decision = Decision.load(Path(stored.path_of("decision.json")))
         self.metrics = json.loads(Path(stored.path_of("metrics.json")).read_text())
         self.model_card = read_model_card(stored, self.metrics)
         self.decode_limiter = anyio.CapacityLimiter(available_cores())

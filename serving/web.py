@@ -126,7 +126,7 @@ async def model_card(request: Request) -> Response:
     return JSONResponse(
         {
             "model": {**backend.model_info, **card["registration"]},
-            "threshold": backend.threshold,
+            "threshold": backend.decision.threshold,
             "image_size": backend.image_size,
             "metrics": _finite(backend.metrics),
             **{key: value for key, value in card.items() if key != "registration"},

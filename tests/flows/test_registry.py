@@ -29,10 +29,10 @@ from pneumo.cli import main
 from pneumo.config import Settings, load_settings
 from pneumo.data.preprocess import save_arrays
 from pneumo.errors import ConfigError, PipelineOrderError
-from pneumo.evaluate import binary_metrics
 from pneumo.inference import predict_proba
+from pneumo.metrics import binary_metrics
 from pneumo.models import build_model, save_model
-from pneumo.workspace import Workspace
+from pneumo.workspace import Workspace, sha256_file
 from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
 
 DECISION = {"threshold": 0.5, "rule": "fixed", "val_sensitivity": 1.0, "val_specificity": 1.0}
@@ -79,8 +79,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     params = root / "params.yaml"
     params.write_text(
         f"tracking:\n  uri: sqlite:///{root / 'mlruns.db'}\n  experiment: registry-tests\n"
-        "train:\n  threads: 1\n"
-        "evaluate:\n  batch_size: 64\n"
+        "model:\n  threads: 1\n  batch_size: 64\n  precision: fp32\n"
     )
     arrays_dir = root / "arrays"
     train_images, train_frame = synthetic_split(64, seed=1)
@@ -148,7 +147,7 @@ def test_first_model_passing_the_floors_becomes_champion(
     tags = version_tags(lab, name, 1)
     assert tags["validation_status"] == "passed"
     assert float(tags["test_roc_auc"]) > 0.99
-    assert tags["data_test_sha256"] == tracking.file_digest(ws.arrays("test"))
+    assert tags["data_test_sha256"] == sha256_file(ws.arrays("test"))
     for key in ("git_commit", "validated_at", "validation_reasons", "model_sha256", "threshold"):
         assert tags[key], key
     written = json.loads(ws.registry_decision.read_text())
@@ -313,7 +312,7 @@ def test_a_run_without_logged_model_gets_one_at_registration(
 
     assert decision.passed and decision.run_id == run.info.run_id
     info = registry.download_version(settings, ws, decision.version, tmp_path / "out")
-    assert tracking.file_digest(tmp_path / "out" / "model.pt") == tracking.file_digest(ws.model)
+    assert sha256_file(tmp_path / "out" / "model.pt") == sha256_file(ws.model)
     assert info["run_id"] == run.info.run_id
 
 
@@ -416,7 +415,7 @@ def test_download_champion_and_predict_with_it(lab: Lab, tmp_path: Path, name: s
     assert {"name", "version", "run_id", "threshold", "metrics", "registered_at"} <= info.keys()
     assert (info["name"], info["version"], info["threshold"]) == (name, 1, 0.5)
     assert info["run_id"] == lab.candidates["good"].run_id and info["metrics"]["roc_auc"] > 0.99
-    assert tracking.file_digest(tmp_path / "out" / "model.pt") == tracking.file_digest(ws.model)
+    assert sha256_file(tmp_path / "out" / "model.pt") == sha256_file(ws.model)
     assert json.loads((tmp_path / "out" / "decision.json").read_text())["threshold"] == 0.5
     assert registry.download_version(settings, ws, 1, tmp_path / "by-number")["version"] == 1
 

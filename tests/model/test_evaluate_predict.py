@@ -108,7 +108,8 @@ def test_predict_folder_matches_evaluation_and_survives_bad_files(
         shutil.copy(root / rel, folder / Path(rel).name)
     (folder / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "predictions.csv"
-    frame = predict([tmp_path / "incoming"], out, Predictor.from_workspace(ws), workers=1)
+    predictor = Predictor.from_workspace(ws, settings.model.accelerator())
+    frame = predict([tmp_path / "incoming"], out, predictor, workers=1)
     assert len(frame) == 7 and out.is_file()
     bad = frame[frame["path"].str.endswith("broken.jpeg")].iloc[0]
     assert bad["error"].startswith("cannot decode image") and pd.isna(bad["probability"])

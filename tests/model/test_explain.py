@@ -14,6 +14,7 @@ from PIL import Image
 from pneumo.config import ModelSettings
 from pneumo.data.preprocess import decode_radiograph
 from pneumo.data.transforms import standardize
+from pneumo.decision import Decision
 from pneumo.explain import (
     activation_maps,
     conv_blocks,
@@ -29,6 +30,8 @@ from pneumo.models import ARCHITECTURES, build_model
 
 SIZE = 64
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE]
+
+HALF = Decision(0.5, "fixed")  # the operating point the examples are sorted by
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -255,13 +258,13 @@ def test_overlay_png_decodes_to_rgb_image() -> None:
 def test_select_examples_is_seeded_and_skips_empty_groups() -> None:
     labels = np.array([1] * 10 + [0] * 10)
     probabilities = np.array([0.9] * 8 + [0.1] * 2 + [0.2] * 10)  # no false positives
-    chosen = select_examples(labels, probabilities, 0.5, n_per_group=4, seed=1)
+    chosen = select_examples(labels, probabilities, HALF, n_per_group=4, seed=1)
     assert list(chosen) == ["TP", "TN", "FN"]
     assert [len(v) for v in chosen.values()] == [4, 4, 2]
     assert set(chosen["TP"]) <= set(range(8)) and set(chosen["FN"]) == {8, 9}
-    again = select_examples(labels, probabilities, 0.5, n_per_group=4, seed=1)
+    again = select_examples(labels, probabilities, HALF, n_per_group=4, seed=1)
     assert all(np.array_equal(chosen[k], again[k]) for k in chosen)
-    other = select_examples(labels, probabilities, 0.5, n_per_group=4, seed=2)
+    other = select_examples(labels, probabilities, HALF, n_per_group=4, seed=2)
     assert any(not np.array_equal(chosen[k], other[k]) for k in chosen)
 
 
@@ -273,7 +276,7 @@ def test_explain_writes_deterministic_figures(tmp_path: Path) -> None:
     paths = [f"data/PNEUMONIA/person{i}_bacteria_{i}.jpeg" for i in range(12)]
 
     written = {
-        run: explain(model, images, labels, probabilities, 0.5, paths, tmp_path / run, 2, seed=7)
+        run: explain(model, images, labels, probabilities, HALF, paths, tmp_path / run, 2, seed=7)
         for run in ("a", "b")
     }
     assert set(written["a"]) == {"gradcam_grid", "activation_maps"}

@@ -44,7 +44,7 @@ def test_loss_decreases_over_two_epochs(small_workspace: Workspace, tmp_path: Pa
     assert losses[1] < losses[0]
     assert result.epochs_run == 2 and workspace.model.is_file()
     summary = json.loads(workspace.train_metrics.read_text())
-    assert 0.0 <= summary["val_auc"] <= 1.0 and summary["best_epoch"] in (1, 2)
+    assert 0.0 <= summary["val_roc_auc"] <= 1.0 and summary["best_epoch"] in (1, 2)
     assert workspace.train_curves.stat().st_size > 0
 
 
@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_the_epoch_and_keeps_last_good_checkpoint(
     small_workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workspace = copy_workspace(small_workspace, tmp_path)
-    real_loss = train_module._batch_loss
+    real_loss = train_module.batch_loss
     calls = {"n": 0}
     steps_per_epoch = 256 // 32
 
@@ -108,7 +108,7 @@ def test_nan_loss_stops_with_the_epoch_and_keeps_last_good_checkpoint(
         loss = real_loss(*args)  # type: ignore[arg-type]
         return loss * float("nan") if calls["n"] > steps_per_epoch + 2 else loss
 
-    monkeypatch.setattr(train_module, "_batch_loss", loss_that_explodes_in_epoch_two)
+    monkeypatch.setattr(train_module, "batch_loss", loss_that_explodes_in_epoch_two)
     with pytest.raises(TrainingDivergedError, match="epoch 2") as failure:
         train(fast_settings(**{"train.epochs": 3}), workspace, track=False)
     assert "train.lr" in str(failure.value)
@@ -139,7 +139,7 @@ def test_training_is_tracked_in_one_mlflow_run(small_workspace: Workspace, tmp_p
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == str(settings.train.lr)
-    assert [m.step for m in client.get_metric_history(run_id, "val_auc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "val_roc_auc")] == [1, 2]
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val"}
     assert {a.path for a in client.list_artifacts(run_id)} >= {
         "train_curves.png",

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 64
 OPTIONS = {"widths": [8, 16, 32, 64], "blocks_per_stage": 1, "stem_width": 8, "dropout": 0.0}
 THRESHOLD = 0.5
+MARGIN = 0.1  # the referral band around the threshold, saved in decision.json
 
 
 @dataclass
@@ -48,7 +49,7 @@ def make_workspace(root: Path, seed: int = 0) -> Workspace:
     model = build_model("resnet", IMAGE_SIZE, **OPTIONS)
     metadata = {"arch": "resnet", "image_size": IMAGE_SIZE, "options": OPTIONS}
     save_model(model, workspace.model, {**metadata, "mlflow_run_id": None})
-    decision = {"threshold": THRESHOLD, "rule": "fixed", "tta": False}
+    decision = {"threshold": THRESHOLD, "rule": "fixed", "tta": False, "referral_margin": MARGIN}
     workspace.decision.write_text(json.dumps(decision))
     workspace.eval_metrics.parent.mkdir(parents=True, exist_ok=True)
     report = {"threshold": decision, "test": {"n": 10, "roc_auc": 0.5, "accuracy": 0.5}}

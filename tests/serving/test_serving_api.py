@@ -20,7 +20,7 @@ from tests.serving.serving_samples import (
     png_bytes,
     request_kwargs,
 )
-from tests.serving.serving_support import THRESHOLD, ServingLab
+from tests.serving.serving_support import MARGIN, THRESHOLD, ServingLab
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def client(asgi_client: TestClient) -> TestClient:
 
 @pytest.fixture(scope="module")
 def predictor(serving_lab: ServingLab) -> Predictor:
-    return Predictor.from_workspace(serving_lab.workspace)
+    return Predictor.from_workspace(serving_lab.workspace, serving_lab.settings.model.accelerator())
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_probes_and_metadata(client: TestClient, serving_lab: ServingLab) -> Non
     assert body["image_size"] == 64
     assert body["metrics"]["test"]["roc_auc"] == 0.5  # metrics.json as evaluated
     low, high = body["referral_band"]
-    margin = serving_lab.settings.serve.referral_margin
+    margin = MARGIN
     assert low == pytest.approx(THRESHOLD - margin) and high == pytest.approx(THRESHOLD + margin)
 
 
@@ -70,7 +70,7 @@ def test_predict_raw_and_multipart_match_pneumo_predict(
         assert body["probability"] == pytest.approx(expected, abs=1e-5)
         assert body["label"] == predictor.label(body["probability"])
         assert body["threshold"] == THRESHOLD
-        margin = serving_lab.settings.serve.referral_margin
+        margin = MARGIN
         assert body["refer_to_radiologist"] is (abs(body["probability"] - THRESHOLD) < margin)
         assert body["input"]["format"] == "JPEG"
         assert body["model"]["name"] == "pneumo-cnn"

@@ -14,8 +14,8 @@ from pneumo.cli import main
 from pneumo.config import load_settings
 from pneumo.data.preprocess import save_arrays
 from pneumo.errors import PipelineOrderError
-from pneumo.evaluate import binary_metrics
 from pneumo.inference import predict_proba
+from pneumo.metrics import binary_metrics
 from pneumo.models import save_model
 from pneumo.package import (
     DECISION_FILE,

@@ -43,7 +43,7 @@ def server(serving_lab: ServingLab, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def predictor(serving_lab: ServingLab) -> Predictor:
-    return Predictor.from_workspace(serving_lab.workspace)
+    return Predictor.from_workspace(serving_lab.workspace, serving_lab.settings.model.accelerator())
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,10 @@ from PIL import Image
 from pneumo.compare import COLUMNS, PUBLISHED, write_table
 from pneumo.config import load_settings
 from pneumo.data.split import split_metrics
-from pneumo.evaluate import Decision, binary_metrics, evaluation_report, write_plots
+from pneumo.decision import Decision
+from pneumo.evaluate import score
+from pneumo.metrics import binary_metrics
+from pneumo.plots import evaluation_curves
 from tests.serving.serving_samples import dicom8, png_bytes
 from tests.serving.serving_support import (
     IMAGE_SIZE,
@@ -60,12 +63,10 @@ def write_card_sources(lab: ServingLab, root: Path) -> Path:
     subtypes = np.where(labels == 0, "none", np.where(np.arange(n) % 8 == 1, "viral", "bacterial"))
     patients = np.array([f"p{i // 2}" for i in range(n)])
     decision = Decision(THRESHOLD, "fixed", 0.9, 0.8)
-    report = evaluation_report(
-        labels, probabilities, subtypes, patients, decision, settings.evaluate
-    )
+    report = score(labels, probabilities, patients, decision, settings.evaluate, subtypes)
     report["val"] = binary_metrics(labels[:60], probabilities[:60], THRESHOLD)
     workspace.eval_metrics.write_text(json.dumps(report, indent=2))
-    write_plots(workspace.eval_plots, labels, probabilities, THRESHOLD, bins=10)
+    evaluation_curves(workspace.eval_plots, labels, probabilities, THRESHOLD, bins=10)
 
     frame = pd.DataFrame(
         {

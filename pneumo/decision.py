@@ -1,0 +1,128 @@
+"""The operating point: which probability means pneumonia, and which calls go to a radiologist.
+
+One :class:`Decision` is chosen on the validation split (``evaluate.threshold_rule``) and saved
+as ``decision.json`` beside the weights; evaluation, prediction, explanation, serving and the web
+page all call :meth:`Decision.label` and :meth:`Decision.refer`, so the rule cannot drift apart.
+A new threshold rule is added in :func:`choose_threshold` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from pneumo.config import EvaluateSettings
+from pneumo.data.kermany import CLASSES
+from pneumo.errors import PipelineOrderError
+from pneumo.workspace import atomic_path
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Threshold, how it was chosen, and the referral band around it."""
+
+    threshold: float
+    rule: str
+    val_sensitivity: float = math.nan
+    val_specificity: float = math.nan
+    # Calls within this distance of the threshold are referred: a small change could flip them.
+    referral_margin: float = 0.0
+    # The threshold holds for probabilities computed this way (test-time augmentation or not).
+    tta: bool = False
+
+    def positive(self, probabilities: np.ndarray) -> np.ndarray:
+        """True where a probability means pneumonia."""
+        return np.asarray(probabilities, dtype=float) >= self.threshold
+
+    def label(self, probability: float) -> str:
+        """'PNEUMONIA' or 'NORMAL'."""
+        return CLASSES[int(probability >= self.threshold)]
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        return np.where(self.positive(probabilities), CLASSES[1], CLASSES[0])
+
+    def refer(self, probability: float, out_of_distribution: bool = False) -> bool:
+        """Refer to a radiologist: a close call, or an image unlike the training data."""
+        return out_of_distribution or abs(probability - self.threshold) < self.referral_margin
+
+    @property
+    def referral_band(self) -> tuple[float, float]:
+        return (
+            max(0.0, self.threshold - self.referral_margin),
+            min(1.0, self.threshold + self.referral_margin),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Decision:
+        known = cls.__dataclass_fields__.keys()
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def save(self, path: Path) -> None:
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Decision:
+        path = Path(path)
+        if not path.is_file():
+            raise PipelineOrderError(
+                f"{path} not found: run `pneumo evaluate` to choose the decision threshold"
+            )
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise PipelineOrderError(
+                f"{path} is not a decision file ({exc}): rerun evaluate"
+            ) from exc
+
+
+def choose_threshold(
+    y_val: np.ndarray, p_val: np.ndarray, settings: EvaluateSettings, tta: bool = False
+) -> Decision:
+    """Pick the decision threshold from validation labels and probabilities only."""
+    y_val = np.asarray(y_val).astype(int)
+    fpr, tpr, thresholds = skm.roc_curve(y_val, p_val)
+    finite = np.isfinite(thresholds)
+    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
+    if settings.threshold_rule == "fixed":
+        threshold = settings.fixed_threshold
+    elif settings.threshold_rule == "target_sensitivity":
+        reaching = thresholds[tpr >= settings.target_sensitivity]
+        threshold = float(reaching.max()) if len(reaching) else float(thresholds.min())
+    else:
+        # On a near-separable validation split many thresholds tie for the best J. Acquisition
+        # shift (new scanners, new sites) raises normal radiographs' scores, so specificity is
+        # what collapses out of distribution: by default take the most specific of the near-best
+        # thresholds; `centre` takes the middle of that plateau in logit space instead.
+        j = tpr - fpr
+        plateau = thresholds[j >= j.max() - settings.youden_tolerance]
+        if settings.youden_tiebreak == "most_specific":
+            threshold = float(plateau.max())
+        else:
+            low, high = _logit(plateau.min()), _logit(plateau.max())
+            threshold = float(1.0 / (1.0 + np.exp(-(low + high) / 2)))
+    threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    predicted = np.asarray(p_val) >= threshold
+    positives, negatives = y_val == 1, y_val == 0
+    return Decision(
+        threshold=threshold,
+        rule=settings.threshold_rule,
+        val_sensitivity=float(predicted[positives].mean()) if positives.any() else math.nan,
+        val_specificity=float((~predicted[negatives]).mean()) if negatives.any() else math.nan,
+        referral_margin=settings.referral_margin,
+        tta=tta,
+    )
+
+
+def _logit(p: float) -> float:
+    p = float(np.clip(p, 1e-6, 1 - 1e-6))
+    return float(np.log(p / (1 - p)))
