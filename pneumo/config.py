@@ -30,7 +30,9 @@ class _Section(BaseModel):
 
 
 class DataSettings(_Section):
-    root: Path = Field(Path("../shared/data/chest_xray"), description="Kermany-layout dataset folder")
+    root: Path = Field(
+        Path("../shared/data/chest_xray"), description="Kermany-layout dataset folder"
+    )
 
 
 class IngestSettings(_Section):
@@ -165,7 +167,9 @@ class TrainSettings(_Section):
     monitor: Literal["val_roc_auc", "val_log_loss"] = "val_roc_auc"
     early_stopping_patience: int = Field(10, ge=0, description="epochs; 0 = never stop early")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per available core")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA if present")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="auto: CUDA if present"
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast where the hardware has native bf16, else fp32"
     )
@@ -208,8 +212,18 @@ class CompareSettings(_Section):
         default_factory=lambda: ["paper_cnn1", "paper_cnn2", "paper_cnn3", "paper_cnn4"]
     )
     epochs: int = Field(8, ge=1, le=1000, description="training epochs of each paper CNN")
-    logistic_image_size: int = Field(32, ge=8, le=128, description="downsampled side for the pixels")
-    logistic_c: float = Field(0.1, gt=0.0, description="inverse L2 strength of the logistic regression")
+    logistic_image_size: int = Field(
+        32, ge=8, le=128, description="downsampled side for the pixels"
+    )
+    logistic_c: float = Field(
+        0.1, gt=0.0, description="inverse L2 strength of the logistic regression"
+    )
+
+
+class StressSettings(_Section):
+    """`pneumo stress`: the validation split under a fixed battery of acquisition shifts."""
+
+    seed: int = Field(0, description="draws of the random shifts (noise, marker placement)")
 
 
 class ExplainSettings(_Section):
@@ -298,10 +312,15 @@ class ServeSettings(_Section):
     workers: int = Field(
         1, ge=1, le=64, description="model worker processes; torch threads = cores / workers"
     )
-    adaptive_batching: bool = Field(True, description="group concurrent requests into one model call")
+    adaptive_batching: bool = Field(
+        True, description="group concurrent requests into one model call"
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="images per model call")
     max_latency_ms: int = Field(
-        5000, ge=10, le=600_000, description="a queued image is answered 503 after waiting this long"
+        5000,
+        ge=10,
+        le=600_000,
+        description="a queued image is answered 503 after waiting this long",
     )
     max_request_bytes: int = Field(20_000_000, ge=1024, description="larger bodies get 413")
     max_pixels: int = Field(
@@ -327,6 +346,7 @@ class Settings(_Section):
     evaluate: EvaluateSettings = EvaluateSettings()
     compare: CompareSettings = CompareSettings()
     explain: ExplainSettings = ExplainSettings()
+    stress: StressSettings = StressSettings()
     registry: RegistrySettings = RegistrySettings()
     score: ScoreSettings = ScoreSettings()
     serve: ServeSettings = ServeSettings()
@@ -373,7 +393,9 @@ def _describe(error: dict[str, Any]) -> str:
     return f"invalid value for '{key}': {error['msg']}"
 
 
-def load_settings(path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Settings:
+def load_settings(
+    path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
+) -> Settings:
     """Read and validate params.yaml; ``overrides`` maps dotted keys to values (e.g. the CLI's --data)."""
     path = Path(path)
     if not path.is_file():

@@ -35,6 +35,16 @@ class Decision:
     referral_margin: float = 0.0
     # The threshold holds for probabilities computed this way (test-time augmentation or not).
     tta: bool = False
+    # A site's prior-shift correction (pneumo calibrate): added to every logit before the rule.
+    prior_log_odds: float = 0.0
+
+    def adjust(self, probabilities: np.ndarray) -> np.ndarray:
+        """The network's probabilities as this decision reads them (prior-corrected for a site)."""
+        p = np.asarray(probabilities, dtype=float)
+        if self.prior_log_odds == 0.0:
+            return p
+        p = np.clip(p, 1e-7, 1 - 1e-7)
+        return 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) + self.prior_log_odds)))
 
     def positive(self, probabilities: np.ndarray) -> np.ndarray:
         """True where a probability means pneumonia."""

@@ -99,3 +99,21 @@ def evaluation_curves(
     fig.tight_layout()
     written.append(_save(fig, out_dir / "evaluation.png", dpi=110))
     return written
+
+
+def stress_chart(path: Path, frame: pd.DataFrame, clean: dict[str, float]) -> Path:
+    """ROC-AUC and specificity per shift and severity, against the clean validation split."""
+    plt = _pyplot()
+    shifts = list(dict.fromkeys(frame["shift"]))
+    x = np.arange(len(shifts))
+    fig, axes = plt.subplots(1, 2, figsize=(16, 4.6))
+    for ax, metric in zip(axes, ("roc_auc", "specificity"), strict=True):
+        for offset, severity in ((-0.2, 1), (0.2, 2)):
+            values = frame[frame["severity"] == severity].set_index("shift").loc[shifts, metric]
+            ax.bar(x + offset, values, width=0.4, label=f"severity {severity}")
+        ax.axhline(clean[metric], color="black", linestyle="--", label="clean")
+        ax.set_xticks(x, shifts, rotation=45, ha="right")
+        ax.set(title=f"{metric} under acquisition shifts (validation)", ylim=(0.0, 1.0))
+        ax.legend(loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)

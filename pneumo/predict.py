@@ -66,7 +66,8 @@ class Predictor:
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         from pneumo.inference import predict_proba
 
-        return predict_proba(self.model, images, batch_size, self.decision.tta, self.accel)
+        raw = predict_proba(self.model, images, batch_size, self.decision.tta, self.accel)
+        return self.decision.adjust(raw)
 
     def label(self, probability: float) -> str:
         return self.decision.label(probability)

@@ -652,7 +652,10 @@ def _rescore(
         images = _decode_test_split(test["paths"], size, settings, workspace)
     configure_threads(settings.model.threads)
     probabilities = predict_proba(
-        model, images, settings.model.batch_size, tta=bool(decision.get("tta", False)),
+        model,
+        images,
+        settings.model.batch_size,
+        tta=bool(decision.get("tta", False)),
         accel=settings.model.accelerator(),
     )
     values = binary_metrics(

@@ -113,6 +113,22 @@ class Workspace:
     def test_predictions(self) -> Path:
         return self.root / "plots" / "evaluate" / "test_predictions.csv"
 
+    def external_metrics(self, name: str) -> Path:
+        """`pneumo evaluate --external FOLDER --name NAME`: metrics of an outside labelled set."""
+        return self.root / "metrics" / f"external-{name}.json"
+
+    def external_plots(self, name: str) -> Path:
+        return self.root / "plots" / f"external-{name}"
+
+    @property
+    def stress_metrics(self) -> Path:
+        """The acquisition-shift stress test of the model on the validation split."""
+        return self.root / "metrics" / "stress.json"
+
+    @property
+    def stress_plots(self) -> Path:
+        return self.root / "plots" / "stress"
+
     @property
     def explain_dir(self) -> Path:
         return self.root / "plots" / "explain"

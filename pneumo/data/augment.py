@@ -2,7 +2,7 @@
 
 One ``affine_grid`` + ``grid_sample`` warps the batch (rotation, scale, aspect, shift, flip);
 tone changes, blur, resampling and noise are vectorised; only JPEG re-compression runs per
-image (libjpeg through torchvision.io). All draws come from one ``torch.Generator``, so an
+image (Pillow's libjpeg). All draws come from one ``torch.Generator``, so an
 epoch's augmentation is reproducible and a resumed run repeats the uninterrupted one.
 
 Why these ops: radiographs from another hospital differ in positioning and field of view
@@ -14,11 +14,13 @@ validation ROC-AUC 0.89), so resampling and compression are drawn for both class
 
 from __future__ import annotations
 
+import io
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from pneumo.config import AugmentSettings
@@ -185,9 +187,12 @@ def _resample(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def _jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-    """JPEG re-compression at one quality per image (libjpeg, as a hospital's archive would)."""
-    encoded = [
-        encode_jpeg((image * 255).round().to(torch.uint8), quality=int(q))
-        for image, q in zip(x, quality, strict=True)
-    ]
-    return torch.stack([decode_jpeg(data).float() / 255.0 for data in encoded])
+    """JPEG re-compression at one quality per image, with Pillow's libjpeg (as decoding uses)."""
+    out = torch.empty_like(x)
+    pixels = (x * 255).round_().to(torch.uint8).numpy()
+    for index, (image, q) in enumerate(zip(pixels, quality.tolist(), strict=True)):
+        buffer = io.BytesIO()
+        Image.fromarray(image[0]).save(buffer, format="JPEG", quality=int(q))
+        buffer.seek(0)
+        out[index, 0] = torch.from_numpy(np.asarray(Image.open(buffer), dtype=np.float32) / 255.0)
+    return out

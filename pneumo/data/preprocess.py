@@ -123,7 +123,9 @@ def decode_files(
     return out, errors
 
 
-def decode_many(paths: list[str], image_size: int, workers: int = 0, desc: str = "decode") -> np.ndarray:
+def decode_many(
+    paths: list[str], image_size: int, workers: int = 0, desc: str = "decode"
+) -> np.ndarray:
     """Decode many files into one (N, size, size) uint8 array; any unreadable file is an error."""
     images, errors = decode_files(paths, image_size, workers, desc)
     for path, error in zip(paths, errors, strict=True):

@@ -37,6 +37,8 @@ OVERRIDES: dict[str, object] = {
 # Averaging gradients over two ranks rounds differently from one batch: measured 1e-5 after 16 steps.
 WEIGHT_TOLERANCE = 1e-4
 PROBABILITY_TOLERANCE = 1e-3
+# Per-rank BatchNorm statistics on the CPU (SyncBatchNorm needs CUDA): measured 6e-4 after 16 steps.
+RESNET_PROBABILITY_TOLERANCE = 5e-3
 
 
 def _write_params(settings: Settings, workspace: Workspace) -> Path:
@@ -160,3 +162,24 @@ def test_global_batch_must_divide_over_the_ranks(
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="multiple of 3"):
         train(fast_settings(**{"train.batch_size": 32}), Workspace(tmp_path), track=False)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_default_resnet_like_one_process(
+    small_workspace: Workspace, tmp_path: Path
+) -> None:
+    """BatchNorm sees each rank's half-batch, so the result is close to one process, not equal."""
+    overrides = {**OVERRIDES, "model.arch": "resnet", "model.resnet.widths": [8, 16],
+                 "model.resnet.stem_width": 8, "model.resnet.dropout": 0.0}  # fmt: skip
+    settings = fast_settings(**overrides, **{"tracking.uri": f"sqlite:///{tmp_path / 'm.db'}"})
+    distributed = copy_workspace(small_workspace, tmp_path / "ddp")
+    _torchrun(_write_params(settings, distributed))
+    single = copy_workspace(small_workspace, tmp_path / "single")
+    train(settings, single, track=False)
+    images = load_arrays(single.arrays("val"))["images"]
+    ddp_model, _ = load_model(distributed.model)
+    single_model, _ = load_model(single.model)
+    differences = np.abs(predict_proba(ddp_model, images) - predict_proba(single_model, images))
+    print(f"resnet: max val probability difference {differences.max():.2e}")
+    assert differences.max() < RESNET_PROBABILITY_TOLERANCE
+    assert _max_weight_difference(distributed, single) > 0  # per-rank BN: not bit-equal

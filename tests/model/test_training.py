@@ -154,3 +154,83 @@ def test_training_is_tracked_in_one_mlflow_run(small_workspace: Workspace, tmp_p
     via_mlflow = mlflow.pyfunc.load_model(logged.model_uri).predict(images)
     model, metadata = load_model(workspace.model)
     assert np.allclose(via_mlflow, predict_proba(model, images, tta=metadata["tta"]))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fp32_and_bf16_training_both_learn_real_radiographs(
+    small_workspace: Workspace, tmp_path: Path, precision: str
+) -> None:
+    """bf16 autocast trains the same network (weights stay fp32); emulated where not native."""
+    workspace = copy_workspace(small_workspace, tmp_path)
+    settings = fast_settings(**{"train.precision": precision, "train.epochs": 5})
+    result = train(settings, workspace, track=False)
+    losses = [float(row["train_loss"]) for row in _history(workspace)]
+    assert losses[-1] < losses[0]
+    assert result.metrics["val_roc_auc"] > 0.75  # 256 real images, 5 epochs at 64 px
+    weights = _weights(workspace)
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    timing = json.loads(workspace.train_timing.read_text())
+    assert timing["device"].startswith(f"cpu {precision}")
+
+
+def _scripted_validation(
+    monkeypatch: pytest.MonkeyPatch, key: str, values: list[float]
+) -> list[dict[str, float]]:
+    """Replace validation by a script of values of the monitored metric, one per epoch."""
+    real = train_module.validate
+    script = iter(values)
+    seen: list[dict[str, float]] = []
+
+    def scripted(*args: object) -> dict[str, float]:
+        row = real(*args)  # type: ignore[arg-type]
+        try:
+            row[key] = next(script)
+        except StopIteration:  # the final re-validation of the selected weights
+            pass
+        seen.append(row)
+        return row
+
+    monkeypatch.setattr(train_module, "validate", scripted)
+    return seen
+
+
+def test_early_stopping_keeps_the_best_epoch_of_the_monitored_metric(
+    small_workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = copy_workspace(small_workspace, tmp_path)
+    _scripted_validation(monkeypatch, "val_roc_auc", [0.80, 0.90, 0.89, 0.88, 0.95, 0.96])
+    settings = fast_settings(**{"train.epochs": 6, "train.early_stopping_patience": 2})
+    result = train(settings, workspace, track=False)
+    assert result.epochs_run == 4 and result.best_epoch == 2  # epochs 3 and 4 did not improve
+    checkpoint = torch.load(workspace.checkpoint, weights_only=True)
+    assert checkpoint["finished"] and checkpoint["epoch"] == 4
+    # The saved model is epoch 2's weights, not the last epoch's.
+    assert all(
+        torch.equal(checkpoint["best_weights"][k], v) for k, v in _weights(workspace).items()
+    )
+
+
+def test_monitor_val_log_loss_selects_the_lowest_loss(
+    small_workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = copy_workspace(small_workspace, tmp_path)
+    _scripted_validation(monkeypatch, "val_log_loss", [0.50, 0.40, 0.45])
+    settings = fast_settings(**{"train.epochs": 3, "train.monitor": "val_log_loss"})
+    assert train(settings, workspace, track=False).best_epoch == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (see bench/README)")
+def test_cuda_training_matches_the_cpu_path(small_workspace: Workspace, tmp_path: Path) -> None:
+    """On a GPU: AMP bf16 training learns, and the CUDA model predicts like its CPU copy."""
+    workspace = copy_workspace(small_workspace, tmp_path)
+    settings = fast_settings(**{"train.device": "cuda", "train.epochs": 3})
+    result = train(settings, workspace, track=False)
+    assert result.metrics["val_roc_auc"] > 0.75
+    assert json.loads(workspace.train_timing.read_text())["device"].startswith("cuda")
+    from pneumo.accel import Accelerator
+
+    model, _ = load_model(workspace.model)
+    images = load_arrays(workspace.arrays("val"))["images"]
+    on_gpu = predict_proba(model, images, accel=Accelerator("cuda", "fp32"))
+    on_cpu = predict_proba(model, images)
+    assert np.abs(on_gpu - on_cpu).max() < 1e-3
