@@ -171,36 +171,6 @@ def test_first_model_passing_the_floors_becomes_champion(
     assert "verdict: promoted" in registry.verdict_table(decision)
 
 
-def test_version_is_linked_to_its_logged_model_and_describes_its_verdict(
-    lab: Lab, tmp_path: Path, name: str
-) -> None:
-    settings = lab.settings(name)
-    registry.register_and_gate(settings, lab.workspace(tmp_path / "a", "good"))
-    ws = lab.workspace(tmp_path / "b", "good2", roc_auc=0.95, accuracy=0.93)
-    verdict = registry.register_and_gate(settings, ws)
-    client = MlflowClient(settings.tracking.uri)
-
-    # Linked both ways, as mlflow.register_model links them: the version's source is the logged
-    # model, and the logged model lists the version (the UI no longer says "Not registered").
-    version = client.get_model_version(name, "2")
-    assert version.source.startswith("models:/m-")
-    logged = client.get_logged_model(version.source.removeprefix("models:/"))
-    assert logged.source_run_id == lab.candidates["good2"].run_id
-    assert {"name": name, "version": "2"} in json.loads(logged.tags["mlflow.modelVersions"])
-    # The registered model says what it is and how the gate decides.
-    about = client.get_registered_model(name).description
-    assert "Pneumonia classifier" in about and "roc_auc >= 0.9" in about
-    assert "by at most 0.01 on roc_auc, accuracy" in about
-    # The version's description holds the gate's table, verdict, reasons and test intervals.
-    text = version.description
-    assert "**Gate verdict: not promoted: champion kept (v1)**" in text
-    assert "| metric | floor | champion v1 | challenger v2 |" in text
-    assert "| roc_auc | 0.9000 | " in text and "| 0.9500 |" in text
-    assert verdict.reasons[0] in text
-    low, high = lab.candidates["good2"].report["test"]["ci"]["accuracy"]
-    assert f"| accuracy | 0.9300 | {low:.4f} - {high:.4f} |" in text
-
-
 def test_registry_leaves_mlflow_and_the_environment_as_it_found_them(
     lab: Lab, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,7 +208,7 @@ def test_better_challenger_replaces_champion_which_becomes_previous(
     assert aliases(lab, name) == {"champion": 2, "previous": 1}
 
 
-def test_worse_challenger_is_tagged_with_reasons_and_champion_kept(
+def test_worse_challenger_is_tagged_and_described_and_champion_kept(
     lab: Lab, tmp_path: Path, name: str
 ) -> None:
     settings = lab.settings(name)
@@ -257,6 +227,26 @@ def test_worse_challenger_is_tagged_with_reasons_and_champion_kept(
     assert "more than the margin 0.01" in tags["validation_reasons"]
     assert float(tags["gate_champion_roc_auc"]) > 0.99
     assert "verdict: not promoted: champion kept (v1)" in registry.verdict_table(decision)
+    client = MlflowClient(settings.tracking.uri)
+    # Linked both ways, as mlflow.register_model links them: the version's source is the logged
+    # model, and the logged model lists the version (the UI no longer says "Not registered").
+    version = client.get_model_version(name, "2")
+    assert version.source.startswith("models:/m-")
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == lab.candidates["good2"].run_id
+    assert {"name": name, "version": "2"} in json.loads(logged.tags["mlflow.modelVersions"])
+    # The registered model says what it is and how the gate decides.
+    about = client.get_registered_model(name).description
+    assert "Pneumonia classifier" in about and "roc_auc >= 0.9" in about
+    assert "by at most 0.01 on roc_auc, accuracy" in about
+    # The version's description holds the gate's table, verdict, reasons and test intervals.
+    text = version.description
+    assert "**Gate verdict: not promoted: champion kept (v1)**" in text
+    assert "| metric | floor | champion v1 | challenger v2 |" in text
+    assert "| roc_auc | 0.9000 | " in text and "| 0.9500 |" in text
+    assert decision.reasons[0] in text
+    low, high = lab.candidates["good2"].report["test"]["ci"]["accuracy"]
+    assert f"| accuracy | 0.9300 | {low:.4f} - {high:.4f} |" in text
 
 
 def test_challenger_below_a_floor_is_not_promoted_even_without_champion(
