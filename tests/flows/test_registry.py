@@ -23,6 +23,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -558,4 +559,7 @@ def test_only_transient_failures_are_retried() -> None:
         registry.with_retries(missing, "test call", "here", delay_s=0)
     assert len(attempts) == 1
     assert registry.is_transient(ConnectionError("refused"))
+    assert registry.is_transient(OSError(5, "Input/output error"))
     assert not registry.is_transient(MlflowException("bug"))  # a bare 500 is MLflow's default
+    assert not registry.is_transient(requests.HTTPError("404 Not Found"))  # an OSError too
+    assert not registry.is_transient(FileNotFoundError("models/model.pt"))
