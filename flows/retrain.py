@@ -30,6 +30,7 @@ from prefect.tasks import exponential_backoff
 from pneumo.config import load_settings
 from pneumo.errors import ContractError, PneumoError
 from pneumo.locking import workspace_lock
+from pneumo.registry.client import is_transient
 from pneumo.workspace import Workspace
 
 DEPLOYMENT_NAME = "pneumo-retrain"
@@ -38,19 +39,6 @@ MODEL_STAGES: tuple[str, ...] = ("split", "preprocess", "train", "evaluate", "ex
 
 class StageFailedError(PneumoError):
     """A `dvc repro` stage failed for a reason a retry will not fix."""
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """Failures worth a retry: I/O errors here, plus what the registry counts as transient."""
-    if exc is None:
-        return False
-    if isinstance(exc, OSError) and not isinstance(
-        exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError
-    ):
-        return True  # ConnectionError and TimeoutError included
-    from pneumo.registry import is_transient as registry_transient
-
-    return registry_transient(exc)
 
 
 def retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -212,10 +212,10 @@ def cmd_registry(args: argparse.Namespace) -> int:
     settings = _settings(args)
     workspace = _workspace(args)
     if args.action == "register":
-        decision = registry.register_and_gate(settings, workspace)
-        print(registry.decision_table(decision))
-        print(f"decision written to {workspace.registry_decision}")
-        return 0  # a kept champion is a decision, not an error
+        verdict = registry.register_and_gate(settings, workspace)
+        print(registry.verdict_table(verdict))
+        print(f"verdict written to {workspace.gate_verdict}")
+        return 0  # a kept champion is a verdict, not an error
     if args.action == "promote":
         result = registry.promote(settings, workspace, args.version, args.reason)
         old = f"v{result['previous']} -> previous" if result["previous"] else "no earlier champion"

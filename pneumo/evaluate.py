@@ -99,7 +99,7 @@ def evaluate(settings: Settings, workspace: Workspace = Workspace()) -> dict[str
     figures = plots.evaluation_curves(workspace.eval_plots, test["labels"], p_test,
                                       decision.threshold, settings.evaluate.calibration_bins)  # fmt: skip
     _log_to_mlflow(
-        settings, workspace, report, [*figures, workspace.eval_metrics, workspace.decision]
+        settings, workspace, report, [*figures, workspace.eval_metrics, workspace.decision], test
     )
     t = report["test"]
     log.info(
@@ -116,31 +116,57 @@ def test_source(workspace: Workspace) -> str:
     return str(json.loads(workspace.split_metrics.read_text()).get("test_source", "unknown"))
 
 
-def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """{'test': {'accuracy': ..}} -> {'test_accuracy': ..}, numbers only, for MLflow."""
-    flat: dict[str, float] = {"threshold": float(report["threshold"]["threshold"])}
-    for part, values in report.items():
-        if not isinstance(values, dict) or part == "threshold":
-            continue
+def mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's test point metrics as MLflow names (intervals go to :func:`metrics_table`).
+
+    test -> ``test/roc_auc``, test_viral -> ``test/viral/roc_auc``; the threshold chosen on the
+    validation split -> ``val/threshold``.
+    """
+    flat: dict[str, float] = {"val/threshold": float(report["threshold"]["threshold"])}
+    for part, values in _test_parts(report):
+        prefix = part.replace("_", "/", 1)
         for name in POINT_METRICS:
             value = values.get(name)
             if value is not None and np.isfinite(value):
-                flat[f"{part}_{name}"] = float(value)
-        for name, (low, high) in values.get("ci", {}).items():
-            if np.isfinite(low) and np.isfinite(high):
-                flat[f"{part}_{name}_ci_low"] = float(low)
-                flat[f"{part}_{name}_ci_high"] = float(high)
+                flat[f"{prefix}/{name}"] = float(value)
     return flat
 
 
+def metrics_table(report: dict[str, Any]) -> pd.DataFrame:
+    """One row per test part and metric: value and its bootstrap interval (NaN when none)."""
+    rows = []
+    for part, values in _test_parts(report):
+        for name in POINT_METRICS:
+            low, high = values.get("ci", {}).get(name, (np.nan, np.nan))
+            value = values.get(name, np.nan)
+            rows.append({"split": part, "metric": name, "value": value, "ci_low": low,
+                         "ci_high": high})  # fmt: skip
+    return pd.DataFrame(rows, columns=["split", "metric", "value", "ci_low", "ci_high"])
+
+
+def _test_parts(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(k, v) for k, v in report.items() if k.startswith("test") and isinstance(v, dict)]
+
+
 def _log_to_mlflow(
-    settings: Settings, workspace: Workspace, report: dict[str, Any], files: list[Path]
+    settings: Settings,
+    workspace: Workspace,
+    report: dict[str, Any],
+    files: list[Path],
+    test: dict[str, np.ndarray],
 ) -> None:
-    """Add the evaluation to the training's MLflow run (its id is the train stage's output)."""
+    """Add the evaluation to the training's MLflow run (its id is the train stage's output).
+
+    test/ metrics, one table of every metric with its interval, and the test split as an input.
+    """
     if not workspace.run_id.is_file():
         log.warning("no MLflow run id at %s; evaluation is not tracked", workspace.run_id)
         return
     from pneumo import tracking
 
+    path = workspace.arrays("test")
+    split = tracking.dataset_input(path, test["images"], test["labels"], "test")
+    table = metrics_table(report).to_csv(index=False)
     tracking.log_to_run(settings, workspace, workspace.run_id.read_text().strip(),
-                        flat_metrics(report), files, "evaluate")  # fmt: skip
+                        mlflow_metrics(report), files, "evaluate",
+                        texts={"metrics_with_intervals.csv": table}, datasets=[split])  # fmt: skip

@@ -353,7 +353,9 @@ def train(
         if track:
             from pneumo import tracking
 
-            tracking_context = tracking.training_run(settings, workspace, state.run_id or None)
+            tracking_context = tracking.training_run(
+                settings, workspace, state.run_id or None, digests
+            )
         with tracking_context as run_id:
             if track and not state.run_id:
                 for split, split_arrays in arrays.items():

@@ -139,9 +139,9 @@ class Workspace:
         return self.root / "reports" / "comparison.md"
 
     @property
-    def registry_decision(self) -> Path:
-        """The last promotion-gate decision (champion vs challenger), written by the register step."""
-        return self.root / "reports" / "registry_decision.json"
+    def gate_verdict(self) -> Path:
+        """The promotion gate's last verdict (champion vs challenger), written by the register step."""
+        return self.root / "reports" / "gate_verdict.json"
 
     @property
     def mlflow_artifacts(self) -> Path:

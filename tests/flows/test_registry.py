@@ -9,9 +9,12 @@ its own registered model name, so the three logged runs are shared and the tests
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -28,10 +32,12 @@ from pneumo import registry, tracking
 from pneumo.cli import main
 from pneumo.config import Settings, load_settings
 from pneumo.data.preprocess import save_arrays
+from pneumo.decision import Decision
 from pneumo.errors import ConfigError, PipelineOrderError
+from pneumo.evaluate import score
 from pneumo.inference import predict_proba
-from pneumo.metrics import binary_metrics
 from pneumo.models import build_model, save_model
+from pneumo.registry import client as registry_client
 from pneumo.workspace import Workspace, sha256_file
 from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
 
@@ -80,6 +86,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     params.write_text(
         f"tracking:\n  uri: sqlite:///{root / 'mlruns.db'}\n  experiment: registry-tests\n"
         "model:\n  threads: 1\n  batch_size: 64\n  precision: fp32\n"
+        "evaluate:\n  bootstrap_samples: 50\n"
     )
     arrays_dir = root / "arrays"
     train_images, train_frame = synthetic_split(64, seed=1)
@@ -98,21 +105,30 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
         models[name] = variant.eval()
 
     settings = load_settings(params)
-    experiment_id = tracking.configure(settings.tracking, Workspace(root))
     candidates = {}
     for name, model in models.items():
         path = root / name / "model.pt"
         save_model(model, path, {"arch": "paper_cnn1", "image_size": SIZE, "options": OPTIONS})
         probabilities = predict_proba(model, test_images)
-        metrics = binary_metrics(test_labels, probabilities, DECISION["threshold"])
-        report = {"threshold": DECISION, "test": {**metrics, "ci": {}}}
-        with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        report = score(test_labels, probabilities, test_frame["patient_id"].to_numpy(),
+                       Decision(**DECISION), settings.evaluate)  # fmt: skip
+        with model_run(settings, Workspace(root), name) as run_id:
             tracking.log_pyfunc_model(path, test_images[:2], probabilities[:2])
-        candidates[name] = Candidate(path, run.info.run_id, report)
+        candidates[name] = Candidate(path, run_id, report)
     assert candidates["good"].report["test"]["roc_auc"] > 0.99
     assert candidates["good"].report["test"]["accuracy"] > 0.97
     assert candidates["inverted"].report["test"]["roc_auc"] < 0.1
     return Lab(root, params, arrays_dir, test_images, test_labels, candidates)
+
+
+@contextmanager
+def model_run(settings: Settings, workspace: Workspace, run_name: str) -> Iterator[str]:
+    """A new run of the settings' experiment, with MLflow's fluent API bound to its store."""
+    uri = tracking.resolve_uri(settings.tracking.uri, workspace)
+    experiment_id = tracking.ensure_experiment(settings.tracking, workspace)
+    with tracking.fluent_store(uri), mlflow.start_run(experiment_id=experiment_id,
+                                                      run_name=run_name) as run:  # fmt: skip
+        yield run.info.run_id
 
 
 @pytest.fixture()
@@ -150,10 +166,31 @@ def test_first_model_passing_the_floors_becomes_champion(
     assert tags["data_test_sha256"] == sha256_file(ws.arrays("test"))
     for key in ("git_commit", "validated_at", "validation_reasons", "model_sha256", "threshold"):
         assert tags[key], key
-    written = json.loads(ws.registry_decision.read_text())
+    written = json.loads(ws.gate_verdict.read_text())
     assert written["status"] == "passed" and written["version"] == 1
     assert written["comparison"]["roc_auc"]["floor"] == 0.9
-    assert "verdict: promoted" in registry.decision_table(decision)
+    assert "verdict: promoted" in registry.verdict_table(decision)
+
+
+def test_registry_leaves_mlflow_and_the_environment_as_it_found_them(
+    lab: Lab, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process-wide URIs: the tracking variable keeps meaning "the team server"."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = lab.settings(name)
+    with model_run(settings, Workspace(lab.root), "log_model off") as run_id:
+        pass
+    ws = lab.workspace(tmp_path, "good")
+    ws.run_id.write_text(run_id)  # registration logs the model: the fluent API is needed
+    before = (tracking_utils._tracking_uri, dict(os.environ))
+
+    registry.register_and_gate(settings, ws)
+    registry.status(settings, ws)
+    registry.download_version(settings, ws, "champion", tmp_path / "out")
+
+    assert (tracking_utils._tracking_uri, dict(os.environ)) == before
 
 
 def test_better_challenger_replaces_champion_which_becomes_previous(
@@ -172,7 +209,7 @@ def test_better_challenger_replaces_champion_which_becomes_previous(
     assert aliases(lab, name) == {"champion": 2, "previous": 1}
 
 
-def test_worse_challenger_is_tagged_with_reasons_and_champion_kept(
+def test_worse_challenger_is_tagged_and_described_and_champion_kept(
     lab: Lab, tmp_path: Path, name: str
 ) -> None:
     settings = lab.settings(name)
@@ -190,7 +227,27 @@ def test_worse_challenger_is_tagged_with_reasons_and_champion_kept(
     assert tags["validation_status"] == "failed"
     assert "more than the margin 0.01" in tags["validation_reasons"]
     assert float(tags["gate_champion_roc_auc"]) > 0.99
-    assert "verdict: not promoted: champion kept (v1)" in registry.decision_table(decision)
+    assert "verdict: not promoted: champion kept (v1)" in registry.verdict_table(decision)
+    client = MlflowClient(settings.tracking.uri)
+    # Linked both ways, as mlflow.register_model links them: the version's source is the logged
+    # model, and the logged model lists the version (the UI no longer says "Not registered").
+    version = client.get_model_version(name, "2")
+    assert version.source.startswith("models:/m-")
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == lab.candidates["good2"].run_id
+    assert {"name": name, "version": "2"} in json.loads(logged.tags["mlflow.modelVersions"])
+    # The registered model says what it is and how the gate decides.
+    about = client.get_registered_model(name).description
+    assert "Pneumonia classifier" in about and "roc_auc >= 0.9" in about
+    assert "by at most 0.01 on roc_auc, accuracy" in about
+    # The version's description holds the gate's table, verdict, reasons and test intervals.
+    text = version.description
+    assert "**Gate verdict: not promoted: champion kept (v1)**" in text
+    assert "| metric | floor | champion v1 | challenger v2 |" in text
+    assert "| roc_auc | 0.9000 | " in text and "| 0.9500 |" in text
+    assert decision.reasons[0] in text
+    low, high = lab.candidates["good2"].report["test"]["ci"]["accuracy"]
+    assert f"| accuracy | 0.9300 | {low:.4f} - {high:.4f} |" in text
 
 
 def test_challenger_below_a_floor_is_not_promoted_even_without_champion(
@@ -205,22 +262,6 @@ def test_challenger_below_a_floor_is_not_promoted_even_without_champion(
     assert decision.reasons == ["sensitivity 0.5000 is below the floor 0.8500"]
     assert aliases(lab, name) == {"challenger": 1}
     assert version_tags(lab, name, 1)["validation_status"] == "failed"
-
-
-def test_gate_rules_without_mlflow() -> None:
-    cfg = load_settings_defaults().registry
-    good = {"roc_auc": 0.95, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8}
-    assert registry.gate(good, None, cfg)[0]
-    assert registry.gate(good, {"roc_auc": 0.955, "accuracy": 0.905}, cfg)[0]  # within 0.01
-    passed, reasons = registry.gate(good, {"roc_auc": 0.97, "accuracy": 0.9}, cfg, 3)
-    assert not passed and reasons == [
-        "roc_auc 0.9500 trails champion v3 (0.9700) by 0.0200, more than the margin 0.01"
-    ]
-    assert not registry.gate({**good, "roc_auc": float("nan")}, None, cfg)[0]
-
-
-def load_settings_defaults() -> Settings:
-    return Settings()
 
 
 def test_champion_of_another_image_size_is_rescored_from_the_images(
@@ -302,18 +343,17 @@ def test_a_run_without_logged_model_gets_one_at_registration(
     lab: Lab, tmp_path: Path, name: str
 ) -> None:
     settings = lab.settings(name)
-    experiment_id = tracking.configure(settings.tracking, Workspace(lab.root))
-    with mlflow.start_run(experiment_id=experiment_id, run_name="log_model off") as run:
+    with model_run(settings, Workspace(lab.root), "log_model off") as run_id:
         pass  # as `pneumo train` with tracking.log_model: false
     ws = lab.workspace(tmp_path, "good")
-    ws.run_id.write_text(run.info.run_id)
+    ws.run_id.write_text(run_id)
 
     decision = registry.register_and_gate(settings, ws)
 
-    assert decision.passed and decision.run_id == run.info.run_id
+    assert decision.passed and decision.run_id == run_id
     info = registry.download_version(settings, ws, decision.version, tmp_path / "out")
     assert sha256_file(tmp_path / "out" / "model.pt") == sha256_file(ws.model)
-    assert info["run_id"] == run.info.run_id
+    assert info["run_id"] == run_id
 
 
 # ---------------------------------------------------------------- all-or-nothing promotion
@@ -449,7 +489,7 @@ def test_cli_register_status_and_rollback(lab: Lab, tmp_path: Path, name: str, c
     assert main(["--params", str(params), "registry", "register"]) == 0
     out = capsys.readouterr().out
     assert "verdict: promoted: v1 is the champion" in out
-    assert ws.registry_decision.is_file()
+    assert ws.gate_verdict.is_file()
     assert main(["--params", str(params), "registry", "status"]) == 0
     assert re.search(r"v1\s+champion\s+passed", capsys.readouterr().out)
     assert main(["--params", str(params), "registry", "rollback"]) == 1
@@ -486,7 +526,7 @@ def test_unreachable_server_fails_with_a_clear_error_after_bounded_retries(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setattr(registry, "RETRY_DELAY_S", 0.01)
+    monkeypatch.setattr(registry_client, "RETRY_DELAY_S", 0.01)
     settings = lab.settings("unreachable", **{"tracking.uri": "http://127.0.0.1:9"})
     started = time.monotonic()
     with pytest.raises(registry.RegistryUnavailableError) as caught:
@@ -519,4 +559,7 @@ def test_only_transient_failures_are_retried() -> None:
         registry.with_retries(missing, "test call", "here", delay_s=0)
     assert len(attempts) == 1
     assert registry.is_transient(ConnectionError("refused"))
+    assert registry.is_transient(OSError(5, "Input/output error"))
     assert not registry.is_transient(MlflowException("bug"))  # a bare 500 is MLflow's default
+    assert not registry.is_transient(requests.HTTPError("404 Not Found"))  # an OSError too
+    assert not registry.is_transient(FileNotFoundError("models/model.pt"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pneumo.data.preprocess import preprocess
 from pneumo.data.split import split
 from pneumo.evaluate import evaluate
 from pneumo.predict import Predictor, predict
-from pneumo.workspace import Workspace
+from pneumo.workspace import Workspace, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,17 +83,50 @@ def test_evaluate_writes_metrics_plots_and_decision(trained: tuple[Settings, Wor
         assert (ws.eval_plots / name).is_file()
 
 
-def test_evaluation_is_logged_into_the_training_run(trained: tuple[Settings, Workspace]) -> None:
+def test_the_run_reads_as_mlflow_users_expect(trained: tuple[Settings, Workspace]) -> None:
+    """Real training + evaluation + registration: name, kind, inputs, metrics, model <-> version."""
     import mlflow
 
-    settings, ws = trained
     from pneumo import tracking
+    from pneumo.registry import register_and_gate
 
-    tracking.configure(settings.tracking, ws)
-    run = mlflow.get_run(ws.run_id.read_text().strip())
-    assert "test_roc_auc" in run.data.metrics and "test_roc_auc_ci_low" in run.data.metrics
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
-    assert "evaluate/evaluation.png" in artifacts
+    settings, ws = trained
+    client = mlflow.MlflowClient(tracking.resolve_uri(settings.tracking.uri, ws))
+    run = client.get_run(ws.run_id.read_text().strip())
+    run_id = run.info.run_id
+    assert re.fullmatch(r"resnet-64px-[0-9a-f]{8}", run.info.run_name)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = run.data.tags["mlflow.note.content"]
+    assert run.data.params["data.version"] in note and "git commit" in note
+    # Three dataset inputs, each with the digest of its arrays file.
+    inputs = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+        for d in run.inputs.dataset_inputs
+    }
+    assert inputs.keys() == {"train", "val", "test"}
+    assert inputs["test"].digest == sha256_file(ws.arrays("test"))[:16]
+    # Slash-prefixed metrics; intervals in one table, not as flat metrics.
+    report = json.loads(ws.eval_metrics.read_text())
+    assert run.data.metrics["test/roc_auc"] == pytest.approx(report["test"]["roc_auc"])
+    assert "test/viral/sensitivity" in run.data.metrics and "val/threshold" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run_id, "val/roc_auc")] == [1, 2]
+    assert not [k for k in run.data.metrics if "ci_" in k or "/" not in k]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "evaluate")}
+    assert {"evaluate/evaluation.png", "evaluate/metrics_with_intervals.csv"} <= artifacts
+    table = pd.read_csv(client.download_artifacts(run_id, "evaluate/metrics_with_intervals.csv"))
+    accuracy = table[(table["split"] == "test") & (table["metric"] == "accuracy")].iloc[0]
+    assert [accuracy["ci_low"], accuracy["ci_high"]] == pytest.approx(
+        report["test"]["ci"]["accuracy"]
+    )
+    # Registered: the logged model and the version point at each other.
+    verdict = register_and_gate(settings, ws)
+    version = client.get_model_version(settings.registry.model_name, str(verdict.version))
+    [logged] = client.search_logged_models([run.info.experiment_id])
+    assert version.source == f"models:/{logged.model_id}" and version.run_id == run_id
+    linked = json.loads(client.get_logged_model(logged.model_id).tags["mlflow.modelVersions"])
+    assert {"name": settings.registry.model_name, "version": str(verdict.version)} in linked
+    assert f"**Gate verdict: {verdict.outcome}**" in version.description
 
 
 def test_predict_folder_matches_evaluation_and_survives_bad_files(
@@ -164,12 +198,10 @@ def test_compare_table_has_baselines_default_model_and_published_rows(
     markdown = ws.comparison.read_text()
     assert "| logistic regression on pixels |" in markdown and "92.3 %" in markdown
     assert ws.comparison.with_suffix(".csv").is_file()
-    tracking.configure(settings.tracking, ws)
-    runs = mlflow.search_runs(
-        experiment_names=[settings.tracking.experiment],
+    client = mlflow.MlflowClient(tracking.resolve_uri(settings.tracking.uri, ws))
+    runs = client.search_runs(
+        [tracking.ensure_experiment(settings.tracking, ws)],
         filter_string="tags.pipeline_step = 'compare'",
-        output_format="list",
     )
-    assert runs and any(
-        a.path == "comparison.md" for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)
-    )
+    assert runs and runs[0].info.status == "FINISHED" and runs[0].info.run_name == "compare"
+    assert any(a.path == "comparison.md" for a in client.list_artifacts(runs[0].info.run_id))

@@ -135,23 +135,30 @@ def test_training_is_tracked_in_one_mlflow_run(small_workspace: Workspace, tmp_p
     result = train(settings, workspace, track=True)
     run_id = workspace.run_id.read_text().strip()
     assert result.run_id == run_id
-    client = mlflow.MlflowClient(tracking.resolve_uri(settings.tracking.uri, workspace))
+    uri = tracking.resolve_uri(settings.tracking.uri, workspace)
+    client = mlflow.MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == tracking.run_name(settings)
+    assert run.info.run_name.startswith(f"{settings.model.arch}-64px-")
     assert run.data.params["train.lr"] == str(settings.train.lr)
-    assert [m.step for m in client.get_metric_history(run_id, "val_roc_auc")] == [1, 2]
+    assert run.data.params["data.version"].startswith(("sha256:", "dvc:"))
+    assert not [k for k in run.data.params if k.startswith(("serve.", "score.", "tracking."))]
+    assert "data version" in run.data.tags["mlflow.note.content"]
+    assert [m.step for m in client.get_metric_history(run_id, "val/roc_auc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
+    assert {"train/best_epoch", "val/best_roc_auc", "train/lr"} <= run.data.metrics.keys()
+    assert not [k for k in run.data.metrics if "/" not in k]  # every metric has its prefix
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val"}
     assert {a.path for a in client.list_artifacts(run_id)} >= {
         "train_curves.png",
         "train_history.csv",
     }
     # The logged pyfunc predicts exactly what predict_proba does with the model file.
-    mlflow.set_tracking_uri(tracking.resolve_uri(settings.tracking.uri, workspace))
-    [logged] = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id], output_format="list"
-    )
+    [logged] = client.search_logged_models([run.info.experiment_id])
     images = load_arrays(workspace.arrays("val"))["images"][:4]
-    via_mlflow = mlflow.pyfunc.load_model(logged.model_uri).predict(images)
+    with tracking.fluent_store(uri):
+        via_mlflow = mlflow.pyfunc.load_model(logged.model_uri).predict(images)
     model, metadata = load_model(workspace.model)
     assert np.allclose(via_mlflow, predict_proba(model, images, tta=metadata["tta"]))
 

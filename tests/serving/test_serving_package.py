@@ -114,8 +114,9 @@ def test_registry_champion_is_packaged_with_its_version(
     }
     workspace.eval_metrics.parent.mkdir(parents=True, exist_ok=True)
     workspace.eval_metrics.write_text(json.dumps(report))
-    experiment = tracking.configure(settings.tracking, workspace)
-    with mlflow.start_run(experiment_id=experiment) as run:
+    experiment = tracking.ensure_experiment(settings.tracking, workspace)
+    uri = tracking.resolve_uri(settings.tracking.uri, workspace)
+    with tracking.fluent_store(uri), mlflow.start_run(experiment_id=experiment) as run:
         tracking.log_pyfunc_model(workspace.model, test_images[:2], probabilities[:2])
     workspace.run_id.write_text(run.info.run_id + "\n")
     assert registry.register_and_gate(settings, workspace).passed

@@ -6,7 +6,7 @@ from sklearn import metrics as skm
 
 from pneumo.config import EvaluateSettings
 from pneumo.decision import choose_threshold
-from pneumo.evaluate import flat_metrics, score
+from pneumo.evaluate import metrics_table, mlflow_metrics, score
 from pneumo.metrics import binary_metrics, bootstrap_intervals, expected_calibration_error
 
 
@@ -85,7 +85,7 @@ def test_bootstrap_intervals_contain_the_estimate_and_resample_patients() -> Non
     assert ci == again  # seeded
 
 
-def test_report_has_slices_and_flat_metrics() -> None:
+def test_report_has_slices_and_mlflow_names() -> None:
     y, p = _scores(300, 5)
     rng = np.random.default_rng(0)
     subtypes = np.where(y == 1, rng.choice(["bacterial", "viral"], y.size), "none")
@@ -94,5 +94,17 @@ def test_report_has_slices_and_flat_metrics() -> None:
     report = score(y, p, np.arange(300).astype(str), decision, settings, subtypes)
     assert {"test", "test_bacterial", "test_viral"} <= report.keys()
     assert report["test_viral"]["n"] == (y == 0).sum() + (subtypes == "viral").sum()
-    flat = flat_metrics(report)
-    assert "test_roc_auc_ci_low" in flat and "test_viral_sensitivity" in flat
+    flat = mlflow_metrics(report)
+    assert flat["test/roc_auc"] == report["test"]["roc_auc"]
+    assert flat["test/viral/sensitivity"] == report["test_viral"]["sensitivity"]
+    assert flat["val/threshold"] == decision.threshold
+    assert not [name for name in flat if "_ci_" in name]  # intervals go to one table instead
+    table = metrics_table(report).set_index(["split", "metric"])
+    assert len(table) == 3 * 10  # test and its two slices, every point metric
+    low, high = report["test_bacterial"]["ci"]["roc_auc"]
+    row = table.loc[("test_bacterial", "roc_auc")]
+    assert (row["value"], row["ci_low"], row["ci_high"]) == (
+        report["test_bacterial"]["roc_auc"],
+        low,
+        high,
+    )

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -71,41 +69,12 @@ def test_mlflow_tracking_uri_env_wins_over_params(
     from pneumo import tracking
 
     ws = Workspace(tmp_path)
-    monkeypatch.setattr(tracking, "ENV_TRACKING_URI", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     default = f"sqlite:///{(tmp_path / 'mlruns.db').resolve()}"
     assert tracking.resolve_uri("sqlite:///mlruns.db", ws) == default
     assert tracking.resolve_uri("http://params-server:5000", ws) == "http://params-server:5000"
-    monkeypatch.setattr(tracking, "ENV_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")  # read at call time
     assert tracking.resolve_uri("sqlite:///mlruns.db", ws) == "http://mlflow:5000"
-
-
-def test_tracking_uri_env_is_read_as_the_process_starts(tmp_path: Path) -> None:
-    """MLflow copies each mlflow.set_tracking_uri into MLFLOW_TRACKING_URI; that is no override."""
-    script = (
-        "import mlflow, os, sys\n"
-        "from pathlib import Path\n"
-        "from pneumo.tracking import resolve_uri\n"
-        "from pneumo.workspace import Workspace\n"
-        "ws = Workspace(Path(sys.argv[1]))\n"
-        "first = resolve_uri('sqlite:///a.db', ws)\n"
-        "mlflow.set_tracking_uri('sqlite:///' + sys.argv[1] + '/other.db')\n"
-        "print(first, resolve_uri('sqlite:///b.db', ws), os.environ.get('MLFLOW_TRACKING_URI'))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    plain = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True
-    )
-    assert plain.returncode == 0, plain.stderr
-    first, second, copied = plain.stdout.split()
-    assert first.endswith("/a.db") and second.endswith("/b.db") and copied.endswith("/other.db")
-    team = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)],
-        env={**env, "MLFLOW_TRACKING_URI": "http://mlflow:5000"},
-        capture_output=True,
-        text=True,
-    )
-    assert team.returncode == 0, team.stderr
-    assert team.stdout.split()[:2] == ["http://mlflow:5000", "http://mlflow:5000"]
 
 
 def test_prefect_api_url_env_is_read_by_prefect(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,12 +183,11 @@ def test_compose_gives_pneumo_only_settings_it_honours(
     from prefect.settings import Settings
 
     import pneumo
-    from pneumo import tracking
     from pneumo.tracking import resolve_uri
 
     services = _compose()["services"]
     worker_env = services["prefect-worker"]["environment"]
-    monkeypatch.setattr(tracking, "ENV_TRACKING_URI", worker_env["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", worker_env["MLFLOW_TRACKING_URI"])
     monkeypatch.setenv("PREFECT_API_URL", worker_env["PREFECT_API_URL"])
     honoured = {
         # training, evaluation and the registry all resolve their store here
