@@ -150,7 +150,8 @@ def main() -> None:
         for tta in (False, True):
             name = f"inference_{precision}" + ("_tta" if tta else "")
             rate = _rate(
-                lambda t=tta: predict_proba(model, images, 128, tta=t, accel=accel), len(images)
+                lambda m=model, t=tta, a=accel: predict_proba(m, images, 128, tta=t, accel=a),
+                len(images),
             )
             result[f"{name}_images_per_s"] = round(rate, 1)
     result["augment_only_images_per_s"] = {

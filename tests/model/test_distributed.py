@@ -125,7 +125,7 @@ def test_two_ranks_match_single_process_training(
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     assert distributed.run_id.read_text().strip() == runs[0].info.run_id
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_roc_auc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val/roc_auc")] == [1, 2]
     assert _files(distributed) - {str(distributed.run_id.relative_to(distributed.root))} == (
         _files(single)
     )

@@ -28,8 +28,10 @@ def small_settings(tmp: Path, data_root: Path) -> Settings:
         {
             "data.root": str(data_root),
             "preprocess.image_size": 64,
-            "train.epochs": 2,
+            "train.epochs": 5,
             "train.threads": 2,
+            # Five epochs of ~300 images: augmentation only adds seed-to-seed noise here.
+            "train.augment.enabled": False,
             "evaluate.bootstrap_samples": 50,
             "validate.min_rows": 10,
             "tracking.uri": f"sqlite:///{tmp / 'mlruns.db'}",
@@ -76,7 +78,7 @@ def test_evaluate_writes_metrics_plots_and_decision(trained: tuple[Settings, Wor
         value = report["test"][name]
         low, high = report["test"]["ci"][name]
         assert low <= value + 1e-9 and value <= high + 1e-9, name
-    assert report["test"]["roc_auc"] > 0.6  # two short epochs at 64 px: better than chance
+    assert report["test"]["roc_auc"] > 0.75  # five short epochs at 64 px: clearly learning
     decision = json.loads(ws.decision.read_text())
     assert decision["rule"] == "youden" and 0 < decision["threshold"] < 1
     for name in ("roc.csv", "pr.csv", "calibration.csv", "test_predictions.csv", "evaluation.png"):
@@ -110,7 +112,7 @@ def test_the_run_reads_as_mlflow_users_expect(trained: tuple[Settings, Workspace
     report = json.loads(ws.eval_metrics.read_text())
     assert run.data.metrics["test/roc_auc"] == pytest.approx(report["test"]["roc_auc"])
     assert "test/viral/sensitivity" in run.data.metrics and "val/threshold" in run.data.metrics
-    assert [m.step for m in client.get_metric_history(run_id, "val/roc_auc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "val/roc_auc")] == list(range(1, settings.train.epochs + 1))
     assert not [k for k in run.data.metrics if "ci_" in k or "/" not in k]
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluate")}
     assert {"evaluate/evaluation.png", "evaluate/metrics_with_intervals.csv"} <= artifacts
