@@ -17,13 +17,8 @@ from pneumo.errors import PipelineOrderError
 from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics
 from pneumo.models import save_model
-from pneumo.package import (
-    DECISION_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    PackagingError,
-    import_champion,
-)
+from pneumo.package import PackagingError, import_champion
+from pneumo.stored_model import DECISION_FILE, METRICS_FILE, MODEL_FILE
 from pneumo.workspace import Workspace
 from tests.serving.serving_support import ServingLab, make_workspace
 from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
