@@ -39,7 +39,6 @@ from pneumo.workspace import Workspace, sha256_file
 
 log = logging.getLogger(__name__)
 
-BENTO_NAME = "pneumo"
 # The source tree that holds serving/ next to pneumo/: the Bento's build context. Its bentofile
 # says what a Bento carries (``include``); nothing else here knows the serving layout.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -309,7 +308,7 @@ def _bento_labels(home: Path, tag: str) -> dict[str, str] | None:
 def build_bento(
     settings: Settings, home: Path, model_tag: str, labels: dict[str, str], force: bool = False
 ) -> tuple[str, bool]:
-    """Build (or reuse) the Bento ``pneumo:<model version>``; returns (tag, reused).
+    """Build (or reuse) the Bento ``pneumo-service:<model version>``; returns (tag, reused).
 
     The Bento carries serving/bentofile.yaml's files, the model under the alias ``champion``
     (which the service loads), and ``serve.*`` as Bento arguments (what BentoML needs when the
@@ -317,7 +316,7 @@ def build_bento(
     """
     config = _bentofile()
     version = model_tag.split(":", 1)[1]
-    tag = f"{BENTO_NAME}:{version}"
+    tag = f"{config['name']}:{version}"
     digest = source_digest()
     existing = _bento_labels(home, tag)
     if existing is not None:

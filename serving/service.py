@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +79,35 @@ def champion() -> Any:  # -> bentoml.Model
     return bentoml.models.get(os.environ.get(MODEL_TAG_ENV, CHAMPION_ALIAS))
 
 
+def show_info_logs() -> None:
+    """BentoML's server logging leaves loggers other than its own at WARNING; pneumo's INFO lines
+    (model loaded, code origin, client disconnects) belong in the server log too, unless an
+    operator set their level."""
+    for name in ("pneumo", "serving"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+
+
 def log_code_origin(service: str) -> None:
-    """Where this process imported pneumo and serving from: a Bento must run its own copy."""
+    """Where this process runs pneumo and serving from: a Bento must run its own copy only."""
     import pneumo
     import serving
 
+    roots = {Path(pneumo.__file__).parents[1], Path(serving.__file__).parents[1]}
+    loaded = [
+        Path(module.__file__)
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in ("pneumo", "serving") and getattr(module, "__file__", None)
+    ]
+    elsewhere = sorted({str(p) for p in loaded if not any(p.is_relative_to(r) for r in roots)})
     log.info(
-        "%s runs pneumo from %s and serving from %s",
+        "%s runs pneumo from %s and serving from %s; %d of their modules loaded from elsewhere%s",
         service,
         Path(pneumo.__file__).parent,
         Path(serving.__file__).parent,
+        len(elsewhere),
+        f": {', '.join(elsewhere[:5])}" if elsewhere else "",
     )
 
 
@@ -118,9 +138,9 @@ class PneumoniaModel:
         from pneumo.accel import available_cores, configure_threads
         from pneumo.predict import Predictor
 
-        log_code_origin("the model service")
+        show_info_logs()
         settings = read_settings()
-        threads = configure_threads(max(1, available_cores() // settings.serve.workers))
+        threads = configure_threads(max(1, available_cores() // ARGUMENTS.workers))
         stored = champion()
         # Predictor.from_files loads weights with torch.load(weights_only=True): never unpickles.
         self.predictor = Predictor.from_files(
@@ -133,6 +153,7 @@ class PneumoniaModel:
         self.predictor.probabilities(np.zeros((1, side, side), dtype=np.uint8))
         self.ready = True
         log.info("model %s loaded (%d torch threads)", stored.tag, threads)
+        log_code_origin("the model service")
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
@@ -176,7 +197,7 @@ class PneumoniaService:
     def __init__(self) -> None:
         from pneumo.accel import available_cores
 
-        log_code_origin("the front service")
+        show_info_logs()
         stored = champion()
         self.serve = read_settings().serve
         self.model_info = _model_info(stored)
@@ -189,6 +210,7 @@ class PneumoniaService:
         self.uploads = anyio.CapacityLimiter(self.serve.max_uploads)
         _ = self.model  # in-process (tests, to_asgi) this loads the model now, not on a request
         self.ready = True
+        log_code_origin("the front service")
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)

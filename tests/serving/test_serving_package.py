@@ -69,7 +69,7 @@ def test_cli_packages_the_workspace_model(
     assert code == 0
     out = capsys.readouterr().out
     version = serving_lab.model_tag.split(":")[1]
-    assert f"model {serving_lab.model_tag}" in out and f"Bento pneumo:{version}" in out
+    assert f"model {serving_lab.model_tag}" in out and f"Bento pneumo-service:{version}" in out
 
 
 # ---------------------------------------------------------------- the registry champion
