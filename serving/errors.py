@@ -46,7 +46,9 @@ def _message(scope: Scope, status: int, text: str) -> str:
         return f"no such route: {route}; {ROUTES_HINT}"
     if status == 405:
         return f"method not allowed: {route}; {ROUTES_HINT}"
-    return text or HTTPStatus(status).phrase
+    if text:
+        return text
+    return HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
 
 
 def _rewrite(scope: Scope, status: int, body: bytes) -> bytes | None:

@@ -197,6 +197,8 @@ def check_png(data: bytes) -> None:
         raise CorruptImageError(f"the PNG image data is corrupt: {exc}") from exc
     if expected is None:
         raise CorruptImageError("the PNG file has no valid IHDR header")
+    if inflater.unused_data:
+        raise CorruptImageError("the PNG image data continues after its compressed stream ends")
     if not inflater.eof or inflated != expected:
         raise CorruptImageError(
             f"the PNG image data is incomplete: {inflated} of the {expected} bytes its header "

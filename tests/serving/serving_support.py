@@ -84,13 +84,16 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(target: str, lab: ServingLab, log: Path, timeout: float = 180.0) -> Server:
-    """Start ``bentoml serve target`` and wait until /readyz answers 200."""
+def start_server(
+    target: str, lab: ServingLab, log: Path, timeout: float = 180.0, params: Path | None = None
+) -> Server:
+    """Start ``bentoml serve target`` and wait until /readyz answers 200 (``params``: another
+    params.yaml than the lab's)."""
     port = free_port()
     env = {
         **os.environ,
         "BENTOML_HOME": str(lab.home),
-        "PNEUMO_PARAMS": str(lab.params),
+        "PNEUMO_PARAMS": str(params or lab.params),
         "BENTOML_DO_NOT_TRACK": "true",
     }
     if target.startswith("serving."):
