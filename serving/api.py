@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from pneumo.config import ServeSettings
 from pneumo.decision import Decision
-from serving.errors import error_body
+from serving.errors import error_body, http_error_message
 from serving.inputs import InputError, Radiograph, media_type, read_radiograph
 from serving.uploads import (
     MULTIPART,
@@ -85,7 +85,7 @@ def _prediction(backend: Backend, result: dict[str, Any], radiograph: Radiograph
         "probability": probability,
         "label": decision.label(probability),
         "threshold": decision.threshold,
-        "refer_to_radiologist": decision.refer(probability),
+        "refer_to_radiologist": decision.refer(probability, bool(radiograph.out_of_distribution)),
         "referral_band": list(decision.referral_band),
         "input": {
             "format": radiograph.format,
@@ -219,9 +219,10 @@ async def _input_error(_: Request, exc: Exception) -> Response:
     return JSONResponse(exc.to_json(), status_code=exc.status)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    body = error_body(exc.status_code, str(exc.detail))
+    message = http_error_message(request.scope, exc.status_code, str(exc.detail))
+    body = error_body(exc.status_code, message)
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 

@@ -39,8 +39,8 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
     return {"error": message, "code": code or status_code_name(status)}
 
 
-def _message(scope: Scope, status: int, text: str) -> str:
-    """BentoML's plain message, made to say what to do instead."""
+def http_error_message(scope: Scope, status: int, text: str) -> str:
+    """A plain HTTP error's message, made to say what to do instead."""
     route = f"{scope.get('method', '')} {scope.get('path', '')}"
     if status == 404:
         return f"no such route: {route}; {ROUTES_HINT}"
@@ -62,7 +62,7 @@ def _rewrite(scope: Scope, status: int, body: bytes) -> bytes | None:
             return None
         return json.dumps({**parsed, "code": status_code_name(status)}).encode()
     text = body.decode("utf-8", errors="replace").strip()[:500]
-    return json.dumps(error_body(status, _message(scope, status, text))).encode()
+    return json.dumps(error_body(status, http_error_message(scope, status, text))).encode()
 
 
 class JsonErrors:
