@@ -329,7 +329,7 @@ def build_bento(
             raise _failure(f"deleting the stale Bento {tag}", deleted)
     config["models"] = [{"tag": model_tag, "alias": CHAMPION_ALIAS}]
     config["labels"] = {**config.get("labels", {}), **labels, "source_digest": digest}
-    config["args"] = {key: str(value) for key, value in settings.serve.model_dump().items()}
+    config["args"] = settings.serve.model_dump(mode="json")  # the service picks what it needs
     with tempfile.TemporaryDirectory(prefix="pneumo-bentofile-") as tmp:
         bentofile = Path(tmp) / "bentofile.yaml"
         bentofile.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -59,9 +59,11 @@ class ServiceArguments(BaseModel):
     max_latency_ms: int = _DEFAULTS.max_latency_ms
 
     @classmethod
-    def from_settings(cls, serve: ServeSettings) -> dict[str, str]:
-        """The Bento arguments for ``serve`` (what `pneumo package` records in the Bento)."""
-        return {name: str(getattr(serve, name)) for name in cls.model_fields}
+    def command_line(cls, serve: ServeSettings) -> list[str]:
+        """`bentoml serve` options that give the source tree these ``serve`` settings (a Bento
+        has them recorded by `pneumo package`)."""
+        pairs = (f"{name}={str(getattr(serve, name)).lower()}" for name in cls.model_fields)
+        return [part for pair in pairs for part in ("--arg", pair)]
 
 
 ARGUMENTS = bentoml.use_arguments(ServiceArguments)

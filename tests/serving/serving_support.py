@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 import torch
 
-from pneumo.config import Settings
+from pneumo.config import Settings, load_settings
 from pneumo.models import build_model, save_model
 from pneumo.workspace import Workspace
+from serving.service import ServiceArguments
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 64
@@ -104,6 +105,7 @@ def start_server(
     command += ["--host", "127.0.0.1", "--port", str(port)]
     if target.startswith("serving."):
         command += ["--working-dir", str(REPO)]
+        command += ServiceArguments.command_line(load_settings(params or lab.params).serve)
     handle = log.open("wb")
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
