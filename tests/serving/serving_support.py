@@ -106,9 +106,19 @@ def start_server(
     if target.startswith("serving."):
         command += ["--working-dir", str(REPO)]
         command += ServiceArguments.command_line(load_settings(params or lab.params).serve)
-    handle = log.open("wb")
+    return launch(command, REPO, env, log, timeout)
+
+
+def launch(command: list[str], cwd: Path, env: dict[str, str], log: Path, timeout: float) -> Server:
+    """Run a `bentoml serve` command in its own process group; wait until /readyz answers 200."""
+    port = command[command.index("--port") + 1]
     process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout

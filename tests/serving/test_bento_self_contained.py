@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 
 from pneumo.package import package
 from serving.service import MODEL_TAG_ENV, PARAMS_ENV
-from tests.serving.serving_support import REPO, Server, ServingLab, free_port
+from tests.serving.serving_support import REPO, Server, ServingLab, free_port, launch
 
 pytestmark = pytest.mark.slow
 ORIGIN = re.compile(
@@ -31,28 +29,9 @@ def serve_bento_alone(tag: str, lab: ServingLab, folder: Path) -> Server:
         k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", MODEL_TAG_ENV, PARAMS_ENV)
     }
     env.update(BENTOML_HOME=str(lab.home), BENTOML_DO_NOT_TRACK="true")
-    port = free_port()
-    log = folder / "bentoml.log"
     command = [sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port)],
-        cwd=folder,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    server.stop()
-    raise RuntimeError(f"the Bento did not start:\n{server.log_tail()}")
+    command += ["--port", str(free_port())]
+    return launch(command, folder, env, folder / "bentoml.log", timeout=180)
 
 
 def test_bento_imports_only_its_own_code(
