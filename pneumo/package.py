@@ -75,7 +75,8 @@ def bentoml_env(home: Path) -> dict[str, str]:
     Every store operation runs in a child: BentoML reads BENTOML_HOME once per process, so this
     process never touches ~/bentoml nor depends on which store it used first.
     """
-    return {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    wide = {"COLUMNS": "4096"}  # BentoML prints through rich, which wraps long paths otherwise
+    return {**os.environ, **wide, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
 
 
 def _run(
@@ -301,7 +302,8 @@ def _bento_labels(home: Path, tag: str) -> dict[str, str] | None:
     result = _run(home, ["-m", "bentoml", "get", tag, "-o", "path"])
     if result.returncode != 0:
         return None
-    info = yaml.safe_load((Path(result.stdout.strip().splitlines()[-1]) / "bento.yaml").read_text())
+    path = Path(result.stdout.strip().splitlines()[-1])
+    info = yaml.safe_load((path / "bento.yaml").read_text())
     return dict(info.get("labels") or {})
 
 

@@ -205,6 +205,12 @@ def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         raise DicomTooLargeError(
             f"image is {columns}x{rows} pixels, above the limit of {max_pixels}"
         )
+    stored = rows * columns * samples * frames * max(1, bits_allocated // 8)
+    if max_pixels is not None and stored > max_pixels:  # bytes, as for JPEG and PNG
+        raise DicomTooLargeError(
+            f"the {columns}x{rows} pixel data takes {stored / 1e6:.0f} MB, above the limit of "
+            f"{max_pixels / 1e6:.0f} MB: send a smaller or single-frame image"
+        )
     if frames != 1:
         raise UnsupportedDicomError(
             f"multi-frame DICOM ({frames} frames) is not supported: send one radiograph per file"

@@ -160,7 +160,8 @@ def _png_chunks(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 12 + length
         if end > len(data):
-            raise CorruptImageError(f"the PNG file is truncated inside its {kind!r} chunk")
+            name = kind.decode("latin-1")
+            raise CorruptImageError(f"the PNG file is truncated inside its {name} chunk")
         crc = int.from_bytes(data[end - 4 : end], "big")
         if zlib.crc32(view[pos + 4 : end - 4]) != crc:
             raise CorruptImageError(f"the PNG {kind.decode('latin-1')} chunk fails its CRC check")
