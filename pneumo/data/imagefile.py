@@ -183,7 +183,7 @@ def check_png(data: bytes) -> None:
                 if colour not in PNG_CHANNELS:
                     raise CorruptImageError(f"the PNG header has an invalid colour type {colour}")
                 expected = _png_raw_size(width, height, depth, colour, interlace == 1)
-            elif kind == b"IDAT":
+            elif kind == b"IDAT" and len(payload):  # some encoders write empty IDATs
                 if expected is None or inflater.eof:
                     raise CorruptImageError("the PNG image data is out of place")
                 chunk = bytes(payload)
