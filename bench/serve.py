@@ -111,8 +111,11 @@ def start_server(
         "PNEUMO_MODEL_TAG": model_tag,
         "BENTOML_DO_NOT_TRACK": "true",
     }
+    from serving.service import ServiceArguments
+
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:PneumoniaService"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO)]
+    command += ServiceArguments.command_line(load_settings(params).serve)  # batching on or off
     with log.open("wb") as handle:
         process = subprocess.Popen(
             command,

@@ -324,11 +324,19 @@ class ServeSettings(_Section):
     )
     max_request_bytes: int = Field(20_000_000, ge=1024, description="larger bodies get 413")
     max_pixels: int = Field(
-        50_000_000, ge=4096, description="width x height from the header; larger images get 413"
+        50_000_000, ge=4096, description="pixels, and decoded bytes, from the header; more get 413"
     )
     min_side: int = Field(64, ge=1, description="narrower or shorter images get 422")
     max_batch_files: int = Field(64, ge=1, le=1024, description="radiographs per /predict_batch")
-    max_concurrency: int = Field(64, ge=1, description="requests in flight; more get 503")
+    max_concurrency: int = Field(
+        64, ge=1, description="requests being decoded and predicted at once; more get 503"
+    )
+    max_uploads: int = Field(
+        256, ge=1, description="request bodies being received at once; more get 503"
+    )
+    read_timeout_s: float = Field(
+        15.0, gt=0, le=600, description="a request body must arrive within this; else 408"
+    )
     bentoml_home: Path = Field(
         Path(".bentoml"), description="BentoML model and Bento store; relative to the workspace"
     )

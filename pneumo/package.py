@@ -21,31 +21,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pneumo.config import Settings
 from pneumo.errors import PipelineOrderError, PneumoError
+from pneumo.stored_model import (
+    CHAMPION_ALIAS,
+    COMPARISON_FILE,
+    DECISION_FILE,
+    EVALUATION_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    ROC_FILE,
+    SPLIT_FILE,
+)
 from pneumo.workspace import Workspace, sha256_file
 
 log = logging.getLogger(__name__)
 
-BENTO_NAME = "pneumo"
-# The source tree that holds serving/ next to pneumo/: the Bento's build context.
+# The source tree that holds serving/ next to pneumo/: the Bento's build context. Its bentofile
+# says what a Bento carries (``include``); nothing else here knows the serving layout.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = SOURCE_ROOT / "serving" / "bentofile.yaml"
-MODEL_FILE, DECISION_FILE, METRICS_FILE = "model.pt", "decision.json", "metrics.json"
-# What the model card shows besides metrics.json (serving/web.py reads them), carried only when
-# present and when the workspace's evaluation is of the packaged weights.
-SPLIT_FILE, ROC_FILE, COMPARISON_FILE = "split.json", "roc.csv", "comparison.csv"
-# The full evaluation report (intervals, confusion) of a registry model, whose metrics.json holds
-# only the registry's headline numbers.
-EVALUATION_FILE = "evaluation.json"
-# Read by serving/service.py at import: which model-store tag the service loads. Without it
-# the service takes the model a Bento names under CHAMPION_ALIAS, else the latest import.
-MODEL_TAG_ENV = "PNEUMO_MODEL_TAG"
-CHAMPION_ALIAS = "champion"
-# Files whose content makes a Bento: when one changes, `pneumo package` rebuilds the Bento.
-BENTO_SOURCES = (
-    "serving/*.py", "serving/bentofile.yaml", "serving/static/*", "pneumo/**/*.py", "params.yaml",
-)  # fmt: skip
 
 
 class PackagingError(PneumoError):
@@ -72,31 +69,34 @@ def bentoml_home(settings: Settings, workspace: Workspace) -> Path:
     return (home if home.is_absolute() else Path(workspace.root) / home).resolve()
 
 
-def use_bentoml_home(home: Path) -> Path:
-    """Point BentoML (this process and the servers it starts) at ``home``.
+def bentoml_env(home: Path) -> dict[str, str]:
+    """The environment of a `bentoml` child process that uses the stores in ``home``.
 
-    BentoML reads BENTOML_HOME once and caches its stores, so the cached providers are
-    overridden too: a process can package into a workspace after BentoML was already used.
+    Every store operation runs in a child: BentoML reads BENTOML_HOME once per process, so this
+    process never touches ~/bentoml nor depends on which store it used first.
     """
-    from bentoml._internal.bento import BentoStore
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
+    wide = {"COLUMNS": "4096"}  # BentoML prints through rich, which wraps long paths otherwise
+    return {**os.environ, **wide, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
 
-    home = Path(home).resolve()
-    folders = {name: home / name for name in ("bentos", "models", "envs", "tmp")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    os.environ["BENTOML_HOME"] = str(home)
-    container = BentoMLContainer
-    container.bentoml_home.set(str(home))
-    container.bento_store_dir.set(str(folders["bentos"]))
-    container.model_store_dir.set(str(folders["models"]))
-    container.env_store_dir.set(str(folders["envs"]))
-    container.tmp_bento_store_dir.set(str(folders["tmp"]))
-    container.bento_store.set(BentoStore(str(folders["bentos"])))
-    container.tmp_bento_store.set(BentoStore(str(folders["tmp"])))
-    container.model_store.set(ModelStore(str(folders["models"])))
-    return home
+
+def _run(
+    home: Path, command: list[str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [sys.executable, *command],
+        input=stdin,
+        env=bentoml_env(home),
+        cwd=SOURCE_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _failure(what: str, result: subprocess.CompletedProcess[str]) -> PackagingError:
+    detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+    return PackagingError(f"{what} failed: {' | '.join(detail)}")
 
 
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -139,13 +139,8 @@ def fetch_from_registry(
     settings: Settings, workspace: Workspace, alias_or_version: str, dest: Path
 ) -> dict[str, Any]:
     """Download a registered version (default: the champion alias) through pneumo.registry."""
-    try:
-        from pneumo.registry import download_version
-    except ImportError as exc:
-        raise PackagingError(
-            f"the MLflow registry module is not available ({exc}): package this workspace's "
-            "model with `pneumo package --from-workspace`"
-        ) from exc
+    from pneumo.registry import download_version
+
     metadata = dict(
         download_version(settings, workspace, alias_or_version=alias_or_version, dest=dest)
     )
@@ -183,6 +178,67 @@ def _model_version(metadata: dict[str, Any], digest: str) -> str:
     return f"ws-{digest[:12]}"
 
 
+def _staged_metadata(
+    settings: Settings, workspace: Workspace, staging: Path, source: dict[str, Any],
+    from_workspace: bool,
+) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """The model-store tag and metadata of the staged files; refuses weights that are not a
+    pneumo model (opened with the weights-only loader) before anything is stored."""
+    from pneumo.models import ModelFileError, load_model
+
+    try:
+        _, model_metadata = load_model(staging / MODEL_FILE)
+    except ModelFileError as exc:
+        raise PackagingError(f"the champion's weights are not a pneumo model file: {exc}") from exc
+    decision = json.loads((staging / DECISION_FILE).read_text())
+    digest = sha256_file(staging / MODEL_FILE, staging / DECISION_FILE)
+    tag = f"{settings.registry.model_name}:{_model_version(source, digest)}"
+    metadata: dict[str, Any] = {
+        "source": "workspace" if from_workspace else "registry",
+        "registered_model": source.get("name") or settings.registry.model_name,
+        "mlflow_version": str(source["version"]) if source.get("version") else "",
+        "run_id": source.get("run_id") or model_metadata.get("mlflow_run_id") or "",
+        "registered_at": str(source.get("registered_at") or ""),
+        "threshold": float(decision["threshold"]),
+        "threshold_rule": str(decision.get("rule", "")),
+        "tta": bool(decision.get("tta", False)),
+        "arch": str(model_metadata["arch"]),
+        "image_size": int(model_metadata["image_size"]),
+        "sha256": digest,
+        "metrics": _headline_metrics(json.loads((staging / METRICS_FILE).read_text())),
+    }
+    return tag, metadata
+
+
+def _labels(metadata: dict[str, Any]) -> dict[str, str]:
+    return {
+        "source": metadata["source"],
+        "mlflow_version": metadata["mlflow_version"] or "none",
+        "run_id": metadata["run_id"] or "none",
+        "threshold": f"{metadata['threshold']:.6f}",
+        "image_size": str(metadata["image_size"]),
+        **{name: f"{value:.4f}" for name, value in metadata["metrics"].items()},
+    }
+
+
+def store_model(request: dict[str, Any]) -> bool:
+    """Create the model ``request['tag']`` from ``request['files']`` unless it exists; True if
+    it existed. Runs in a child process whose BENTOML_HOME is the workspace's store."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(request["tag"])
+        return True
+    except NotFound:
+        pass
+    labels, metadata = request["labels"], request["metadata"]
+    with bentoml.models.create(request["tag"], labels=labels, metadata=metadata) as stored:
+        for name, path in request["files"].items():
+            shutil.copyfile(path, Path(stored.path) / name)
+    return False
+
+
 def import_champion(
     settings: Settings,
     workspace: Workspace,
@@ -194,71 +250,46 @@ def import_champion(
     The weights are opened once with the weights-only loader to prove they are a pneumo model
     before anything is stored; importing the same files twice reuses the stored model.
     """
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    from pneumo.models import ModelFileError, load_model
-
+    home = bentoml_home(settings, workspace)
     with tempfile.TemporaryDirectory(prefix="pneumo-package-") as tmp:
         staging = Path(tmp)
         if from_workspace:
             source = fetch_from_workspace(workspace, staging)
         else:
             source = fetch_from_registry(settings, workspace, alias_or_version, staging)
-        try:
-            _, model_metadata = load_model(staging / MODEL_FILE)
-        except ModelFileError as exc:
-            raise PackagingError(
-                f"the champion's weights are not a pneumo model file: {exc}"
-            ) from exc
-        decision = json.loads((staging / DECISION_FILE).read_text())
-        metrics = json.loads((staging / METRICS_FILE).read_text())
-        card = card_files(workspace, staging / MODEL_FILE, from_workspace)
-        digest = sha256_file(staging / MODEL_FILE, staging / DECISION_FILE)
-        tag = f"{settings.registry.model_name}:{_model_version(source, digest)}"
-        headline = _headline_metrics(metrics)
-        metadata: dict[str, Any] = {
-            "source": "workspace" if from_workspace else "registry",
-            "registered_model": source.get("name") or settings.registry.model_name,
-            "mlflow_version": str(source["version"]) if source.get("version") else "",
-            "run_id": source.get("run_id") or model_metadata.get("mlflow_run_id") or "",
-            "registered_at": str(source.get("registered_at") or ""),
-            "threshold": float(decision["threshold"]),
-            "threshold_rule": str(decision.get("rule", "")),
-            "tta": bool(decision.get("tta", False)),
-            "arch": str(model_metadata["arch"]),
-            "image_size": int(model_metadata["image_size"]),
-            "sha256": digest,
-            "metrics": headline,
+        tag, metadata = _staged_metadata(settings, workspace, staging, source, from_workspace)
+        files = {name: staging / name for name in (MODEL_FILE, DECISION_FILE, METRICS_FILE)}
+        files |= card_files(workspace, staging / MODEL_FILE, from_workspace)
+        request = {
+            "tag": tag,
+            "labels": _labels(metadata),
+            "metadata": metadata,
+            "files": {name: str(path) for name, path in files.items()},
         }
-        use_bentoml_home(bentoml_home(settings, workspace))  # only now: nothing failed above
-        try:
-            bentoml.models.get(tag)
-            log.info("model %s is already in the store", tag)
-            return tag, metadata, True
-        except NotFound:
-            pass
-        labels = {
-            "source": metadata["source"],
-            "mlflow_version": metadata["mlflow_version"] or "none",
-            "run_id": metadata["run_id"] or "none",
-            "threshold": f"{metadata['threshold']:.6f}",
-            "image_size": str(metadata["image_size"]),
-            **{name: f"{value:.4f}" for name, value in headline.items()},
-        }
-        with bentoml.models.create(tag, labels=labels, metadata=metadata) as stored:
-            for name in (MODEL_FILE, DECISION_FILE, METRICS_FILE):
-                shutil.copyfile(staging / name, Path(stored.path) / name)
-            for name, path in card.items():
-                shutil.copyfile(path, Path(stored.path) / name)
-    log.info("imported %s into %s", tag, os.environ["BENTOML_HOME"])
-    return tag, metadata, False
+        result = _run(home, ["-m", "pneumo.package"], stdin=json.dumps(request))
+    if result.returncode != 0:
+        raise _failure(f"importing {tag} into the model store in {home}", result)
+    reused = json.loads(result.stdout.strip().splitlines()[-1])["reused"]
+    log.info("model %s %s %s", tag, "is already in" if reused else "imported into", home)
+    return tag, metadata, reused
+
+
+def _bentofile() -> dict[str, Any]:
+    if not BENTOFILE.is_file():
+        raise PackagingError(
+            f"{BENTOFILE} not found: package from a source checkout of pneumo (serving/ lives "
+            "beside the pneumo package)"
+        )
+    return yaml.safe_load(BENTOFILE.read_text())
 
 
 def source_digest(root: Path = SOURCE_ROOT) -> str:
-    """Digest of the files a Bento is built from, to know when a rebuild is needed."""
+    """Digest of the files a Bento is built from (the bentofile and what it includes), to know
+    when a rebuild is needed."""
+    config = _bentofile()
+    patterns = [str(BENTOFILE.relative_to(root)), *config.get("include", [])]
     digest = hashlib.sha256()
-    for pattern in BENTO_SOURCES:
+    for pattern in patterns:
         for path in sorted(root.glob(pattern)):
             if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(str(path.relative_to(root)).encode())
@@ -266,54 +297,48 @@ def source_digest(root: Path = SOURCE_ROOT) -> str:
     return digest.hexdigest()[:16]
 
 
-def _bentoml_command() -> list[str]:
-    return [sys.executable, "-m", "bentoml"]
+def _bento_labels(home: Path, tag: str) -> dict[str, str] | None:
+    """The labels of the Bento ``tag`` in the store, or None when it is not there."""
+    result = _run(home, ["-m", "bentoml", "get", tag, "-o", "path"])
+    if result.returncode != 0:
+        return None
+    path = Path(result.stdout.strip().splitlines()[-1])
+    info = yaml.safe_load((path / "bento.yaml").read_text())
+    return dict(info.get("labels") or {})
 
 
-def build_bento(model_tag: str, labels: dict[str, str], force: bool = False) -> tuple[str, bool]:
-    """Build (or reuse) the Bento ``pneumo:<model version>``; returns (tag, reused).
+def build_bento(
+    settings: Settings, home: Path, model_tag: str, labels: dict[str, str], force: bool = False
+) -> tuple[str, bool]:
+    """Build (or reuse) the Bento ``pneumo-service:<model version>``; returns (tag, reused).
 
-    The build reads serving/bentofile.yaml plus the model under the alias ``champion``, which the
-    service resolves when it serves the Bento. ``bentoml build`` runs in a child process so the
-    service module is imported afresh with this tag. BENTOML_HOME must already be set.
+    The Bento carries serving/bentofile.yaml's files, the model under the alias ``champion``
+    (which the service loads), and ``serve.*`` as Bento arguments (what BentoML needs when the
+    service classes are decorated: workers and batching).
     """
-    import bentoml
-    import yaml
-    from bentoml.exceptions import NotFound
-
-    if not BENTOFILE.is_file():
-        raise PackagingError(
-            f"{BENTOFILE} not found: package from a source checkout of pneumo (serving/ lives "
-            "beside the pneumo package)"
-        )
+    config = _bentofile()
     version = model_tag.split(":", 1)[1]
-    tag = f"{BENTO_NAME}:{version}"
+    tag = f"{config['name']}:{version}"
     digest = source_digest()
-    try:
-        existing = bentoml.get(tag)
-    except NotFound:
-        existing = None
+    existing = _bento_labels(home, tag)
     if existing is not None:
-        if existing.info.labels.get("source_digest") == digest and not force:
+        if existing.get("source_digest") == digest and not force:
             log.info("Bento %s is up to date", tag)
             return tag, True
         log.info("rebuilding Bento %s: the service code or params changed", tag)
-        bentoml.delete(tag)
-    config = yaml.safe_load(BENTOFILE.read_text())
+        deleted = _run(home, ["-m", "bentoml", "delete", tag, "--yes"])
+        if deleted.returncode != 0:
+            raise _failure(f"deleting the stale Bento {tag}", deleted)
     config["models"] = [{"tag": model_tag, "alias": CHAMPION_ALIAS}]
     config["labels"] = {**config.get("labels", {}), **labels, "source_digest": digest}
+    config["args"] = settings.serve.model_dump(mode="json")  # the service picks what it needs
     with tempfile.TemporaryDirectory(prefix="pneumo-bentofile-") as tmp:
         bentofile = Path(tmp) / "bentofile.yaml"
         bentofile.write_text(yaml.safe_dump(config, sort_keys=False))
-        command = [*_bentoml_command(), "build", "-f", str(bentofile)]
-        command += ["--version", version, "-o", "tag", str(SOURCE_ROOT)]
-        env = {**os.environ, MODEL_TAG_ENV: model_tag, "BENTOML_DO_NOT_TRACK": "true"}
-        result = subprocess.run(
-            command, cwd=SOURCE_ROOT, env=env, capture_output=True, text=True, check=False
-        )
+        command = ["-m", "bentoml", "build", "-f", str(bentofile), "--version", version]
+        result = _run(home, [*command, "-o", "tag", str(SOURCE_ROOT)])
     if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise PackagingError(f"bentoml build failed: {' | '.join(detail)}")
+        raise _failure("bentoml build", result)
     built = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     if built != tag:
         raise PackagingError(f"bentoml build produced {built}, expected {tag}")
@@ -337,14 +362,17 @@ def package(
         "run_id": metadata["run_id"] or "none",
         "threshold": f"{metadata['threshold']:.6f}",
     }
-    bento_tag, reused_bento = build_bento(model_tag, labels, force)
+    home = bentoml_home(settings, workspace)
+    bento_tag, reused_bento = build_bento(settings, home, model_tag, labels, force)
     return Packaged(model_tag, bento_tag, metadata, reused_model, reused_bento)
 
 
 def serve_command(settings: Settings, bento_tag: str) -> list[str]:
     """The `bentoml serve` command line for a packaged Bento at ``serve.host:serve.port``."""
     return [
-        *_bentoml_command(),
+        sys.executable,
+        "-m",
+        "bentoml",
         "serve",
         bento_tag,
         "--host",
@@ -352,3 +380,7 @@ def serve_command(settings: Settings, bento_tag: str) -> list[str]:
         "--port",
         str(settings.serve.port),
     ]
+
+
+if __name__ == "__main__":  # the model-store child of import_champion: request on stdin
+    print(json.dumps({"reused": store_model(json.load(sys.stdin))}))

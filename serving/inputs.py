@@ -12,6 +12,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,7 +24,13 @@ from pneumo.data.dicom import (
     dicom_to_image,
     is_dicom,
 )
-from pneumo.data.preprocess import ImageDecodeError, decode_radiograph
+from pneumo.data.preprocess import (
+    CorruptImageError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_radiograph,
+)
 
 # Declared content type -> the format it promises (None: "look at the bytes").
 ACCEPTED_TYPES: dict[str, str | None] = {
@@ -45,26 +52,40 @@ def _reason(exc: BaseException, limit: int = 240) -> str:
 
 
 class InputError(Exception):
-    """A request the service refuses; ``status`` is the HTTP status, ``code`` a stable name."""
+    """A request the service refuses; ``status`` is the HTTP status, ``code`` a stable name,
+    ``details`` more fields of the answer (e.g. each bad file of a batch)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details
 
-    def to_json(self) -> dict[str, str]:
-        return {"error": self.message, "code": self.code}
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.message, "code": self.code, **self.details}
 
 
 @dataclass(frozen=True)
 class Radiograph:
-    """A decoded upload: the model's (S, S) uint8 pixels and what the file was."""
+    """A decoded upload: the model's (S, S) uint8 pixels and what the file was.
+
+    ``out_of_distribution`` and ``ood_score`` are what a guard says of the image (None: no guard
+    looked at it); the answer carries them only when set.
+    """
 
     pixels: np.ndarray
     format: str
     width: int
     height: int
+    out_of_distribution: bool | None = None
+    ood_score: float | None = None
+
+    def screening(self) -> dict[str, Any]:
+        """The guard's fields of the answer, when a guard has looked at the image."""
+        if self.out_of_distribution is None:
+            return {}
+        return {"out_of_distribution": self.out_of_distribution, "ood_score": self.ood_score}
 
 
 def media_type(content_type: str | None) -> str:
@@ -159,11 +180,22 @@ def read_radiograph(
     width, height = image.size
     try:
         _check_size(width, height, max_pixels, min_side)
-        pixels = decode_radiograph(image, image_size, max_pixels)
+        # A JPEG or PNG is decoded again from its bytes: the integrity rule needs them.
+        source = image if fmt == "DICOM" else data
+        pixels = decode_radiograph(source, image_size, max_pixels)
     except ImageDecodeError as exc:
-        raise InputError(
-            400, "invalid_image", f"cannot decode the {fmt} image: {_reason(exc)}"
-        ) from None
+        raise _decode_refusal(exc, fmt) from None
     finally:
         image.close()
     return Radiograph(pixels, fmt, width, height)
+
+
+def _decode_refusal(exc: ImageDecodeError, fmt: str) -> InputError:
+    """The answer to a file that decoding refused; a damaged file is never predicted."""
+    if isinstance(exc, CorruptImageError):
+        return InputError(400, "corrupt_image", f"the {fmt} file is damaged: {_reason(exc)}")
+    if isinstance(exc, ImageTooLargeError):
+        return InputError(413, "image_too_large", _reason(exc))
+    if isinstance(exc, UnsupportedImageError):
+        return InputError(415, "unsupported_format", _reason(exc))
+    return InputError(400, "invalid_image", f"cannot decode the {fmt} image: {_reason(exc)}")

@@ -4,15 +4,24 @@
 serving/api.py: it streams and validates uploads and decodes them with the project's one
 preprocessing function. ``PneumoniaModel`` loads the packaged champion once and answers through
 a batchable API, so concurrent requests are grouped into one model call (adaptive batching);
-under `bentoml serve` it runs in its own worker processes. Both read the model from the BentoML
-model store that `pneumo package` filled, and their limits from ``serve.*`` in params.yaml.
+under `bentoml serve` it runs in its own worker processes.
+
+Importing this module reads no file and no store. BentoML needs four settings when the classes
+are decorated (model workers and batching): they are Bento arguments (``bentoml.use_arguments``),
+which `pneumo package` records in the Bento from ``serve.*`` in params.yaml and
+`bentoml serve --arg workers=2` overrides. Everything else is read in the constructors: the
+``serve.*`` limits from params.yaml (the copy a Bento carries, or ``PNEUMO_PARAMS``), and the
+model the Bento names under the alias 'champion' (or ``PNEUMO_MODEL_TAG`` when serving the
+source tree).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +29,88 @@ import aiohttp
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import NotFound
+from bentoml.exceptions import ServiceUnavailable
+from pydantic import BaseModel
 
-from pneumo.config import ServeSettings, load_settings
+from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
-from serving.api import create_app
+from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE, MODEL_FILE
+from serving.api import ModelUnavailableError, create_app
+from serving.errors import JsonErrors
 from serving.web import read_model_card
 
 log = logging.getLogger("pneumo.serving")
 
-# The params file beside the code: the repository's, or the copy a Bento carries in src/.
-PARAMS = Path(os.environ.get("PNEUMO_PARAMS", Path(__file__).resolve().parents[1] / "params.yaml"))
-_SETTINGS = load_settings(PARAMS)
-SERVE: ServeSettings = _SETTINGS.serve
-
-
-def _champion_tag() -> str:
-    """The model to load: PNEUMO_MODEL_TAG (tests, builds), the model a Bento names under
-    the alias 'champion' (what `pneumo package` builds), else the latest import."""
-    if tag := os.environ.get("PNEUMO_MODEL_TAG"):
-        return tag
-    try:
-        return str(bentoml.models.get("champion").tag)
-    except NotFound:
-        return f"{_SETTINGS.registry.model_name}:latest"
-
-
-MODEL_TAG = _champion_tag()
+PARAMS_ENV = "PNEUMO_PARAMS"  # another params.yaml than the one beside the code
+MODEL_TAG_ENV = "PNEUMO_MODEL_TAG"  # another model than the Bento's champion (source serving)
 MODEL_CALL_ATTEMPTS = 3
+# What a failed call to the model service may be besides a bug: it restarted, closed a kept-alive
+# connection, timed out or is overloaded (its batching queue answered 503). The client may retry.
+TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, ServiceUnavailable)
+_DEFAULTS = ServeSettings()
+
+
+class ServiceArguments(BaseModel):
+    """The settings BentoML reads when the services are decorated (``serve.*`` in params.yaml)."""
+
+    workers: int = _DEFAULTS.workers
+    adaptive_batching: bool = _DEFAULTS.adaptive_batching
+    max_batch_size: int = _DEFAULTS.max_batch_size
+    max_latency_ms: int = _DEFAULTS.max_latency_ms
+
+    @classmethod
+    def command_line(cls, serve: ServeSettings) -> list[str]:
+        """`bentoml serve` options that give the source tree these ``serve`` settings (a Bento
+        has them recorded by `pneumo package`)."""
+        pairs = (f"{name}={str(getattr(serve, name)).lower()}" for name in cls.model_fields)
+        return [part for pair in pairs for part in ("--arg", pair)]
+
+
+ARGUMENTS = bentoml.use_arguments(ServiceArguments)
+
+
+def read_settings() -> Settings:
+    """params.yaml: ``PNEUMO_PARAMS``, else the copy beside the code (the repository's, or the
+    one a Bento carries in its src/)."""
+    default = Path(__file__).resolve().parents[1] / "params.yaml"
+    return load_settings(Path(os.environ.get(PARAMS_ENV, default)))
+
+
+def champion() -> Any:  # -> bentoml.Model
+    """The model to serve: ``PNEUMO_MODEL_TAG``, else the model the Bento names 'champion'."""
+    return bentoml.models.get(os.environ.get(MODEL_TAG_ENV, CHAMPION_ALIAS))
+
+
+def show_info_logs() -> None:
+    """BentoML's server logging leaves loggers other than its own at WARNING; pneumo's INFO lines
+    (model loaded, code origin, client disconnects) belong in the server log too, unless an
+    operator set their level."""
+    for name in ("pneumo", "serving"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+
+
+def log_code_origin(service: str) -> None:
+    """Where this process runs pneumo and serving from: a Bento must run its own copy only."""
+    import pneumo
+    import serving
+
+    roots = {Path(pneumo.__file__).parents[1], Path(serving.__file__).parents[1]}
+    loaded = [
+        Path(module.__file__)
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in ("pneumo", "serving") and getattr(module, "__file__", None)
+    ]
+    elsewhere = sorted({str(p) for p in loaded if not any(p.is_relative_to(r) for r in roots)})
+    log.info(
+        "%s runs pneumo from %s and serving from %s; %d of their modules loaded from elsewhere%s",
+        service,
+        Path(pneumo.__file__).parent,
+        Path(serving.__file__).parent,
+        len(elsewhere),
+        f": {', '.join(elsewhere[:5])}" if elsewhere else "",
+    )
 
 
 def _model_info(stored: Any) -> dict[str, Any]:
@@ -66,40 +129,41 @@ def _model_info(stored: Any) -> dict[str, Any]:
 
 @bentoml.service(
     name="pneumonia-model",
-    workers=SERVE.workers,
+    workers=ARGUMENTS.workers,
     threads=1,  # one model call at a time per worker: torch already uses every thread it has
     traffic={"timeout": 300},
 )
 class PneumoniaModel:
     """The champion network and its decision threshold, loaded once per worker."""
 
-    champion = bentoml.models.BentoModel(MODEL_TAG)
-
     def __init__(self) -> None:
         from pneumo.accel import available_cores, configure_threads
         from pneumo.predict import Predictor
 
-        threads = configure_threads(max(1, available_cores() // SERVE.workers))
-        stored = self.champion
+        show_info_logs()
+        settings = read_settings()
+        threads = configure_threads(max(1, available_cores() // ARGUMENTS.workers))
+        stored = champion()
         # Predictor.from_files loads weights with torch.load(weights_only=True): never unpickles.
         self.predictor = Predictor.from_files(
-            Path(stored.path_of("model.pt")),
-            Path(stored.path_of("decision.json")),
-            _SETTINGS.model.accelerator(),
+            Path(stored.path_of(MODEL_FILE)),
+            Path(stored.path_of(DECISION_FILE)),
+            settings.model.accelerator(),
         )
         side = self.predictor.image_size
         # One warm-up call: the first real request should not pay for oneDNN's set-up.
         self.predictor.probabilities(np.zeros((1, side, side), dtype=np.uint8))
         self.ready = True
         log.info("model %s loaded (%d torch threads)", stored.tag, threads)
+        log_code_origin("the model service")
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
 
     @bentoml.api(
-        batchable=SERVE.adaptive_batching,
-        max_batch_size=SERVE.max_batch_size,
-        max_latency_ms=SERVE.max_latency_ms,
+        batchable=ARGUMENTS.adaptive_batching,
+        max_batch_size=ARGUMENTS.max_batch_size,
+        max_latency_ms=ARGUMENTS.max_latency_ms,
     )
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
         """uint8 images (N, S, S) -> one {probability} per image, in one model call."""
@@ -119,7 +183,9 @@ class PneumoniaModel:
 @bentoml.service(
     name="pneumonia-service",
     workers=1,  # async I/O; decoding runs in threads, about one per core
-    traffic={"timeout": 300, "max_concurrency": SERVE.max_concurrency},
+    # No max_concurrency here: serving/api.py admits requests itself once their body has
+    # arrived, so uploads that stall cannot hold every slot (and overload answers 503).
+    traffic={"timeout": 300},
 )
 class PneumoniaService:
     """The public service: validates uploads, decodes them, asks the model service.
@@ -128,22 +194,25 @@ class PneumoniaService:
     /metrics answer first, and /readyz waits for the model service's __is_ready__.
     """
 
-    champion = bentoml.models.BentoModel(MODEL_TAG)
     model = bentoml.depends(PneumoniaModel)
 
     def __init__(self) -> None:
         from pneumo.accel import available_cores
 
-        stored = self.champion
-        self.serve = SERVE
+        show_info_logs()
+        stored = champion()
+        self.serve = read_settings().serve
         self.model_info = _model_info(stored)
         self.image_size = int(stored.info.metadata["image_size"])
-        self.decision = Decision.load(Path(stored.path_of("decision.json")))
-        self.metrics = json.loads(Path(stored.path_of("metrics.json")).read_text())
+        self.decision = Decision.load(Path(stored.path_of(DECISION_FILE)))
+        self.metrics = json.loads(Path(stored.path_of(METRICS_FILE)).read_text())
         self.model_card = read_model_card(stored, self.metrics)
         self.decode_limiter = anyio.CapacityLimiter(available_cores())
+        self.admission = anyio.CapacityLimiter(self.serve.max_concurrency)
+        self.uploads = anyio.CapacityLimiter(self.serve.max_uploads)
         _ = self.model  # in-process (tests, to_asgi) this loads the model now, not on a request
         self.ready = True
+        log_code_origin("the front service")
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
@@ -158,12 +227,21 @@ class PneumoniaService:
         """Call the model service, again on a fresh connection if a kept-alive one was closed.
 
         Its server closes idle connections after a few seconds; a request sent on one just as it
-        closes fails without an answer. Inference has no side effects, so retrying is safe.
+        closes fails without an answer. Inference has no side effects, so retrying is safe. Only
+        these transient failures become :class:`ModelUnavailableError` (503, retry); anything
+        else is a bug and reaches the client as a 500.
         """
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
                 return await getattr(self.model.to_async, method)(images)
-            except aiohttp.ClientConnectionError as exc:  # BentoML's client is aiohttp
+            except aiohttp.ClientConnectionError as exc:
                 if attempt == MODEL_CALL_ATTEMPTS:
-                    raise
+                    raise ModelUnavailableError(f"{method}: {exc!r}") from exc
                 log.warning("model call %s failed (%r); retrying", method, exc)
+            except TRANSIENT_ERRORS as exc:
+                raise ModelUnavailableError(f"{method}: {exc!r}") from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+# BentoML's own answers (unknown routes, wrong methods on /livez and /readyz) in our JSON format.
+PneumoniaService.add_asgi_middleware(JsonErrors)

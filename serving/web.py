@@ -2,7 +2,7 @@
 
 The pages are plain HTML, CSS and JavaScript served by the service itself (no build step, no
 CDN: hospital machines may be offline) and talk only to the public API. The model card's
-data comes from the files packaged with the served model (pneumo/package.py), never from the
+data comes from the files packaged with the served model (pneumo/stored_model.py), never from the
 workspace, so the page always describes the model that answers.
 """
 
@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pneumo.package import COMPARISON_FILE, EVALUATION_FILE, ROC_FILE, SPLIT_FILE
+from pneumo.stored_model import COMPARISON_FILE, EVALUATION_FILE, ROC_FILE, SPLIT_FILE
 
 if TYPE_CHECKING:
     from bentoml import Model

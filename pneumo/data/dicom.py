@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
 
 import numpy as np
@@ -26,6 +27,17 @@ DICOM_MAGIC = b"DICM"
 # check could run, so a small upload could expand to gigabytes. Refused from the raw file meta.
 DEFLATED_TRANSFER_SYNTAX = b"1.2.840.10008.1.2.1.99"
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Bounds on the dataset's structure, checked by a flat walk before pydicom parses it: pydicom
+# parses nested sequences recursively (a 58 KB file nested 200 deep raised RecursionError), and
+# a radiograph's header holds a few hundred elements, nested a few levels deep.
+MAX_SEQUENCE_DEPTH = 16
+MAX_ELEMENTS = 20_000
+IMPLICIT_LITTLE_ENDIAN = b"1.2.840.10008.1.2"
+EXPLICIT_BIG_ENDIAN = b"1.2.840.10008.1.2.2"
+UNDEFINED_LENGTH = 0xFFFFFFFF
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT",
+                      b"SV", b"UV"})  # fmt: skip
+ITEM, ITEM_END, SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
 
 
 class DicomError(PneumoError):
@@ -53,6 +65,82 @@ def _file_meta_bytes(data: bytes) -> bytes:
         length = int.from_bytes(data[start + 8 : start + 12], "little")
         return data[start : start + 12 + length]
     return data  # no group length: search everything (over-cautious, never under)
+
+
+def _dataset_start(data: bytes, meta: bytes) -> tuple[int, bool, str]:
+    """Where the dataset begins after the file meta, whether its VR is explicit, its byte order."""
+    start = DICOM_MAGIC_OFFSET + 4 + len(meta) if meta is not data else _skip_meta(data)
+    syntax = _transfer_syntax(meta).rstrip(b"\0 ")
+    if syntax == IMPLICIT_LITTLE_ENDIAN:
+        return start, False, "<"
+    return start, True, ">" if syntax == EXPLICIT_BIG_ENDIAN else "<"
+
+
+def _skip_meta(data: bytes) -> int:
+    """End of a file meta group without a group length: its elements are explicit VR LE."""
+    pos = DICOM_MAGIC_OFFSET + 4
+    while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
+        vr = data[pos + 4 : pos + 6]
+        if vr in LONG_VRS:
+            pos += 12 + int.from_bytes(data[pos + 8 : pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(data[pos + 6 : pos + 8], "little")
+    return pos
+
+
+def _transfer_syntax(meta: bytes) -> bytes:
+    at = meta.find(b"\x02\x00\x10\x00UI")
+    if at < 0:
+        return b""
+    length = int.from_bytes(meta[at + 6 : at + 8], "little")
+    return meta[at + 8 : at + 8 + length]
+
+
+def check_structure(data: bytes) -> None:
+    """Refuse a dataset nested deeper than MAX_SEQUENCE_DEPTH sequences or holding more than
+    MAX_ELEMENTS elements, walking it without recursion before pydicom parses it."""
+    start, explicit, order = _dataset_start(data, _file_meta_bytes(data))
+    stack: list[tuple[int | None, str]] = []  # (end offset or None: undefined, kind)
+    pos, count = start, 0
+    while pos + 8 <= len(data):
+        while stack and stack[-1][0] is not None and pos >= stack[-1][0]:
+            stack.pop()
+        count += 1
+        if count > MAX_ELEMENTS:
+            raise DicomError(f"the DICOM file holds more than {MAX_ELEMENTS} elements")
+        group, element = struct.unpack_from(order + "HH", data, pos)
+        if group == 0xFFFE:
+            length = struct.unpack_from(order + "I", data, pos + 4)[0]
+            pos += 8
+            if element == ITEM and stack and stack[-1][1] == "pixels":
+                pos += 0 if length == UNDEFINED_LENGTH else length  # a pixel data fragment
+            elif element == ITEM:
+                stack.append((None if length == UNDEFINED_LENGTH else pos + length, "item"))
+            elif element == ITEM_END and stack and stack[-1][1] == "item":
+                stack.pop()
+            elif element == SEQUENCE_END:
+                while stack and stack.pop()[1] == "item":
+                    pass
+            continue
+        vr = data[pos + 4 : pos + 6] if explicit else b""
+        if explicit and vr in LONG_VRS:
+            length, pos = struct.unpack_from(order + "I", data, pos + 8)[0], pos + 12
+        elif explicit:
+            length, pos = struct.unpack_from(order + "H", data, pos + 6)[0], pos + 8
+        else:
+            length, pos = struct.unpack_from(order + "I", data, pos + 4)[0], pos + 8
+        undefined = length == UNDEFINED_LENGTH
+        starts_item = data[pos : pos + 4] == struct.pack(order + "HH", 0xFFFE, ITEM)
+        if (group, element) == (0x7FE0, 0x0010) and undefined:
+            stack.append((None, "pixels"))  # encapsulated pixel data: items of raw bytes
+        elif vr == b"SQ" or undefined or (not explicit and starts_item):
+            stack.append((None if undefined else pos + length, "sequence"))
+            if sum(kind == "sequence" for _, kind in stack) > MAX_SEQUENCE_DEPTH:
+                raise DicomError(
+                    f"the DICOM file nests sequences more than {MAX_SEQUENCE_DEPTH} deep"
+                )
+        else:
+            pos += length
 
 
 def _to_image(pixels: np.ndarray, invert: bool, passthrough_8bit: bool) -> Image.Image:
@@ -92,12 +180,15 @@ def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         raise UnsupportedDicomError(
             "deflate-compressed DICOM is not accepted: send it uncompressed or JPEG-compressed"
         )
+    check_structure(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about every non-conformant tag
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
         raise DicomError(f"cannot parse DICOM file: {exc}") from exc
+    except RecursionError:  # bounded by check_structure; never let it reach the logs
+        raise DicomError("the DICOM file nests its elements too deeply") from None
     if "PixelData" not in ds:
         raise UnsupportedDicomError("the DICOM file holds no image (no PixelData element)")
     try:
@@ -113,6 +204,12 @@ def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     if max_pixels is not None and rows * columns > max_pixels:
         raise DicomTooLargeError(
             f"image is {columns}x{rows} pixels, above the limit of {max_pixels}"
+        )
+    stored = rows * columns * samples * frames * max(1, bits_allocated // 8)
+    if max_pixels is not None and stored > max_pixels:  # bytes, as for JPEG and PNG
+        raise DicomTooLargeError(
+            f"the {columns}x{rows} pixel data takes {stored / 1e6:.0f} MB, above the limit of "
+            f"{max_pixels / 1e6:.0f} MB: send a smaller or single-frame image"
         )
     if frames != 1:
         raise UnsupportedDicomError(

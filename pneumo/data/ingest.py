@@ -7,6 +7,7 @@ quarantine report with the reason; the run fails when they exceed a configurable
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -18,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pneumo.data.kermany import CLASSES, IMAGE_SUFFIXES, SPLITS, parse_patient_id, parse_subtype
+from pneumo.data.preprocess import ImageDecodeError, decode_radiograph
 from pneumo.errors import DatasetError
 from pneumo.workspace import Workspace, atomic_path
 
@@ -28,6 +30,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "width", "height", "mode", "bytes", "sha256",
 )  # fmt: skip
 QUARANTINE_COLUMNS: tuple[str, ...] = ("path", "reason")
+# Side of the check decode: small enough to be cheap, every byte of the scan still decoded.
+INSPECT_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -119,16 +123,19 @@ def scan_dataset(root: Path) -> tuple[list[Candidate], list[dict[str, str]]]:
 
 
 def inspect_image(path: Path) -> dict[str, object]:
-    """Hash and fully decode one file; raises OSError/ValueError when it is not a usable image."""
+    """Hash and fully decode one file; raises ImageDecodeError/OSError when it is not usable.
+
+    The decode is :func:`decode_radiograph` itself, at a small size: ingest quarantines exactly
+    the files that preprocessing and serving would refuse (truncated, corrupt scan, bad CRC).
+    """
     data = path.read_bytes()
     if not data:
-        raise ValueError("empty file")
-    with Image.open(path) as img:
+        raise ImageDecodeError("empty file")
+    with Image.open(io.BytesIO(data)) as img:
         width, height, mode, fmt = img.width, img.height, img.mode, img.format
-        if fmt not in ("JPEG", "PNG"):
-            raise ValueError(f"unsupported image format {fmt}")
-        img.draft("L", (max(1, width // 8), max(1, height // 8)))  # verify every byte, decode small
-        img.load()
+    if fmt not in ("JPEG", "PNG"):
+        raise ImageDecodeError(f"unsupported image format {fmt}")
+    decode_radiograph(data, INSPECT_SIZE)
     return {
         "width": width,
         "height": height,
@@ -142,7 +149,7 @@ def _inspect_job(args: tuple[str, str]) -> tuple[str, dict[str, object] | None, 
     root, rel = args
     try:
         return rel, inspect_image(Path(root) / rel), None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (ImageDecodeError, OSError, ValueError, SyntaxError) as exc:
         reason = str(exc) or type(exc).__name__
         return rel, None, f"unreadable image: {reason}"
 

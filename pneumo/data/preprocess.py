@@ -19,33 +19,57 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from pneumo.data.imagefile import (
+    CorruptImageError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    check_decoded_size,
+    check_png,
+    decode_jpeg,
+    to_grayscale,
+)
 from pneumo.data.kermany import LABEL_INDEX
-from pneumo.errors import PipelineOrderError, PneumoError
+from pneumo.errors import PipelineOrderError
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
 
 ImageSource = str | os.PathLike[str] | bytes | BinaryIO
+EXIF_KEYS = ("exif", "xmp", "XML:com.adobe.xmp")  # where Pillow finds an image's orientation
+__all__ = [  # the decoding errors live with the integrity rule, in pneumo/data/imagefile.py
+    "CorruptImageError", "ImageDecodeError", "ImageSource", "ImageTooLargeError",
+    "UnsupportedImageError", "decode_files", "decode_many",
+    "decode_radiograph", "load_arrays", "preprocess", "save_arrays",
+]  # fmt: skip
 
 
-class ImageDecodeError(PneumoError):
-    """A file could not be decoded as a radiograph (corrupt, truncated, not an image, too large)."""
+def _open(source: ImageSource) -> tuple[Image.Image, bytes | None]:
+    """The lazily opened image and, for files, their bytes (the integrity rule needs them)."""
+    if isinstance(source, bytes):
+        data = source
+    elif isinstance(source, str | os.PathLike):
+        data = Path(source).read_bytes()
+    else:
+        data = source.read()
+    return Image.open(io.BytesIO(data)), data
 
 
-def _to_grayscale(img: Image.Image) -> Image.Image:
-    """8-bit grayscale; 16-bit and float images are windowed to their own min..max range."""
-    if img.mode == "L":
-        return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        pixels = np.asarray(img, dtype=np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, img)
-    return img.convert("L")
+def _decode_checked(img: Image.Image, data: bytes | None, image_size: int) -> Image.Image:
+    """Decode the pixels (JPEGs at reduced scale) and refuse a damaged file: the one rule."""
+    if data is not None and img.format in ("JPEG", "MPO"):
+        decoded = decode_jpeg(data, img, image_size)
+        if decoded is not None:
+            for key in EXIF_KEYS:  # the orientation travels with the decoded pixels
+                if key in img.info:
+                    decoded.info[key] = img.info[key]
+            return decoded
+    if data is not None and img.format == "PNG":
+        check_png(data)
+    if img.format == "JPEG":
+        img.draft("L", (image_size, image_size))
+    img.load()
+    return img
 
 
 def decode_radiograph(
@@ -53,26 +77,20 @@ def decode_radiograph(
 ) -> np.ndarray:
     """Decode one radiograph into the model's pixels: grayscale uint8 of shape (size, size).
 
-    JPEGs are decoded at reduced scale (PIL draft mode) when they are much larger than the target,
-    so a 2000 px original never becomes a full-resolution float copy. Images are stretched to a
-    square, as the Kermany release itself was resized. ``max_pixels`` rejects decompression bombs
-    from the header, before any pixel is decoded.
+    JPEGs are decoded at reduced scale (DCT scaling, as PIL's draft mode) when they are much
+    larger than the target, so a 2000 px original never becomes a full-resolution copy. Damaged
+    files are refused (:class:`CorruptImageError`), never filled in: a JPEG scan with any
+    corrupt-data warning, a PNG failing a checksum or shorter than its header says
+    (pneumo/data/imagefile.py). Images are stretched to a square, as the Kermany release itself
+    was resized. ``max_pixels`` rejects decompression bombs and images whose decoded form would
+    exceed ``max_pixels`` bytes, from the header, before any pixel is decoded.
     """
     try:
-        if isinstance(source, Image.Image):
-            img = source
-        else:
-            stream = io.BytesIO(source) if isinstance(source, bytes) else source
-            img = Image.open(stream)
+        img, data = (source, None) if isinstance(source, Image.Image) else _open(source)
         with img:
-            if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {img.width}x{img.height} pixels, above the limit of {max_pixels}"
-                )
-            if img.format == "JPEG":
-                img.draft("L", (image_size, image_size))
-            img = ImageOps.exif_transpose(img)
-            gray = _to_grayscale(img)
+            check_decoded_size(img, max_pixels)
+            decoded = _decode_checked(img, data, image_size)
+            gray = to_grayscale(ImageOps.exif_transpose(decoded))
             if gray.size != (image_size, image_size):
                 gray = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(gray, dtype=np.uint8).copy()

@@ -3,10 +3,8 @@ service module imported against it (helpers in serving_support.py)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,35 +13,15 @@ from starlette.testclient import TestClient
 
 from pneumo.config import load_settings
 from pneumo.params_file import set_param
+from serving.service import MODEL_TAG_ENV, PARAMS_ENV
 from tests.serving.serving_support import REPO, ServingLab, make_workspace
 
 
-@pytest.fixture(scope="session")
-def serving_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
+def _reset_bentoml_stores() -> None:
+    """BentoML caches its store paths on first use; the lab's BENTOML_HOME must win in this
+    test process (production code sets BENTOML_HOME for its `bentoml` children instead)."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    from pneumo.package import import_champion
-
-    root = tmp_path_factory.mktemp("serving")
-    params = root / "params.yaml"
-    shutil.copyfile(REPO / "params.yaml", params)
-    home = root / ".bentoml"
-    set_param(params, "serve.bentoml_home", str(home))
-    workspace = make_workspace(root)
-    settings = load_settings(params)
-    saved_env = {
-        k: os.environ.get(k) for k in ("BENTOML_HOME", "PNEUMO_MODEL_TAG", "PNEUMO_PARAMS")
-    }
-    tag, _, _ = import_champion(settings, workspace, from_workspace=True)
-    # The service module reads these when it is imported (in-process and in servers).
-    os.environ["PNEUMO_MODEL_TAG"] = tag
-    os.environ["PNEUMO_PARAMS"] = str(params)
-    yield ServingLab(root, params, settings, workspace, home, tag)
-    for key, value in saved_env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
     for provider in (
         BentoMLContainer.bentoml_home,
         BentoMLContainer.bento_store_dir,
@@ -58,11 +36,37 @@ def serving_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab
 
 
 @pytest.fixture(scope="session")
+def serving_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
+    from pneumo.package import import_champion
+
+    root = tmp_path_factory.mktemp("serving")
+    params = root / "params.yaml"
+    shutil.copyfile(REPO / "params.yaml", params)
+    home = root / ".bentoml"
+    set_param(params, "serve.bentoml_home", str(home))
+    workspace = make_workspace(root)
+    settings = load_settings(params)
+    saved_env = {k: os.environ.get(k) for k in ("BENTOML_HOME", MODEL_TAG_ENV, PARAMS_ENV)}
+    tag, _, _ = import_champion(settings, workspace, from_workspace=True)
+    # What the services read in their constructors (in-process and in servers).
+    os.environ.update({"BENTOML_HOME": str(home), MODEL_TAG_ENV: tag, PARAMS_ENV: str(params)})
+    _reset_bentoml_stores()
+    yield ServingLab(root, params, settings, workspace, home, tag)
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _reset_bentoml_stores()
+
+
+@pytest.fixture(scope="session")
 def service_module(serving_lab: ServingLab):  # -> the serving.service module
-    """serving/service.py imported against the lab's model and params."""
-    if "serving.service" in sys.modules:
-        return importlib.reload(sys.modules["serving.service"])
-    return importlib.import_module("serving.service")
+    """serving/service.py: importing it reads nothing; the services read the lab's settings and
+    model (PNEUMO_PARAMS, PNEUMO_MODEL_TAG) when they are constructed."""
+    import serving.service
+
+    return serving.service
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 import torch
 
-from pneumo.config import Settings
+from pneumo.config import Settings, load_settings
 from pneumo.models import build_model, save_model
 from pneumo.workspace import Workspace
+from serving.service import ServiceArguments
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 64
@@ -84,13 +85,16 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(target: str, lab: ServingLab, log: Path, timeout: float = 180.0) -> Server:
-    """Start ``bentoml serve target`` and wait until /readyz answers 200."""
+def start_server(
+    target: str, lab: ServingLab, log: Path, timeout: float = 180.0, params: Path | None = None
+) -> Server:
+    """Start ``bentoml serve target`` and wait until /readyz answers 200 (``params``: another
+    params.yaml than the lab's)."""
     port = free_port()
     env = {
         **os.environ,
         "BENTOML_HOME": str(lab.home),
-        "PNEUMO_PARAMS": str(lab.params),
+        "PNEUMO_PARAMS": str(params or lab.params),
         "BENTOML_DO_NOT_TRACK": "true",
     }
     if target.startswith("serving."):
@@ -101,9 +105,20 @@ def start_server(target: str, lab: ServingLab, log: Path, timeout: float = 180.0
     command += ["--host", "127.0.0.1", "--port", str(port)]
     if target.startswith("serving."):
         command += ["--working-dir", str(REPO)]
-    handle = log.open("wb")
+        command += ServiceArguments.command_line(load_settings(params or lab.params).serve)
+    return launch(command, REPO, env, log, timeout)
+
+
+def launch(command: list[str], cwd: Path, env: dict[str, str], log: Path, timeout: float) -> Server:
+    """Run a `bentoml serve` command in its own process group; wait until /readyz answers 200."""
+    port = command[command.index("--port") + 1]
     process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout

@@ -106,3 +106,42 @@ def test_error_messages_hold_no_object_reprs() -> None:
         read(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png")
     assert raised.value.status == 400
     assert "0x" not in raised.value.message and "<" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "dicom_nested_40_explicit_False",
+        "dicom_nested_40_implicit_False",
+        "dicom_nested_40_explicit_True",
+        "dicom_nested_3000_by_hand",
+        "dicom_25000_elements",
+    ],
+)
+def test_dicom_structure_is_bounded_before_pydicom_parses_it(
+    radiograph: np.ndarray, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.serving.hostile_corpus import dicom_cases
+
+    data = {c.name: c.data for c in dicom_cases(radiograph[:300, :300])}[case]
+    with pytest.raises(DicomError, match="nests sequences more than 16 deep|more than 20000"):
+        dicom_to_image(data)
+    assert len(caplog.records) < 5  # no flood of log lines
+
+
+def test_shallow_sequences_are_read(radiograph: np.ndarray) -> None:
+    from tests.serving.hostile_corpus import _nested
+
+    nested = _nested(dicom8(radiograph[:200, :200]), depth=3, undefined=True)
+    assert np.asarray(dicom_to_image(nested)).shape == (200, 200)
+
+
+def test_damaged_jpeg_upload_is_400_corrupt_image(originals_root: Path) -> None:
+    from tests.serving.hostile_corpus import jpeg_damage
+
+    path = sorted(originals_root.rglob("*.jpeg"))[1]
+    damaged = next(jpeg_damage(path.stem, path.read_bytes(), seed=3))  # 64 flipped bits
+    with pytest.raises(InputError) as raised:
+        read(damaged.data, "image/jpeg")
+    assert (raised.value.status, raised.value.code) == (400, "corrupt_image")
+    assert read(path.read_bytes(), "image/jpeg").pixels.std() > 10

@@ -17,13 +17,8 @@ from pneumo.errors import PipelineOrderError
 from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics
 from pneumo.models import save_model
-from pneumo.package import (
-    DECISION_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    PackagingError,
-    import_champion,
-)
+from pneumo.package import PackagingError, import_champion
+from pneumo.stored_model import DECISION_FILE, METRICS_FILE, MODEL_FILE
 from pneumo.workspace import Workspace
 from tests.serving.serving_support import ServingLab, make_workspace
 from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
@@ -74,7 +69,7 @@ def test_cli_packages_the_workspace_model(
     assert code == 0
     out = capsys.readouterr().out
     version = serving_lab.model_tag.split(":")[1]
-    assert f"model {serving_lab.model_tag}" in out and f"Bento pneumo:{version}" in out
+    assert f"model {serving_lab.model_tag}" in out and f"Bento pneumo-service:{version}" in out
 
 
 # ---------------------------------------------------------------- the registry champion

@@ -135,6 +135,9 @@ def test_built_bento_serves_the_packaged_model(
     assert [(str(m.tag), m.alias) for m in bento.info.models] == [
         (serving_lab.model_tag, "champion")
     ]
+    serve = serving_lab.settings.serve  # recorded for BentoML's decoration-time settings
+    assert bento.info.args["max_batch_size"] == serve.max_batch_size
+    assert bento.info.args["adaptive_batching"] is serve.adaptive_batching
     python_env = Path(bento.path) / "env" / "python"
     assert not (python_env / "requirements.lock.txt").exists()  # nothing was locked online
     assert "pydicom" in (python_env / "requirements.txt").read_text()

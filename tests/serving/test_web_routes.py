@@ -16,13 +16,8 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from pneumo.package import (
-    COMPARISON_FILE,
-    EVALUATION_FILE,
-    ROC_FILE,
-    SPLIT_FILE,
-    card_files,
-)
+from pneumo.package import card_files
+from pneumo.stored_model import COMPARISON_FILE, EVALUATION_FILE, ROC_FILE, SPLIT_FILE
 from tests.serving.serving_support import IMAGE_SIZE, ServingLab, make_workspace
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"

@@ -81,6 +81,28 @@ def test_too_many_bad_files_fail_and_keep_the_last_good_output(
     assert ws.rejected_quarantine.is_file()
 
 
+def test_ingest_quarantines_the_damaged_jpegs_serving_refuses(
+    synthetic_root: Path, originals_root: Path, tmp_path: Path
+) -> None:
+    from tests.serving.hostile_corpus import jpeg_damage
+
+    original = sorted(originals_root.rglob("*.jpeg"))[2]
+    damaged = {c.name: c for c in jpeg_damage("x", original.read_bytes(), seed=5)}
+    planted = {}
+    for k, name in enumerate(("x_scan_64_flips_0", "x_ff_run_1", "x_cut_with_end_marker")):
+        rel = f"train/NORMAL/IM-09{k}0-0001.jpeg"
+        (synthetic_root / rel).write_bytes(damaged[name].data)
+        planted[rel] = name
+    intact = "train/PNEUMONIA/person95_bacteria_1.jpeg"
+    (synthetic_root / intact).write_bytes(original.read_bytes())
+    ws = Workspace(tmp_path / "ws")
+    ingest(synthetic_root, ws, max_quarantine_fraction=0.5, workers=2)
+    quarantine = pd.read_csv(ws.quarantine).set_index("path")["reason"]
+    assert set(quarantine.index) == set(planted)
+    assert all("JPEG data is corrupt" in reason for reason in quarantine)
+    assert intact in set(pd.read_parquet(ws.manifest)["path"])
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

@@ -1,11 +1,20 @@
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from pneumo.data.preprocess import ImageDecodeError, decode_many, decode_radiograph
+from pneumo.data.preprocess import (
+    CorruptImageError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_many,
+    decode_radiograph,
+)
 from pneumo.workspace import atomic_path
 from tests.conftest import write_image
 
@@ -72,3 +81,113 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "good"
     assert list(tmp_path.iterdir()) == [target]
+
+
+# ---------------------------------------------------------------- the integrity rule
+
+
+@pytest.fixture(scope="module")
+def original(originals_root: Path) -> bytes:
+    return sorted(originals_root.rglob("*.jpeg"))[0].read_bytes()
+
+
+def _damaged_jpegs(data: bytes) -> dict[str, bytes]:
+    from tests.serving.hostile_corpus import _flip_bits, _replace, jpeg_segments
+
+    _, (scan, size) = jpeg_segments(data)
+    half = size // 2
+    return {
+        "64_flips": _flip_bits(data, scan, size, 64, seed=1),
+        "ff_run": _replace(data, scan + half, b"\xff" * 64),
+        "second_half_zeroed": _replace(data, scan + half, bytes(size - half)),
+        "cut_with_end_marker": data[: scan + half] + b"\xff\xd9",
+        "truncated": data[: scan + half],
+        "no_end_marker": data[:-2],
+    }
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "64_flips",
+        "ff_run",
+        "second_half_zeroed",
+        "cut_with_end_marker",
+        "truncated",
+        "no_end_marker",
+    ],
+)
+def test_damaged_scans_of_a_real_jpeg_are_refused(original: bytes, damage: str) -> None:
+    intact = decode_radiograph(original, 64)  # the same file decodes when intact
+    assert intact.std() > 10
+    with pytest.raises(CorruptImageError, match="JPEG data is corrupt or truncated"):
+        decode_radiograph(_damaged_jpegs(original)[damage], 64)
+
+
+def test_truncated_files_are_refused_even_if_pillow_is_told_to_fill_them(
+    original: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # some other library did this
+    with pytest.raises(CorruptImageError):
+        decode_radiograph(_damaged_jpegs(original)["truncated"], 64)
+    png = _encode(Image.fromarray(decode_radiograph(original, 200)), "PNG")
+    with pytest.raises(CorruptImageError):
+        decode_radiograph(png[: len(png) * 3 // 4], 64)
+
+
+def test_a_declared_size_the_data_cannot_fill_is_refused(original: bytes) -> None:
+    from tests.serving.hostile_corpus import jpeg_bombs
+
+    bomb = next(jpeg_bombs(original))  # 7000 x 7000 declared, 64 x 64 of data
+    with pytest.raises(CorruptImageError):
+        decode_radiograph(bomb.data, 64, max_pixels=50_000_000)
+
+
+def test_arithmetic_coded_jpeg_is_refused(original: bytes) -> None:
+    sof = original.index(b"\xff\xc0")
+    arithmetic = original[:sof] + b"\xff\xc9" + original[sof + 2 :]
+    with pytest.raises(UnsupportedImageError, match="arithmetic-coded"):
+        decode_radiograph(arithmetic, 64)
+
+
+@pytest.mark.parametrize("case", ["png_second_half_zeroed_crc_recomputed", "png_idat_flip_crc_kept_0",
+                                  "png_stream_shorter_than_declared", "png_data_after_stream",
+                                  "png_no_iend", "png_declares_more_rows_than_it_holds"])  # fmt: skip
+def test_damaged_pngs_are_refused(original: bytes, case: str) -> None:
+    from tests.serving.hostile_corpus import png_cases
+
+    gray = decode_radiograph(original, 300)
+    data = {c.name: c.data for c in png_cases(gray)}[case]
+    with pytest.raises(ImageDecodeError):
+        decode_radiograph(data, 64)
+
+
+def test_decoded_bytes_are_bounded_whatever_the_bit_depth() -> None:
+    from tests.serving.hostile_corpus import png_cases
+
+    gray = np.random.default_rng(0).integers(0, 256, (200, 200), dtype=np.uint8)
+    bomb = {c.name: c.data for c in png_cases(gray)}["png_16bit_rgba_7071px"]  # 0.2 MB file
+    with pytest.raises(ImageTooLargeError, match="takes 200 MB, above the limit of 50 MB"):
+        decode_radiograph(bomb, 64, max_pixels=50_000_000)
+
+
+PEAK_SCRIPT = """
+import io, resource, sys
+import numpy as np
+from PIL import Image
+from pneumo.data.preprocess import decode_radiograph
+buffer = io.BytesIO()
+Image.fromarray(np.tile(np.arange(5000, dtype=np.uint16) * 13, (5000, 1))).save(buffer, "PNG")
+data = buffer.getvalue()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+decode_radiograph(data, 128, max_pixels=50_000_000)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_16_bit_image_is_converted_without_full_size_float_copies() -> None:
+    """5000 x 5000 16-bit: 50 MB decoded; full-size float32 copies would add 200 MB more."""
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout.strip()) < 120  # MB above the peak before decoding

@@ -1,0 +1,21 @@
+"""What a packaged model holds in the BentoML model store: the one list of its file names.
+
+`pneumo package` (pneumo/package.py) writes these files into the model store; the service and its
+model card (serving/) read them back. Both import the names from here, as every step imports the
+workspace's layout from pneumo/workspace.py.
+"""
+
+from __future__ import annotations
+
+MODEL_FILE = "model.pt"  # weights + metadata, loaded weights-only
+DECISION_FILE = "decision.json"  # the decision threshold and referral band
+METRICS_FILE = "metrics.json"  # the evaluation metrics (a registry model: its headline numbers)
+# What the model card shows besides metrics.json, carried only when present and when the
+# workspace's evaluation is of the packaged weights.
+SPLIT_FILE = "split.json"
+ROC_FILE = "roc.csv"
+COMPARISON_FILE = "comparison.csv"
+# The full evaluation report (intervals, confusion) of a registry model.
+EVALUATION_FILE = "evaluation.json"
+# The alias under which a Bento names its model: the service loads the model of this alias.
+CHAMPION_ALIAS = "champion"
