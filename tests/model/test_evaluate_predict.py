@@ -112,7 +112,8 @@ def test_the_run_reads_as_mlflow_users_expect(trained: tuple[Settings, Workspace
     report = json.loads(ws.eval_metrics.read_text())
     assert run.data.metrics["test/roc_auc"] == pytest.approx(report["test"]["roc_auc"])
     assert "test/viral/sensitivity" in run.data.metrics and "val/threshold" in run.data.metrics
-    assert [m.step for m in client.get_metric_history(run_id, "val/roc_auc")] == list(range(1, settings.train.epochs + 1))
+    epochs = list(range(1, settings.train.epochs + 1))
+    assert [m.step for m in client.get_metric_history(run_id, "val/roc_auc")] == epochs
     assert not [k for k in run.data.metrics if "ci_" in k or "/" not in k]
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluate")}
     assert {"evaluate/evaluation.png", "evaluate/metrics_with_intervals.csv"} <= artifacts
