@@ -226,6 +226,16 @@ class StressSettings(_Section):
     seed: int = Field(0, description="draws of the random shifts (noise, marker placement)")
 
 
+class GuardSettings(_Section):
+    """`pneumo guard`: the out-of-distribution detector shipped with the model (pneumo/guard.py)."""
+
+    max_val_flag_rate: float = Field(
+        0.02, gt=0.0, lt=0.5, description="share of validation images the cut-off may flag"
+    )
+    probes_per_kind: int = Field(100, ge=5, le=2000, description="foreign images per kind measured")
+    seed: int = 0
+
+
 class ExplainSettings(_Section):
     n_per_group: int = Field(4, ge=1, le=32, description="images per TP/TN/FP/FN group")
     alpha: float = Field(0.4, gt=0.0, lt=1.0, description="heatmap opacity over the radiograph")
@@ -355,6 +365,7 @@ class Settings(_Section):
     compare: CompareSettings = CompareSettings()
     explain: ExplainSettings = ExplainSettings()
     stress: StressSettings = StressSettings()
+    guard: GuardSettings = GuardSettings()
     registry: RegistrySettings = RegistrySettings()
     score: ScoreSettings = ScoreSettings()
     serve: ServeSettings = ServeSettings()

@@ -31,6 +31,7 @@ from pneumo.data.kermany import CLASSES
 from pneumo.data.transforms import standardize
 from pneumo.decision import Decision
 from pneumo.inference import check_images
+from pneumo.models import conv_blocks
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ GROUPS: dict[str, str] = {
     "FN": "false negative",
 }
 ACTIVATION_CHANNELS = 8
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 @contextmanager
@@ -163,30 +163,6 @@ def gradcam(
     finally:
         handle.remove()
     return out
-
-
-def conv_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The units a network is stacked from: conv+activation(+pool) groups and residual blocks.
-
-    Containers holding other blocks are opened; a module that is not a plain container (a residual
-    block), or a container of single layers (conv, norm, ReLU, pool), counts as one block.
-    """
-
-    def has_conv(module: nn.Module) -> bool:
-        return any(isinstance(m, nn.Conv2d) for m in module.modules())
-
-    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
-        for name, child in module.named_children():
-            if not has_conv(child):
-                continue
-            full = f"{prefix}{name}"
-            nested = any(next(c.children(), None) is not None for c in child.children())
-            if isinstance(child, _CONTAINERS) and nested:
-                yield from walk(child, f"{full}.")
-            else:
-                yield full, child
-
-    return list(walk(model, ""))
 
 
 def activation_maps(model: nn.Module, image: np.ndarray) -> list[tuple[str, np.ndarray]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -75,14 +76,27 @@ def prepare(model: nn.Module, accel: Accelerator) -> nn.Module:
     return model.to(device=accel.device, memory_format=fmt)
 
 
-def predict_proba(
+@dataclass(frozen=True)
+class Prediction:
+    """Probabilities, and on request the network's pooled features (for the input guard)."""
+
+    probabilities: np.ndarray  # (N,) float64
+    features: np.ndarray | None = None  # (N, D): each conv block's mean activation, in order
+
+
+def predict(
     model: nn.Module,
     images: np.ndarray,
     batch_size: int = 64,
     tta: bool = False,
     accel: Accelerator = CPU_FP32,
-) -> np.ndarray:
-    """Probability of pneumonia for each uint8 image of ``images`` (N, S, S) -> (N,) float64."""
+    features: bool = False,
+) -> Prediction:
+    """Probability of pneumonia for each uint8 image of ``images`` (N, S, S).
+
+    With ``features``, the same forward pass also returns every convolution block's spatially
+    averaged output for the unaugmented view: what :mod:`pneumo.guard` measures distances on.
+    """
     images = check_images(model, images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -91,6 +105,16 @@ def predict_proba(
     prepare(model, accel)
     views = len(TTA_VIEWS) if tta else 1
     out = np.empty(len(images), dtype=np.float64)
+    captured: list[torch.Tensor] = []
+    pooled: list[np.ndarray] = []
+    handles = []
+    if features:
+        from pneumo.models import conv_blocks
+
+        handles = [
+            module.register_forward_hook(lambda _m, _i, output: captured.append(output))
+            for _, module in conv_blocks(model)
+        ]
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
@@ -98,10 +122,29 @@ def predict_proba(
                 pixels = batch.to(accel.device).float() / 255.0
                 if tta:
                     pixels = tta_views(pixels)
+                captured.clear()
                 with accel.autocast():
                     logits = model(standardize(pixels))
                 probs = torch.sigmoid(logits.float()).view(views, len(batch)).mean(0)
                 out[start : start + len(batch)] = probs.double().cpu().numpy()
+                if features:  # the first len(batch) rows are the unaugmented view
+                    means = [c[: len(batch)].float().mean(dim=(2, 3)) for c in captured]
+                    pooled.append(torch.cat(means, 1).cpu().numpy())
     finally:
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    return out
+    if not features:
+        return Prediction(out)
+    return Prediction(out, np.concatenate(pooled) if pooled else np.empty((0, 0), np.float32))
+
+
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 64,
+    tta: bool = False,
+    accel: Accelerator = CPU_FP32,
+) -> np.ndarray:
+    """Probability of pneumonia for each uint8 image of ``images`` (N, S, S) -> (N,) float64."""
+    return predict(model, images, batch_size, tta, accel).probabilities

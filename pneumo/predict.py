@@ -18,14 +18,30 @@ from pneumo.accel import Accelerator
 from pneumo.data.kermany import CLASSES, IMAGE_SUFFIXES
 from pneumo.decision import Decision
 from pneumo.errors import PneumoError
+from pneumo.guard import Guard, Screening, screen_file
+from pneumo.guard import reasons as guard_reasons
 from pneumo.inference import CPU_FP32
 from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS: tuple[str, ...] = (
-    "path", "probability", "predicted_label", "threshold", "model", "true_label", "error",
+    "path", "probability", "predicted_label", "threshold", "refer_to_radiologist",
+    "out_of_distribution", "ood_score", "ood_reason", "model", "true_label", "error",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Per image: the probability, and whether (and why) the image is out of distribution."""
+
+    probabilities: np.ndarray
+    ood_scores: np.ndarray  # NaN without a guard
+    ood_reasons: list[str | None]
+
+    @property
+    def out_of_distribution(self) -> np.ndarray:
+        return np.array([reason is not None for reason in self.ood_reasons], dtype=bool)
 
 
 @dataclass
@@ -37,6 +53,7 @@ class Predictor:
     decision: Decision
     model_id: str
     accel: Accelerator = CPU_FP32
+    guard: Guard | None = None  # shipped with the model; None for models packaged without one
 
     @property
     def image_size(self) -> int:
@@ -48,20 +65,43 @@ class Predictor:
 
     @classmethod
     def from_files(
-        cls, model_path: Path, decision_path: Path, accel: Accelerator = CPU_FP32
+        cls,
+        model_path: Path,
+        decision_path: Path,
+        accel: Accelerator = CPU_FP32,
+        guard_path: Path | None = None,
     ) -> Predictor:
+        """The model, its decision and, when ``guard_path`` exists, its input guard."""
         from pneumo.models import load_model
 
         decision = Decision.load(decision_path)
         model, metadata = load_model(model_path)
         model_id = f"{metadata['arch']}@{sha256_file(Path(model_path))[:12]}"
-        return cls(model, metadata, decision, model_id, accel)
+        guard = Guard.load(guard_path) if guard_path and Path(guard_path).is_file() else None
+        return cls(model, metadata, decision, model_id, accel, guard)
 
     @classmethod
     def from_workspace(
         cls, workspace: Workspace = Workspace(), accel: Accelerator = CPU_FP32
     ) -> Predictor:
-        return cls.from_files(workspace.model, workspace.decision, accel)
+        return cls.from_files(workspace.model, workspace.decision, accel, workspace.guard)
+
+    def assess(
+        self, images: np.ndarray, screened: list[str | None] | None = None, batch_size: int = 64
+    ) -> Assessment:
+        """Probabilities plus the guard's verdict, from one forward pass."""
+        from pneumo.inference import predict
+
+        screened = screened if screened is not None else [None] * len(images)
+        screened = [s or Screening(self.image_size, self.image_size, 0.0).reason(p)
+                    for s, p in zip(screened, images, strict=True)]  # fmt: skip
+        result = predict(self.model, images, batch_size, self.decision.tta, self.accel,
+                         features=self.guard is not None)  # fmt: skip
+        scores = np.full(len(images), np.nan)
+        if self.guard is not None and len(images):
+            scores = self.guard.scores(result.features)  # type: ignore[arg-type]
+        reasons = guard_reasons(self.guard, scores if self.guard else None, screened)
+        return Assessment(self.decision.adjust(result.probabilities), scores, reasons)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         from pneumo.inference import predict_proba
@@ -101,18 +141,33 @@ def predict_paths(
     files = collect_images(inputs)
     images, errors = decode_files([str(f) for f in files], predictor.image_size, workers, "predict")
     ok = np.array([e is None for e in errors])
-    probabilities = np.full(len(files), np.nan)
+    probabilities, scores = np.full(len(files), np.nan), np.full(len(files), np.nan)
+    reasons: list[str | None] = [None] * len(files)
     if ok.any():
-        probabilities[ok] = predictor.probabilities(images[ok], batch_size)
+        readable = np.flatnonzero(ok)
+        assessed = predictor.assess(
+            images[ok], [screen_file(files[i]) for i in readable], batch_size
+        )
+        probabilities[ok], scores[ok] = assessed.probabilities, assessed.ood_scores
+        for i, reason in zip(readable, assessed.ood_reasons, strict=True):
+            reasons[i] = reason
     rows = []
-    for path, p, error in zip(files, probabilities, errors, strict=True):
+    for path, p, score, reason, error in zip(files, probabilities, scores, reasons, errors,
+                                              strict=True):  # fmt: skip
         parent = path.parent.name
+        read = error is None
         rows.append(
             {
                 "path": str(path),
-                "probability": round(float(p), 6) if error is None else None,
-                "predicted_label": predictor.label(float(p)) if error is None else None,
+                "probability": round(float(p), 6) if read else None,
+                "predicted_label": predictor.label(float(p)) if read else None,
                 "threshold": round(predictor.threshold, 6),
+                "refer_to_radiologist": predictor.decision.refer(float(p), reason is not None)
+                if read
+                else None,
+                "out_of_distribution": (reason is not None) if read else None,
+                "ood_score": round(float(score), 3) if read and np.isfinite(score) else None,
+                "ood_reason": reason,
                 "model": predictor.model_id,
                 "true_label": parent if parent in CLASSES else None,
                 "error": error,

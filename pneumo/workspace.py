@@ -77,6 +77,16 @@ class Workspace:
         return self.root / "models" / "run_id.txt"
 
     @property
+    def guard(self) -> Path:
+        """The input guard fitted on the model's features (pneumo/guard.py), shipped with it."""
+        return self.root / "models" / "guard.pt"
+
+    @property
+    def guard_metrics(self) -> Path:
+        """How much of the validation split and of each kind of foreign image the guard flags."""
+        return self.root / "metrics" / "guard.json"
+
+    @property
     def train_metrics(self) -> Path:
         return self.root / "metrics" / "train.json"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,3 +132,29 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     model.load_state_dict(state)
     model.eval()
     return model, metadata
+
+
+def conv_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The units a network is stacked from: conv+activation(+pool) groups and residual blocks.
+
+    Containers holding other blocks are opened; a module that is not a plain container (a residual
+    block), or a container of single layers (conv, norm, ReLU, pool), counts as one block. The
+    explanations show them, and the input guard reads its features from them.
+    """
+    from torch import nn
+
+    def has_conv(module: nn.Module) -> bool:
+        return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
+        for name, child in module.named_children():
+            if not has_conv(child):
+                continue
+            full = f"{prefix}{name}"
+            nested = any(next(c.children(), None) is not None for c in child.children())
+            if isinstance(child, nn.Sequential | nn.ModuleList | nn.ModuleDict) and nested:
+                yield from walk(child, f"{full}.")
+            else:
+                yield full, child
+
+    return list(walk(model, ""))

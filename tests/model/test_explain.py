@@ -17,7 +17,6 @@ from pneumo.data.transforms import standardize
 from pneumo.decision import Decision
 from pneumo.explain import (
     activation_maps,
-    conv_blocks,
     explain,
     find_target_layer,
     gradcam,
@@ -26,7 +25,7 @@ from pneumo.explain import (
     select_examples,
 )
 from pneumo.inference import predict_proba
-from pneumo.models import ARCHITECTURES, build_model
+from pneumo.models import ARCHITECTURES, build_model, conv_blocks
 
 SIZE = 64
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE]

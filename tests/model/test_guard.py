@@ -1,0 +1,122 @@
+"""The input guard: the file screen, the feature detector, its calibration and where it travels."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo import guard as guard_module
+from pneumo.config import Settings
+from pneumo.data.preprocess import decode_radiograph, load_arrays
+from pneumo.decision import Decision
+from pneumo.errors import PipelineOrderError
+from pneumo.guard import Guard, Screening, screen_file
+from pneumo.guard_probes import probe_kinds
+from pneumo.inference import predict
+from pneumo.models import load_model
+from pneumo.predict import Predictor, predict_paths
+from pneumo.workspace import Workspace
+
+
+def test_screen_passes_real_radiographs_grey_or_rgb(originals_root: Path) -> None:
+    files = sorted(originals_root.rglob("*.jpeg"))
+    assert any(Image.open(f).mode == "RGB" for f in files)  # the release has RGB-stored ones
+    assert [screen_file(f) for f in files] == [None] * len(files)
+
+
+def test_screen_flags_colour_odd_aspect_and_uniform_images() -> None:
+    import skimage.data
+
+    photo = Image.fromarray(skimage.data.astronaut())
+    assert "colour" in Screening.of(photo).reason(None)
+    grey_as_rgb = Image.fromarray(skimage.data.camera()).convert("RGB")
+    assert Screening.of(grey_as_rgb).reason(None) is None
+    strip = Image.new("L", (1000, 200), 128)
+    assert "aspect ratio of 5.0:1" in Screening.of(strip).reason(None)
+    flat = np.full((64, 64), 100, np.uint8)
+    assert "uniform" in Screening(64, 64, 0.0).reason(flat)
+
+
+@pytest.fixture(scope="module")
+def fitted(briefly_trained: tuple[Workspace, Settings]) -> tuple[Workspace, Settings, dict]:
+    workspace, settings = briefly_trained
+    report = guard_module.guard_stage(settings, workspace)
+    Decision(0.5, "fixed", referral_margin=0.1).save(workspace.decision)  # no test split here
+    return workspace, settings, report
+
+
+def test_guard_flags_at_most_the_configured_share_of_validation(
+    fitted: tuple[Workspace, Settings, dict],
+) -> None:
+    workspace, settings, report = fitted
+    assert report["val"]["flagged"] <= settings.guard.max_val_flag_rate + 1e-9
+    assert workspace.guard.is_file() and workspace.guard_metrics.is_file()
+
+
+def test_guard_flags_foreign_images_even_on_a_briefly_trained_network(
+    fitted: tuple[Workspace, Settings, dict],
+) -> None:
+    _, _, report = fitted
+    kinds = report["kinds"]
+    assert set(kinds) == {"photographs", "documents", "noise", "inverted_radiographs",
+                          "rotated_radiographs", "heavy_crops"}  # fmt: skip
+    assert report["non_radiographs_flagged"] >= 0.95
+    assert kinds["inverted_radiographs"]["flagged"] >= 0.9
+    assert kinds["photographs"]["by_screen"] > 0.2  # the colour ones, before the network
+
+
+def test_guard_file_is_weights_only_and_round_trips(
+    fitted: tuple[Workspace, Settings, dict], tmp_path: Path
+) -> None:
+    workspace, _, _ = fitted
+    loaded = Guard.load(workspace.guard)
+    model, _ = load_model(workspace.model)
+    images = load_arrays(workspace.arrays("val"))["images"][:16]
+    features = predict(model, images, features=True).features
+    assert np.allclose(loaded.scores(features), Guard.load(workspace.guard).scores(features))
+    evil = tmp_path / "guard.pt"
+    with open(evil, "wb") as handle:  # a pickle that would run code: refused, never executed
+        pickle.dump({"format_version": 1, "cutoff": Path("/")}, handle)
+    with pytest.raises(PipelineOrderError, match="not a guard file"):
+        Guard.load(evil)
+    with pytest.raises(PipelineOrderError, match="pneumo guard"):
+        Guard.load(tmp_path / "missing.pt")
+
+
+def test_predictions_carry_the_guard_and_flagged_images_are_referred(
+    fitted: tuple[Workspace, Settings, dict], tmp_path: Path, originals_root: Path
+) -> None:
+    workspace, _, _ = fitted
+    predictor = Predictor.from_workspace(workspace)
+    assert predictor.guard is not None
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for path in sorted(originals_root.rglob("*.jpeg"))[:4]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    kinds = probe_kinds(load_arrays(workspace.arrays("val"))["images"], 3, seed=1)
+    kinds["photographs"][0].save(folder / "photo.png")
+    kinds["documents"][0].save(folder / "page.png")
+    frame = predict_paths([folder], predictor, workers=1)
+    names = frame["path"].map(lambda p: Path(p).name)
+    foreign = frame[names.isin(["photo.png", "page.png"])]
+    assert foreign["out_of_distribution"].all() and foreign["refer_to_radiologist"].all()
+    assert foreign["ood_reason"].str.len().gt(10).all()
+    real = frame[~names.isin(["photo.png", "page.png"])]
+    assert not real["out_of_distribution"].any()
+    assert real["ood_score"].notna().all()
+
+
+def test_assessment_matches_plain_probabilities(fitted: tuple[Workspace, Settings, dict]) -> None:
+    workspace, _, _ = fitted
+    predictor = Predictor.from_workspace(workspace)
+    images = load_arrays(workspace.arrays("val"))["images"][:32]
+    assessed = predictor.assess(images)
+    assert np.allclose(assessed.probabilities, predictor.probabilities(images))
+    noise = np.random.default_rng(0).integers(0, 256, (4, *images.shape[1:])).astype(np.uint8)
+    assert predictor.assess(noise).out_of_distribution.all()
+    blank = np.stack([decode_radiograph(Image.new("L", (90, 90), 7), images.shape[1])])
+    assert "uniform" in predictor.assess(blank).ood_reasons[0]
