@@ -25,6 +25,7 @@ from pneumo.workspace import Workspace, sha256_file
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"  # the logged model's name inside the run
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 # A team server given as MLFLOW_TRACKING_URI wins over tracking.uri. Read once, as the process
 # starts: MLflow copies every URI passed to mlflow.set_tracking_uri into that variable (for its
 # subprocesses), so later it would only echo whichever store this process used last.
@@ -206,3 +207,11 @@ def log_standalone_run(
         for path in files:
             mlflow.log_artifact(str(path))
         return run.info.run_id
+
+
+def run_url(settings: Settings, workspace: Workspace, run_id: str, ui: str = LOCAL_UI) -> str:
+    """The MLflow UI page of a run: on the tracking server, or on `mlflow ui` for a local store."""
+    uri = resolve_uri(settings.tracking.uri, workspace)
+    experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
