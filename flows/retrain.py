@@ -12,9 +12,11 @@ On a schedule:   python -m flows.retrain --serve --cron "0 3 * * 1"   (or `pneum
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # isort: off
 import pneumo  # noqa: F401  (switches telemetry off before prefect is imported)
@@ -176,12 +178,24 @@ def serve(workspace: str, cron: str, params: str = "params.yaml") -> None:
 
 
 def _warm_up() -> None:
-    """Import what the flow needs while the Prefect server boots on another core."""
-    import dvc.repo  # noqa: F401
-    import torch  # noqa: F401
+    """Import what the flow needs while the Prefect server boots on another core (~3.5 s CPU)."""
+    import dvc.repo.status  # noqa: F401  (the flow's first task)
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the default sqlite store)
+    import torch  # noqa: F401  (packaging opens the champion's weights)
 
     import pneumo.package  # noqa: F401
     import pneumo.registry  # noqa: F401
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown of torch, MLflow and Prefect (1-2 s of a no-op run).
+
+    Every file is closed, the local Prefect server stopped and its logs delivered by now.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
