@@ -1,11 +1,11 @@
 """The Prefect API of one command-line run: the configured server, or a local one started early.
 
 Without ``PREFECT_API_URL`` Prefect starts a temporary server itself when the flow begins: it
-first imports the server's code into this process (about 2 s here), then waits for the server
-process to boot (about 3.5 s), and only then runs anything. Started here as a plain
-``prefect server start`` at the beginning of the command, the server boots on another core
-while this process warms up, and the run is recorded in the same place: the database in
-``PREFECT_HOME`` (``prefect server start`` later shows every run).
+first imports the server's code into this process, then waits for the server process to boot,
+and only then runs anything; both sit on the critical path of every `make run`. Started here as
+a plain ``prefect server start`` at the beginning of the command, the server boots on another
+core while this process imports what the flow needs, and the run is recorded in the same place:
+the database in ``PREFECT_HOME`` (a later ``prefect server start`` shows every run).
 """
 
 from __future__ import annotations

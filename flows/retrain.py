@@ -178,7 +178,7 @@ def serve(workspace: str, cron: str, params: str = "params.yaml") -> None:
 
 
 def _warm_up() -> None:
-    """Import what the flow needs while the Prefect server boots on another core (~3.5 s CPU)."""
+    """Import what the flow needs while the Prefect server boots on another core."""
     import dvc.repo.status  # noqa: F401  (the flow's first task)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the default sqlite store)
     import torch  # noqa: F401  (packaging opens the champion's weights)
@@ -188,7 +188,7 @@ def _warm_up() -> None:
 
 
 def _exit(code: int) -> NoReturn:
-    """Exit without the interpreter's teardown of torch, MLflow and Prefect (1-2 s of a no-op run).
+    """Exit without the interpreter's teardown of torch, MLflow and Prefect: it is slow.
 
     Every file is closed, the local Prefect server stopped and its logs delivered by now.
     """
