@@ -121,9 +121,10 @@ class TrainingProgress:
             f"val loss {row['val_log_loss']:.4f}, val ROC-AUC {row['val_roc_auc']:.4f}"
         )
         update_progress_artifact(self.artifact, 100.0 * epoch / self.epochs, summary)
+        postfix = {"loss": f"{row['train_loss']:.4f}", "val_auc": f"{row['val_roc_auc']:.4f}"}
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(epoch - self.done)  # a resumed training starts past epoch 1
         self.done = epoch
-        self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_auc=f"{row['val_roc_auc']:.4f}")
 
     def close(self) -> None:
         self.poll()
