@@ -28,7 +28,12 @@ from pneumo.cli.train import PROGRESS_ENV
 from pneumo.errors import ContractError, PneumoError
 from pneumo.workspace import Workspace
 
-RAN, SKIPPED = "ran", "skipped (unchanged)"
+RAN, SKIPPED, RESTORED, FAILED = (
+    "ran",
+    "skipped (unchanged)",
+    "restored from the run cache",
+    "failed",
+)
 # DVC's advice after every stage that changed dvc.lock: noise in a run log, repeated per stage.
 HINT_START = "To track the changes with git, run:"
 HINT_END = "dvc config core.autostage true"
@@ -126,9 +131,17 @@ class TrainingProgress:
         self.bar.update(epoch - self.done)  # a resumed training starts past epoch 1
         self.done = epoch
 
-    def close(self) -> None:
+    def close(self, outcome: str) -> None:
+        """Last epochs, then the artifact says why when DVC did not (fully) train."""
         self.poll()
         self.bar.close()
+        if outcome == FAILED:
+            done = 100.0 * self.done / self.epochs
+            update_progress_artifact(
+                self.artifact, done, f"training failed after {self.done} epochs"
+            )
+        elif outcome != RAN:
+            update_progress_artifact(self.artifact, 100.0, f"training {outcome}")
 
 
 def _stream(process: subprocess.Popen[str]) -> queue.Queue[str | None]:
@@ -178,10 +191,12 @@ def run_stage(root: Path, stage: str, epochs: int = 0) -> str:
             tail = [*tail[-40:], line]
             if "didn't change, skipping" in line:
                 outcome = SKIPPED
+            elif "is cached - skipping run" in line:
+                outcome = RESTORED
     finally:
         process.wait()
         if progress is not None:
-            progress.close()
+            progress.close(outcome if process.returncode == 0 else FAILED)
     if process.returncode != 0:
         if stage == "validate":
             raise ContractError(_contract_summary(root, tail))

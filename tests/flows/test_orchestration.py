@@ -186,7 +186,7 @@ def test_training_progress_becomes_an_artifact_epoch_by_epoch(
             progress.poll()
             seen.append((progress.done, _progress_of(progress.artifact)))
             handle.write('ss": 0.3, "val_log_loss": 0.35, "val_roc_auc": 0.95}\n')
-        progress.close()
+        progress.close("ran")
         seen.append((progress.done, _progress_of(progress.artifact)))
         return seen
 
