@@ -3,7 +3,8 @@
 Every tool's home (Prefect's database and result storage, BentoML's stores, the config and cache
 folders MLflow, DVC and matplotlib write to) is a temporary folder for the whole session, set in
 ``pytest_configure``: before any test module is collected, so before Prefect is first imported.
-Nothing a test runs lands in the user's ``~/.prefect``, ``~/bentoml`` or ``~/.config``.
+Nothing a test runs lands in the user's ``~/.prefect``, ``~/bentoml`` or ``~/.config``, nor on the
+MLflow or Prefect server their environment names.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ TOOL_HOMES = {
     "XDG_CACHE_HOME": "cache",
     "MPLCONFIGDIR": "matplotlib",
 }
+
+
+# A developer's team servers: tests start their own where they need one, and report nowhere else.
+SERVER_VARIABLES = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")
 _homes: Path | None = None
 
 
@@ -35,6 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _homes = Path(tempfile.mkdtemp(prefix="pneumo-test-homes-"))
     for variable, folder in TOOL_HOMES.items():
         os.environ[variable] = str(_homes / folder)
+    for variable in SERVER_VARIABLES:
+        os.environ.pop(variable, None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
