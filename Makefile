@@ -25,7 +25,7 @@ export PATH := $(BIN):$(PATH)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --editable ".[dev]"
-	@# Some machines set PYTHONDONTWRITEBYTECODE; without .pyc files every import is ~2x slower.
+	@# Some machines set PYTHONDONTWRITEBYTECODE; without .pyc files every run recompiles the stack.
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	@touch $(STAMP)
 

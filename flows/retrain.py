@@ -1,6 +1,7 @@
-"""The `retrain` flow: validate -> dvc repro -> gate and register -> package -> report.
+"""The `retrain` flow: the DVC stages -> gate and register -> package -> report.
 
-Each step is a plain pneumo function or a `dvc repro` of its stages; this module only adds
+Each DVC stage that may change is one task (flows/stages.py) whose output streams into the run's
+log; training shows its epochs as a progress artifact and a terminal bar. This module only adds
 orchestration: retries with backoff for transient failures (tracking server unreachable, I/O
 errors), none for deterministic ones, a workspace lock, and a markdown artifact with the decision.
 
@@ -11,34 +12,29 @@ On a schedule:   python -m flows.retrain --serve --cron "0 3 * * 1"   (or `pneum
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # isort: off
 import pneumo  # noqa: F401  (switches telemetry off before prefect is imported)
 
 # isort: on
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from flows.stages import SKIPPED, changed_stages, pipeline_stages, run_stage, stages_to_run
 from pneumo.config import load_settings
-from pneumo.errors import ContractError, PneumoError
+from pneumo.errors import PneumoError
 from pneumo.locking import workspace_lock
 from pneumo.registry.client import is_transient
 from pneumo.workspace import Workspace
 
 DEPLOYMENT_NAME = "pneumo-retrain"
-MODEL_STAGES: tuple[str, ...] = ("split", "preprocess", "train", "evaluate", "explain")
-
-
-class StageFailedError(PneumoError):
-    """A `dvc repro` stage failed for a reason a retry will not fix."""
 
 
 def retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -50,53 +46,6 @@ def retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run DVC with the project's environment on PATH (its stages call `pneumo ...`)."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
-    )
-
-
-def _stage_summary(output: str) -> dict[str, str]:
-    """Which stages ran and which DVC skipped, from `dvc repro`'s own messages."""
-    summary: dict[str, str] = {}
-    for line in output.splitlines():
-        if line.startswith("Running stage '"):
-            summary[line.split("'")[1]] = "ran"
-        elif "didn't change, skipping" in line:
-            summary[line.split("'")[1]] = "skipped (unchanged)"
-    return summary
-
-
-@task(name="validate-data")
-def validate_data(root: Path) -> dict[str, str]:
-    """Ingest and run the GX checkpoint; a broken contract fails the flow with its summary."""
-    logger = get_run_logger()
-    run = _dvc(root, "repro", "validate")
-    logger.info(run.stdout)
-    if run.returncode != 0:
-        report = Workspace(root).validation
-        failures = []
-        if report.is_file():
-            failures = json.loads(report.read_text()).get("failures", [])
-        message = "\n  - ".join(failures) if failures else run.stderr.strip()[-2000:]
-        raise ContractError(f"data contract failed:\n  - {message}")
-    return _stage_summary(run.stdout)
-
-
-@task(name="reproduce-model")
-def reproduce_model(root: Path) -> dict[str, str]:
-    """`dvc repro` of split -> preprocess -> train -> evaluate -> explain; unchanged stages skip."""
-    logger = get_run_logger()
-    run = _dvc(root, "repro", *MODEL_STAGES)
-    logger.info(run.stdout)
-    if run.returncode != 0:
-        raise StageFailedError(f"dvc repro failed:\n{run.stderr.strip()[-3000:]}")
-    return _stage_summary(run.stdout)
-
-
 @task(
     name="gate-and-register",
     retries=3,
@@ -105,10 +54,15 @@ def reproduce_model(root: Path) -> dict[str, str]:
 )
 def gate_and_register(root: Path, params: Path) -> dict[str, Any]:
     """Register the evaluated model and let the gate decide whether it becomes champion."""
-    from pneumo.registry import register_and_gate
+    from pneumo import registry, tracking
 
-    decision = register_and_gate(load_settings(params), Workspace(root))
-    return decision.to_json()
+    settings, workspace = load_settings(params), Workspace(root)
+    decision = registry.register_and_gate(settings, workspace).to_json()
+    champion = registry.status(settings, workspace)["aliases"].get("champion", {})
+    decision["champion_now"] = champion.get("version")
+    decision["run_url"] = tracking.run_url(settings, workspace, decision["run_id"])
+    decision["tracking_uri"] = tracking.resolve_uri(settings.tracking.uri, workspace)
+    return decision
 
 
 @task(
@@ -117,19 +71,36 @@ def gate_and_register(root: Path, params: Path) -> dict[str, Any]:
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_condition_fn=retry_only_transient,
 )
-def package_champion(root: Path, params: Path) -> str | None:
-    """Build the Bento of the current champion (after the serving layer exists)."""
-    try:
-        from pneumo.package import package
-    except ImportError:
-        get_run_logger().info("no serving package in this version; skipping the Bento build")
-        return None
+def package_champion(root: Path, params: Path) -> str:
+    """Build the Bento of the current champion (reused when it is already built)."""
+    from pneumo.package import package
+
     return str(package(load_settings(params), Workspace(root)))
 
 
-def decision_markdown(decision: dict[str, Any], stages: dict[str, str], bento: str | None) -> str:
-    """The run's story in one page: what ran, champion vs challenger, and the verdict."""
-    lines = ["# pneumo retrain", "", f"**Decision:** {decision.get('verdict', '?')}", ""]
+def verdict(decision: dict[str, Any], stages: dict[str, str]) -> str:
+    """The headline: a rerun that changed nothing keeps the champion it found."""
+    unchanged = not decision.get("newly_registered", True) and all(
+        outcome == SKIPPED for outcome in stages.values()
+    )
+    if unchanged:
+        champion = decision.get("champion_now")
+        return f"unchanged: v{champion} kept" if champion else "unchanged: no champion yet"
+    return str(decision.get("verdict", "?"))
+
+
+def decision_markdown(
+    decision: dict[str, Any], stages: dict[str, str], bento: str | None, root: Path
+) -> str:
+    """The run's story in one page: what ran, champion vs challenger, the verdict, and links."""
+    headline = verdict(decision, stages)
+    lines = ["# pneumo retrain", "", f"**Decision:** {headline}", ""]
+    if headline.startswith("unchanged"):
+        lines += [
+            f"This workspace's model is v{decision.get('version')}, gated at "
+            f"{decision.get('decided_at')}: {decision.get('verdict')}.",
+            "",
+        ]
     reasons = decision.get("reasons") or []
     if reasons:
         lines += ["Reasons:", *[f"- {r}" for r in reasons], ""]
@@ -145,9 +116,20 @@ def decision_markdown(decision: dict[str, Any], stages: dict[str, str], bento: s
         lines.append("")
     lines += ["| stage | status |", "|---|---|"]
     lines += [f"| {name} | {status} |" for name, status in stages.items()]
+    lines += ["", *_links(decision, root)]
     if bento:
         lines += ["", f"Bento: `{bento}`"]
     return "\n".join(lines) + "\n"
+
+
+def _links(decision: dict[str, Any], root: Path) -> list[str]:
+    docs = (Workspace(root).data_docs / "index.html").resolve()
+    lines = [f"- Data Docs (the data contract): [{docs}]({docs.as_uri()})"]
+    if decision.get("run_url"):
+        uri = str(decision.get("tracking_uri", ""))
+        local = "" if uri.startswith("http") else f" (start `mlflow ui --backend-store-uri {uri}`)"
+        lines.append(f"- MLflow run: [{decision.get('run_id')}]({decision['run_url']}){local}")
+    return lines
 
 
 @flow(name="retrain", log_prints=True)
@@ -155,18 +137,19 @@ def retrain(workspace: str = ".", params: str = "params.yaml") -> dict[str, Any]
     """Chain the whole pipeline on a workspace; only one retrain per workspace at a time."""
     root = Path(workspace).resolve()
     params_path = (root / params).resolve()
-    load_settings(params_path)  # a bad params.yaml fails before anything runs
+    settings = load_settings(params_path)  # a bad params.yaml fails before anything runs
     holder = f"flow run '{flow_run.get_name() or 'retrain'}' ({flow_run.get_id() or 'local'})"
     with workspace_lock(root, holder):
-        stages = validate_data(root)
-        for stage, outcome in reproduce_model(root).items():
-            stages.setdefault(stage, outcome)  # ingest/validate already ran in the step above
+        stages = dict.fromkeys(pipeline_stages(root), SKIPPED)
+        for stage in stages_to_run(root, changed_stages(root)):
+            epochs = settings.train.epochs if stage == "train" else 0
+            stages[stage] = run_stage(root, stage, epochs)
         decision = gate_and_register(root, params_path)
-        bento = package_champion(root, params_path) if decision.get("champion_after") else None
+        bento = package_champion(root, params_path) if decision.get("champion_now") else None
         create_markdown_artifact(
             key="retrain-decision",
-            markdown=decision_markdown(decision, stages, bento),
-            description="champion vs challenger and the gate's decision",
+            markdown=decision_markdown(decision, stages, bento, root),
+            description="champion vs challenger, the gate's decision, links to MLflow and GX",
         )
     return {"stages": stages, "decision": decision, "bento": bento}
 
@@ -180,6 +163,27 @@ def serve(workspace: str, cron: str, params: str = "params.yaml") -> None:
         description="Retrain, gate and package pneumo's pneumonia model",
         tags=["pneumo"],
     )
+
+
+def _warm_up() -> None:
+    """Import what the flow needs while the Prefect server boots on another core."""
+    import dvc.repo.status  # noqa: F401  (the flow's first task)
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the default sqlite store)
+    import torch  # noqa: F401  (packaging opens the champion's weights)
+
+    import pneumo.package  # noqa: F401
+    import pneumo.registry  # noqa: F401
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown of torch, MLflow and Prefect: it is slow.
+
+    Every file is closed, the local Prefect server stopped and its logs delivered by now.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,14 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.workspace, args.cron, args.params)
         return 0
+    from flows.local_api import prefect_api
+
+    root = Path(args.workspace).resolve()
     try:
-        result = retrain(workspace=args.workspace, params=args.params)
+        with prefect_api(root / ".pneumo" / "prefect-server.log", warm_up=_warm_up):
+            result = retrain(workspace=args.workspace, params=args.params)
     except PneumoError as exc:
         print(f"retrain: error: {exc}", file=sys.stderr)
         return 1
-    print(decision_markdown(result["decision"], result["stages"], result["bento"]))
+    print(decision_markdown(result["decision"], result["stages"], result["bento"], root))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -38,7 +38,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 
-from pneumo.config import ScoreSettings, load_settings
+from pneumo.config import ModelSettings, ScoreSettings, load_settings
 from pneumo.errors import PneumoError
 from pneumo.workspace import Workspace, atomic_path
 
@@ -89,11 +89,16 @@ def chunk_result(work_dir: Path, chunk: Chunk) -> Path:
 
 
 @lru_cache(maxsize=2)
-def _predictor(model_path: str, decision_path: str, scorer_key: str) -> Any:
-    """One model load per Dask worker process and model, not one per chunk."""
+def _predictor(
+    model_path: str, decision_path: str, scorer_key: str, inference: ModelSettings
+) -> Any:
+    """One model load per Dask worker process and model, not one per chunk.
+
+    The device and precision of ``model.*`` are resolved here, on the worker that runs them.
+    """
     from pneumo.predict import Predictor
 
-    return Predictor.from_files(Path(model_path), Path(decision_path))
+    return Predictor.from_files(Path(model_path), Path(decision_path), inference.accelerator())
 
 
 @task(name="score-chunk", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -103,6 +108,7 @@ def score_chunk(
     model_path: str,
     decision_path: str,
     scorer_key: str,
+    inference: ModelSettings,
     batch_size: int,
     threads: int,
 ) -> dict[str, int]:
@@ -111,7 +117,7 @@ def score_chunk(
     from pneumo.predict import predict_paths
 
     configure_threads(threads)  # one Dask worker thread = this many torch threads
-    predictor = _predictor(model_path, decision_path, scorer_key)
+    predictor = _predictor(model_path, decision_path, scorer_key, inference)
     # workers=1: decode in this worker; Dask already runs one task per core.
     frame = predict_paths(
         [Path(p) for p in chunk.paths], predictor, workers=1, batch_size=batch_size
@@ -149,6 +155,7 @@ def _submit_all(
     model_path: Path,
     decision_path: Path,
     scorer_key: str,
+    inference: ModelSettings,
     settings: ScoreSettings,
     total: int,
 ) -> None:
@@ -165,6 +172,7 @@ def _submit_all(
             str(model_path),
             str(decision_path),
             scorer_key,
+            inference,
             settings.batch_size,
             settings.threads_per_worker,
         )
@@ -203,7 +211,8 @@ def score_on_dask(
     logger = get_run_logger()
     root = Path(workspace).resolve()
     ws = Workspace(root)
-    settings = load_settings(root / params).score
+    everything = load_settings(root / params)
+    settings, inference = everything.score, everything.model
     out = Path(output) if output else settings.output
     out = out if out.is_absolute() else root / out
     if out.suffix.lower() not in (".parquet", ".csv"):
@@ -213,7 +222,8 @@ def score_on_dask(
     decision_path = Path(decision) if decision else ws.decision
     from pneumo.predict import Predictor, collect_images
 
-    Predictor.from_files(model_path, decision_path)  # a missing or broken model fails here, once
+    # A missing or broken model (or an unavailable model.device) fails here, once.
+    Predictor.from_files(model_path, decision_path, inference.accelerator())
     scorer_key = model_key(model_path, decision_path)
     files = collect_images([Path(folder)])
     chunks = plan_chunks(files, settings.chunk_size, scorer_key)
@@ -224,7 +234,7 @@ def score_on_dask(
         len(files), len(chunks), settings.chunk_size, len(chunks) - len(todo), len(todo),
     )  # fmt: skip
     if todo:
-        _submit_all(todo, model_path, decision_path, scorer_key, settings, len(chunks))
+        _submit_all(todo, model_path, decision_path, scorer_key, inference, settings, len(chunks))
     frame = pd.concat([pd.read_parquet(r) for r in results], ignore_index=True)
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".csv":

@@ -48,6 +48,7 @@ MODEL_NAME = "model"  # the logged model's name inside the run
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by the MLflow 3 UI
 MODEL_DEVELOPMENT = "custom_model_development"  # the UI's "Machine learning" kind
 TRAIN_EXCLUDED = frozenset({"threads", "device"})  # where training runs, not what it makes
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 
 
 def resolve_uri(uri: str, workspace: Workspace) -> str:
@@ -379,3 +380,14 @@ def log_standalone_run(
         raise
     client.set_terminated(run_id)
     return run_id
+
+
+def run_url(settings: Settings, workspace: Workspace, run_id: str, ui: str = LOCAL_UI) -> str:
+    """The MLflow UI page of a run: on the tracking server, or on `mlflow ui` for a local store.
+
+    ``workflowType=machine_learning`` opens the model-development view (the UI defaults to GenAI).
+    """
+    uri = resolve_uri(settings.tracking.uri, workspace)
+    experiment = client_for(settings.tracking, workspace).get_run(run_id).info.experiment_id
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"

@@ -185,7 +185,9 @@ def _load_split(workspace: Workspace, split: str, image_size: int) -> dict[str, 
 def fingerprint(settings: Settings, data_digests: dict[str, str]) -> str:
     """Identity of a training: a checkpoint is resumed only by the training it belongs to."""
     blob = {
-        "model": settings.model.model_dump(mode="json", exclude={"tta", "device", "precision"}),
+        # Only what shapes the weights: inference options would make dvc.yaml's train stage
+        # depend on keys that never change the trained model.
+        "model": settings.model.model_dump(mode="json", include={"arch", "resnet", "paper_cnn"}),
         "train": settings.train.model_dump(mode="json", exclude={"threads", "device"}),
         "image_size": settings.preprocess.image_size,
         "data": data_digests,

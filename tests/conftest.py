@@ -1,8 +1,17 @@
-"""Shared fixtures: where the real data lives, and small synthetic Kermany folders."""
+"""Shared fixtures: where the real data lives, and small synthetic Kermany folders.
+
+Every tool's home (Prefect's database and result storage, BentoML's stores, the config and cache
+folders MLflow, DVC and matplotlib write to) is a temporary folder for the whole session, set in
+``pytest_configure``: before any test module is collected, so before Prefect is first imported.
+Nothing a test runs lands in the user's ``~/.prefect``, ``~/bentoml`` or ``~/.config``, nor on the
+MLflow or Prefect server their environment names.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +20,40 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PNEUMO_SHARED_DATA", REPO.parent / "shared" / "data"))
+# variable -> folder under the session's temporary homes
+TOOL_HOMES = {
+    "PREFECT_HOME": "prefect",
+    "BENTOML_HOME": "bentoml",
+    "XDG_CONFIG_HOME": "config",  # MLflow's and DVC's telemetry ids, Chromium's profile
+    "XDG_CACHE_HOME": "cache",
+    "MPLCONFIGDIR": "matplotlib",
+}
+
+
+# A developer's team servers: tests start their own where they need one, and report nowhere else.
+SERVER_VARIABLES = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")
+_homes: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _homes
+    _homes = Path(tempfile.mkdtemp(prefix="pneumo-test-homes-"))
+    for variable, folder in TOOL_HOMES.items():
+        os.environ[variable] = str(_homes / folder)
+    for variable in SERVER_VARIABLES:
+        os.environ.pop(variable, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _homes is not None:
+        shutil.rmtree(_homes, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tool_homes() -> Path:
+    """The session's temporary folder holding every tool's home (see TOOL_HOMES)."""
+    assert _homes is not None
+    return _homes
 
 
 def _require(path: Path) -> Path:

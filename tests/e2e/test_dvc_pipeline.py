@@ -1,60 +1,40 @@
 """`make run DATA=...`: the retrain flow end to end on a few hundred real images (64 px).
 
-The flow runs against a real Prefect server on 127.0.0.1, which must record it; the second run
-with unchanged data skips every DVC stage and keeps the champion.
+The workspace is a git checkout, as a user's is. The flow runs against a real Prefect server on
+127.0.0.1, which must record it with one task per stage and the training's progress; the second
+run with unchanged data skips every DVC stage, keeps the champion and leaves git clean.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
-import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e.servers import prefect_env, prefect_server
+from tests.e2e.workspaces import BIN, QUICK_PARAMS, copy_project, real_subset, set_params
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.prefix) / "bin"
-DATA_STAGES = ("ingest", "validate", "split", "preprocess")
-MODEL_STAGES = ("train", "evaluate", "explain")
-QUICK_PARAMS = (
-    "preprocess.image_size=64",
-    "train.epochs=2",
-    "evaluate.bootstrap_samples=50",
-    # Two epochs on 260 images reach no useful floor; the gate itself is tested in tests/flows.
-    "registry.min_roc_auc=0.0",
-    "registry.min_sensitivity=0.0",
-    "registry.min_specificity=0.0",
-)
+STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "explain")
+GIT = ["git", "-c", "user.name=pneumo tests", "-c", "user.email=tests@pneumo.invalid"]
 
 
-def _subset(real_root: Path, dest: Path, per_class: dict[str, int]) -> Path:
-    """Copy the first images of each class (by name, so whole patients mostly stay together)."""
-    for label, count in per_class.items():
-        target = dest / "train" / label
-        target.mkdir(parents=True)
-        for f in sorted((real_root / "train" / label).iterdir())[:count]:
-            shutil.copy(f, target / f.name)
-    return dest
+def git(ws: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=ws, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture()
 def workspace(tmp_path: Path) -> Path:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "Makefile", "pyproject.toml"):
-        shutil.copy2(REPO / name, ws / name)
-    for package in ("pneumo", "flows", "serving"):
-        if (REPO / package).is_dir():
-            shutil.copytree(
-                REPO / package, ws / package, ignore=shutil.ignore_patterns("__pycache__")
-            )
-    (ws / ".venv").symlink_to(Path(sys.prefix))
-    subprocess.run([BIN / "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True)
+    ws = copy_project(tmp_path / "ws")
+    git(ws, "init", "-q")
+    subprocess.run([BIN / "dvc", "init", "-q"], cwd=ws, check=True)
+    git(ws, "add", "-A")
+    git(ws, "commit", "-qm", "a fresh clone")
     return ws
 
 
@@ -66,74 +46,142 @@ def make_run(ws: Path, data: Path, env: dict[str, str]) -> subprocess.CompletedP
     )  # fmt: skip
 
 
-def _flow_runs(api_url: str) -> list[dict]:
-    response = httpx.post(f"{api_url}/flow_runs/filter", json={"limit": 20}, timeout=30)
+def api(api_url: str, path: str, body: dict) -> list[dict]:
+    response = httpx.post(f"{api_url}/{path}/filter", json=body, timeout=30)
     response.raise_for_status()
     return response.json()
 
 
+def completed_runs(api_url: str) -> list[dict]:
+    return [r for r in api(api_url, "flow_runs", {"limit": 20}) if r["state_type"] == "COMPLETED"]
+
+
+def latest_artifact(api_url: str, key: str) -> dict:
+    found = api(
+        api_url, "artifacts", {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"}
+    )
+    assert found, f"no artifact {key}"
+    return found[0]
+
+
+def task_log(api_url: str, name: str) -> list[dict]:
+    """Log records of the (last) task run called ``name``, oldest first."""
+    runs = api(
+        api_url,
+        "task_runs",
+        {"task_runs": {"name": {"any_": [name]}}, "sort": "EXPECTED_START_TIME_DESC"},
+    )
+    assert runs, f"no task run {name}"
+    body = {
+        "logs": {"task_run_id": {"any_": [runs[0]["id"]]}},
+        "sort": "TIMESTAMP_ASC",
+        "limit": 200,
+    }
+    return api(api_url, "logs", body)
+
+
+def dvc_status(ws: Path) -> dict:
+    run = subprocess.run([BIN / "dvc", "status", "--json"], cwd=ws, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def _check_first_run(ws: Path, run: subprocess.CompletedProcess[str], api_url: str) -> None:
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    for stage in STAGES:
+        assert f"| {stage} | ran |" in run.stdout
+    assert "git add" not in run.stdout + run.stderr  # DVC's hint stays out of the log
+    split = json.loads((ws / "metrics" / "split.json").read_text())
+    assert split["patients_in_two_splits"] == 0
+    metrics = json.loads((ws / "metrics" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == split["test"]["images"] and "ci" in metrics["test"]
+    assert (ws / "reports" / "data_docs" / "index.html").is_file()
+    assert (ws / "plots" / "evaluate" / "evaluation.png").is_file()
+    assert (ws / "plots" / "explain" / "gradcam_grid.png").is_file()
+
+    # One task per stage, whose log streamed while it ran: training's epochs are seconds apart
+    # from its start (a log posted only at the end would carry one timestamp).
+    log = task_log(api_url, "train")
+    messages = [record["message"] for record in log]
+    assert "> pneumo train" in messages
+    epochs = [i for i, m in enumerate(messages) if "pneumo.train: epoch " in m]
+    assert len(epochs) == 2, messages
+    started, last_epoch = (
+        datetime.fromisoformat(log[i]["timestamp"])
+        for i in (messages.index("> pneumo train"), epochs[-1])
+    )
+    assert (last_epoch - started).total_seconds() >= 1
+    progress = latest_artifact(api_url, "train-progress")
+    assert progress["type"] == "progress" and progress["data"] == 100.0
+    assert progress["description"].startswith("epoch 2/2: train loss ")
+
+
 @pytest.mark.slow
-def test_make_run_trains_registers_and_is_then_a_no_op(
+def test_make_run_trains_registers_and_is_then_a_no_op_that_leaves_git_clean(
     workspace: Path, real_root: Path, tmp_path: Path
 ) -> None:
-    data = _subset(real_root, tmp_path / "chest_xray", {"NORMAL": 110, "PNEUMONIA": 150})
-    subprocess.run([BIN / "pneumo", "params", "set", *QUICK_PARAMS], cwd=workspace, check=True)
+    data = real_subset(real_root, tmp_path / "chest_xray", {"NORMAL": 110, "PNEUMONIA": 150})
+    set_params(workspace, *QUICK_PARAMS)
     with prefect_server(tmp_path / "prefect") as api_url:
         env = prefect_env(api_url, tmp_path / "prefect-client")
         first = make_run(workspace, data, env)
-        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-        for stage in (*DATA_STAGES, *MODEL_STAGES):
-            assert f"| {stage} | ran |" in first.stdout
-
-        # Outputs of every stage.
-        split = json.loads((workspace / "metrics" / "split.json").read_text())
-        assert split["patients_in_two_splits"] == 0
-        metrics = json.loads((workspace / "metrics" / "metrics.json").read_text())
-        assert 0.0 <= metrics["test"]["roc_auc"] <= 1.0 and "ci" in metrics["test"]
-        assert (workspace / "reports" / "data_docs" / "index.html").is_file()
-        assert (workspace / "plots" / "evaluate" / "evaluation.png").is_file()
-        assert (workspace / "plots" / "explain" / "gradcam_grid.png").is_file()
-
-        # A champion in the registry.
+        _check_first_run(workspace, first, api_url)
         from pneumo.config import load_settings
         from pneumo.registry import status
         from pneumo.workspace import Workspace
 
         settings = load_settings(workspace / "params.yaml")
-        aliases = status(settings, Workspace(workspace))["aliases"]
-        assert "champion" in aliases
-        champion = aliases["champion"]["version"]
+        champion = status(settings, Workspace(workspace))["aliases"]["champion"]["version"]
+        decision = latest_artifact(api_url, "retrain-decision")["data"]
+        assert f"**Decision:** promoted: v{champion} is the champion" in decision
+        git(workspace, "add", "-A")
+        git(workspace, "commit", "-qm", "first run")
 
-        # The Prefect server recorded the flow run and its decision artifact.
-        runs = [r for r in _flow_runs(api_url) if r["state_type"] == "COMPLETED"]
-        assert runs, "no completed flow run recorded by the Prefect server"
-        artifacts = httpx.post(f"{api_url}/artifacts/filter", json={"limit": 10}, timeout=30).json()
-        assert any(a["key"] == "retrain-decision" for a in artifacts)
-
+        started = time.monotonic()
         second = make_run(workspace, data, env)
+        print(f"no-op make run: {time.monotonic() - started:.1f} s")
         assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
-        for stage in (*DATA_STAGES, *MODEL_STAGES):
+        for stage in STAGES:
             assert f"| {stage} | skipped (unchanged) |" in second.stdout
         assert status(settings, Workspace(workspace))["aliases"]["champion"]["version"] == champion
-        assert len([r for r in _flow_runs(api_url) if r["state_type"] == "COMPLETED"]) == 2
+        assert len(completed_runs(api_url)) == 2
+        decision = latest_artifact(api_url, "retrain-decision")["data"]
+        assert f"**Decision:** unchanged: v{champion} kept" in decision
+        run_id = (workspace / "models" / "run_id.txt").read_text().strip()
+        assert f"/runs/{run_id})" in decision and "reports/data_docs/index.html)" in decision
+    assert git(workspace, "status", "--porcelain") == ""
 
-    shown = subprocess.run(
-        [BIN / "dvc", "metrics", "show", "--json"],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert '"images"' in shown.stdout and '"roc_auc"' in shown.stdout
+    # Deterministic reruns of stages that mint no new MLflow run change no tracked file either.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for stage in ("validate", "evaluate"):
+        command = [BIN / "dvc", "repro", "--force", "--single-item", stage]
+        subprocess.run(command, cwd=workspace, env=env, check=True, capture_output=True)
+        assert git(workspace, "status", "--porcelain") == "", stage
+
+    # Timings: a metric DVC shows, git ignores.
+    shown = subprocess.run([BIN / "dvc", "metrics", "show", "--json"], cwd=workspace,
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "metrics/timing/train.json" in shown and '"train_minutes"' in shown
+    assert '"roc_auc"' in shown and '"images"' in shown
+    git(workspace, "check-ignore", "-q", "metrics/timing/train.json")
+
+    # Where results are logged, and how many cores work, rerun nothing; a real change does.
+    for assignment, stale in (
+        ("tracking.experiment=renamed", {}),
+        ("train.threads=1", {}),
+        ("evaluate.bootstrap_samples=51", {"evaluate"}),
+        ("train.lr=0.001", {"train"}),
+    ):
+        set_params(workspace, assignment)
+        assert set(dvc_status(workspace)) == set(stale), assignment
+        git(workspace, "checkout", "params.yaml")
 
 
 @pytest.mark.slow
 def test_make_run_with_a_broken_contract_stops_before_the_split(
     workspace: Path, real_root: Path, tmp_path: Path
 ) -> None:
-    import os
-
-    data = _subset(real_root, tmp_path / "chest_xray", {"NORMAL": 10, "PNEUMONIA": 200})
+    data = real_subset(real_root, tmp_path / "chest_xray", {"NORMAL": 10, "PNEUMONIA": 200})
     run = make_run(workspace, data, dict(os.environ))
     assert run.returncode != 0
     assert "expect_column_mean_to_be_between(is_pneumonia)" in run.stderr + run.stdout
@@ -147,8 +195,8 @@ def test_make_run_against_shared_mlflow_and_prefect_servers(
     """The team set-up by settings alone: MLflow on PostgreSQL with proxied artifacts + Prefect."""
     from tests.e2e.servers import mlflow_server, postgres_server
 
-    data = _subset(real_root, tmp_path / "chest_xray", {"NORMAL": 110, "PNEUMONIA": 150})
-    subprocess.run([BIN / "pneumo", "params", "set", *QUICK_PARAMS], cwd=workspace, check=True)
+    data = real_subset(real_root, tmp_path / "chest_xray", {"NORMAL": 110, "PNEUMONIA": 150})
+    set_params(workspace, *QUICK_PARAMS)
     with (
         postgres_server() as pg,
         mlflow_server(pg, tmp_path / "artifacts") as tracking_uri,
@@ -158,9 +206,9 @@ def test_make_run_against_shared_mlflow_and_prefect_servers(
         run = make_run(workspace, data, env)
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
 
-        api = f"{tracking_uri}/api/2.0/mlflow"
+        mlflow_api = f"{tracking_uri}/api/2.0/mlflow"
         alias = httpx.get(
-            f"{api}/registered-models/alias",
+            f"{mlflow_api}/registered-models/alias",
             params={"name": "pneumo-cnn", "alias": "champion"},
             timeout=30,
         )
@@ -169,9 +217,11 @@ def test_make_run_against_shared_mlflow_and_prefect_servers(
         assert version["tags"] and any(t["key"] == "validation_status" for t in version["tags"])
         run_id = (workspace / "models" / "run_id.txt").read_text().strip()
         assert version["run_id"] == run_id
-        logged = httpx.get(f"{api}/runs/get", params={"run_id": run_id}, timeout=30).json()["run"]
-        metric_names = {m["key"] for m in logged["data"]["metrics"]}
+        logged = httpx.get(f"{mlflow_api}/runs/get", params={"run_id": run_id}, timeout=30)
+        metric_names = {m["key"] for m in logged.json()["run"]["data"]["metrics"]}
         assert {"test_roc_auc", "test_accuracy"} <= metric_names  # evaluation reopened the run
-        assert any(r["state_type"] == "COMPLETED" for r in _flow_runs(api_url))
+        assert completed_runs(api_url)
+        decision = latest_artifact(api_url, "retrain-decision")["data"]
+        assert f"]({tracking_uri}/#/experiments/" in decision  # the run, on the team server
     assert not (workspace / "mlruns.db").exists()  # nothing went to the embedded store
     assert list((tmp_path / "artifacts").rglob("model.pt"))  # artifacts proxied to the server

@@ -114,3 +114,157 @@ def test_broken_data_contract_fails_the_flow_with_the_gx_summary(
     with pytest.raises(ContractError, match=r"expect_column_mean_to_be_between\(is_pneumonia\)"):
         state.result()
     assert not (ws / "data" / "split.parquet").exists()
+
+
+# ------------------------------------------------------------------ stage tasks and progress
+
+
+def _git_dvc_project(root: Path) -> Path:
+    """A git + DVC project with one trivial stage, as a user's checkout is."""
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    (root / "dvc.yaml").write_text(
+        "stages:\n  hello:\n    cmd: echo hello > hello.txt\n    outs:\n      - hello.txt\n"
+    )
+    return root
+
+
+def test_dvc_output_keeps_its_stage_lines_and_drops_the_git_hint(tmp_path: Path) -> None:
+    from flows.stages import readable_lines
+
+    root = _git_dvc_project(tmp_path / "project")
+    run = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "--single-item", "hello"],
+        cwd=root, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "git add" in run.stdout  # what DVC prints in a git checkout
+    kept = list(readable_lines(iter(run.stdout.splitlines())))
+    assert "Running stage 'hello':" in kept and "> echo hello > hello.txt" in kept
+    assert not [line for line in kept if "git add" in line or "autostage" in line]
+    assert "Use `dvc push` to send your updates to remote storage." not in kept
+
+
+def test_changed_stages_follow_dvc_status(prefect_harness, tmp_path: Path) -> None:
+    from prefect import flow
+
+    from flows.stages import changed_stages, stages_to_run
+
+    root = _git_dvc_project(tmp_path / "project")
+
+    @flow
+    def plan() -> list[str]:
+        return changed_stages(root)
+
+    assert plan() == ["hello"] and stages_to_run(root, ["hello"]) == ["hello"]
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=root, check=True)
+    assert plan() == [] and stages_to_run(root, []) == []
+
+
+def test_training_progress_becomes_an_artifact_epoch_by_epoch(
+    prefect_harness, tmp_path: Path
+) -> None:
+    import json
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from flows.stages import TrainingProgress
+
+    progress_file = tmp_path / "progress" / "train.jsonl"
+    row = {"train_loss": 0.5, "val_log_loss": 0.4, "val_roc_auc": 0.9}
+
+    @flow
+    def follow() -> list[tuple[int, float]]:
+        progress = TrainingProgress(progress_file, epochs=4)
+        seen = []
+        with progress_file.open("a") as handle:
+            for epoch in (1, 2):
+                handle.write(json.dumps({**row, "epoch": epoch}) + "\n")
+            handle.write('{"epoch": 3, "train_lo')  # a line still being written
+            handle.flush()
+            progress.poll()
+            seen.append((progress.done, _progress_of(progress.artifact)))
+            handle.write('ss": 0.3, "val_log_loss": 0.35, "val_roc_auc": 0.95}\n')
+        progress.close("ran")
+        seen.append((progress.done, _progress_of(progress.artifact)))
+        return seen
+
+    def _progress_of(artifact_id) -> float:
+        with get_client(sync_client=True) as client:
+            return next(a.data for a in client.read_artifacts() if a.id == artifact_id)
+
+    assert follow() == [(2, 50.0), (3, 75.0)]
+    with get_client(sync_client=True) as client:
+        artifact = next(a for a in client.read_artifacts() if a.key == "train-progress")
+    assert artifact.type == "progress"
+    assert artifact.description == (
+        "epoch 3/4: train loss 0.3000, val loss 0.3500, val ROC-AUC 0.9500"
+    )
+
+
+# ------------------------------------------------------------------ the decision artifact
+
+
+def _decision(**changes: object) -> dict:
+    base = {
+        "version": 1, "run_id": "abc", "verdict": "promoted: v1 is the champion",
+        "newly_registered": True, "champion_now": 1, "decided_at": "2026-01-01T00:00:00+00:00",
+        "reasons": [], "comparison": {}, "tracking_uri": "sqlite:////ws/mlruns.db",
+        "run_url": "http://127.0.0.1:5000/#/experiments/1/runs/abc",
+    }  # fmt: skip
+    return {**base, **changes}
+
+
+def test_a_rerun_that_changed_nothing_says_the_champion_was_kept(tmp_path: Path) -> None:
+    from flows.retrain import decision_markdown, verdict
+
+    ran = {"train": "ran", "evaluate": "ran"}
+    skipped = dict.fromkeys(ran, "skipped (unchanged)")
+    assert verdict(_decision(), ran) == "promoted: v1 is the champion"
+    assert verdict(_decision(newly_registered=False), skipped) == "unchanged: v1 kept"
+    # A champion rolled back by hand since: the artifact names the champion there is now.
+    assert verdict(_decision(newly_registered=False, version=2), skipped) == "unchanged: v1 kept"
+    page = decision_markdown(_decision(newly_registered=False), skipped, "pneumo:v1-x", tmp_path)
+    assert "**Decision:** unchanged: v1 kept" in page and "promoted" in page.split("\n")[4]
+    docs = (tmp_path / "reports" / "data_docs" / "index.html").resolve().as_uri()
+    assert f"]({docs})" in page
+    assert "[abc](http://127.0.0.1:5000/#/experiments/1/runs/abc)" in page
+    assert "mlflow ui --backend-store-uri sqlite:////ws/mlruns.db" in page
+
+
+# ------------------------------------------------------------------ where runs are recorded
+
+
+def _recorded_runs(prefect_home: Path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        return db.execute(
+            "SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow ON flow.id = "
+            "flow_run.flow_id"
+        ).fetchall()
+
+
+def test_runs_from_the_command_line_are_recorded_in_prefect_home(
+    tmp_path: Path, tool_homes: Path, synthetic_root: Path
+) -> None:
+    """Prefect's own temporary server (healthcheck) and retrain's early one store alike."""
+    import os
+
+    from prefect.settings import PREFECT_HOME
+
+    home = Path(os.environ["PREFECT_HOME"])
+    assert home.is_relative_to(tool_homes) and PREFECT_HOME.value() == home
+    ws = _workspace(tmp_path, synthetic_root)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    check = subprocess.run([sys.executable, "-m", "flows.healthcheck", "--workspace", str(ws)],
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert check.returncode == 0, check.stderr[-3000:]
+    (ws / "params.yaml").write_text("split:\n  sed: 42\n")  # fails inside the flow, quickly
+    retrain_run = subprocess.run([sys.executable, "-m", "flows.retrain", "--workspace", str(ws)],
+                                 env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert retrain_run.returncode == 1 and "unknown key 'split.sed'" in retrain_run.stderr
+    assert "Error logging to API" not in retrain_run.stderr  # logs delivered before the stop
+    runs = _recorded_runs(home)
+    assert ("healthcheck", "COMPLETED") in runs and ("retrain", "FAILED") in runs

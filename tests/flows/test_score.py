@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from flows.score import chunk_result, model_key, plan_chunks, score
-from pneumo.config import ScoreSettings
+from pneumo.config import ModelSettings, ScoreSettings
 from pneumo.errors import ConfigError
 from pneumo.predict import Predictor, collect_images, predict_paths
 
@@ -44,12 +44,19 @@ def _folder(real_root: Path, dest: Path, per_class: int) -> Path:
     return dest
 
 
+# bf16 is not the CPU default of a Predictor (fp32): scores that match it prove that the chunks
+# ran with the workspace's model.* inference settings (emulated where the CPU lacks bf16).
+INFERENCE = {"device": "cpu", "precision": "bf16"}
+
+
 def _workspace(tmp_path: Path, **score: object) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
-    section = {"chunk_size": 100, "n_workers": 2, "threads_per_worker": 1, **score}
-    lines = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in section.items())
-    (ws / "params.yaml").write_text(f"score:\n{lines}")
+    sections = {
+        "score": {"chunk_size": 100, "n_workers": 2, "threads_per_worker": 1, **score},
+        "model": INFERENCE,
+    }
+    (ws / "params.yaml").write_text(json.dumps(sections))  # JSON is YAML
     return ws
 
 
@@ -68,14 +75,20 @@ def test_score_folder_on_dask_matches_predict_and_resumes_one_chunk(
     assert (first["chunks"], first["scored_chunks"], first["reused_chunks"]) == (6, 6, 0)
     table = pd.read_parquet(ws / "scores" / "scores.parquet")
     assert table["path"].tolist() == [str(f) for f in files]  # folder order, every file once
-    assert table["error"].isna().all() and table["probability"].between(0, 1).all()
+    assert table["error"].isna().all()
+    called = np.where(table["probability"] >= 0.5, "PNEUMONIA", "NORMAL")  # the fixed threshold
+    assert table["predicted_label"].tolist() == called.tolist()
     assert set(table["true_label"]) == {"NORMAL", "PNEUMONIA"}
 
-    # The same numbers as `pneumo predict` (predict_paths) on a sample, run here in-process.
+    # The same numbers as `pneumo predict` (predict_paths) with the same inference settings on a
+    # sample, run here in-process; not those of the fp32 default.
     sample = files[::37]
-    expected = predict_paths(sample, Predictor.from_files(model, decision), workers=1)
+    accel = ModelSettings(**INFERENCE).accelerator()
+    expected = predict_paths(sample, Predictor.from_files(model, decision, accel), workers=1)
     scored = table.set_index("path").loc[[str(f) for f in sample]]
     np.testing.assert_allclose(scored["probability"], expected["probability"], atol=1e-5)
+    fp32 = predict_paths(sample, Predictor.from_files(model, decision), workers=1)
+    assert np.abs(scored["probability"].to_numpy() - fp32["probability"].to_numpy()).max() > 1e-5
     assert scored["predicted_label"].tolist() == expected["predicted_label"].tolist()
     assert scored["model"].tolist() == expected["model"].tolist()
 
@@ -94,6 +107,17 @@ def test_score_folder_on_dask_matches_predict_and_resumes_one_chunk(
     again = pd.read_csv(ws / "rescored.csv")
     pd.testing.assert_series_equal(again["path"], table["path"])
     np.testing.assert_allclose(again["probability"], table["probability"], atol=1e-6)
+
+
+def test_chunk_predictor_runs_with_the_model_inference_settings(scorer: tuple[Path, Path]) -> None:
+    from flows.score import _predictor
+    from pneumo.accel import Accelerator
+
+    model, decision = scorer
+    for precision in ("fp32", "bf16"):
+        inference = ModelSettings(device="cpu", precision=precision)
+        predictor = _predictor(str(model), str(decision), "key", inference)
+        assert predictor.accel == Accelerator("cpu", precision)
 
 
 def test_chunk_keys_follow_files_and_model(tmp_path: Path, scorer: tuple[Path, Path]) -> None:

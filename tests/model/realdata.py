@@ -1,9 +1,10 @@
 """Small real-data workspaces for the model tests (64 px, CPU).
 
-Images come from the preprocessed arrays when the pipeline has run (``data/arrays``), else they
-are decoded from the shared Kermany folder; either way through ``decode_radiograph``, and train
-and val never share a patient. The 48 ``originals`` are kept out of every training set here, so
-the known-example tests judge images the model has not seen.
+Images are always decoded from the shared Kermany folder through ``decode_radiograph``, never
+taken from this checkout's ``data/arrays``: the same seed gives the same workspace on every
+machine, whatever the pipeline has run here (the session fixtures in conftest.py build each
+workspace once). Train and val never share a patient. The 48 ``originals`` are kept out of every
+training set here, so the known-example tests judge images the model has not seen.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from pneumo.config import Settings, load_settings
 from pneumo.data.kermany import CLASSES, parse_patient_id, parse_subtype
-from pneumo.data.preprocess import decode_many, decode_radiograph, load_arrays, save_arrays
+from pneumo.data.preprocess import decode_many, save_arrays
 from pneumo.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
 SIZE = 64
 
 
@@ -41,31 +40,6 @@ def fast_settings(**overrides: object) -> Settings:
 
 def _excluded_names(originals_root: Path) -> set[str]:
     return {p.name for p in originals_root.rglob("*.jpeg")}
-
-
-def _from_arrays(
-    split: str, count: int, excluded: set[str], seed: int
-) -> tuple[np.ndarray, pd.DataFrame]:
-    arrays = load_arrays(REPO / "data" / "arrays" / f"{split}.npz")
-    keep = np.array([Path(p).name not in excluded for p in arrays["paths"]])
-    rng = np.random.default_rng(seed)
-    picked = []
-    for label in (0, 1):  # class-balanced so that small sets still hold both classes
-        candidates = np.flatnonzero(keep & (arrays["labels"] == label))
-        picked.append(rng.choice(candidates, size=min(count // 2, len(candidates)), replace=False))
-    index = np.sort(np.concatenate(picked))
-    images = np.stack(
-        [decode_radiograph(Image.fromarray(arrays["images"][i]), SIZE) for i in index]
-    )
-    frame = pd.DataFrame(
-        {
-            "path": arrays["paths"][index],
-            "label": [CLASSES[i] for i in arrays["labels"][index]],
-            "patient_id": arrays["patient_ids"][index],
-            "subtype": arrays["subtypes"][index],
-        }
-    )
-    return images, frame
 
 
 def _from_files(
@@ -103,11 +77,7 @@ def make_workspace(
     root: Path, real_root: Path, originals_root: Path, counts: dict[str, int], seed: int = 0
 ) -> Workspace:
     """A workspace holding train/val arrays of real radiographs at 64 px."""
-    excluded = _excluded_names(originals_root)
-    if all((REPO / "data" / "arrays" / f"{s}.npz").is_file() for s in counts):
-        parts = {s: _from_arrays(s, n, excluded, seed) for s, n in counts.items()}
-    else:
-        parts = _from_files(real_root, counts, excluded, seed)
+    parts = _from_files(real_root, counts, _excluded_names(originals_root), seed)
     workspace = Workspace(root)
     for split, (images, frame) in parts.items():
         save_arrays(workspace.arrays(split), images, frame)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -64,3 +66,64 @@ def test_misspelt_class_folder_fails_without_replacing_the_manifest(
     assert run.returncode == 1
     assert "unknown class folder 'NORMALL'" in run.stderr
     assert (ws / "data" / "manifest.parquet").read_bytes() == manifest
+
+
+# ------------------------------------------------------------------ the command table
+
+
+def test_every_command_module_declares_the_command_it_is_named_after() -> None:
+    from pneumo.cli import command_names, load_command
+
+    names = command_names()
+    assert {"ingest", "validate", "split", "preprocess", "train", "evaluate", "explain"} <= set(
+        names
+    )
+    for name in names:
+        command = load_command(name)
+        assert command.name == name and command.help
+        assert command.handler is not None or command.actions, name
+
+
+def test_a_command_imports_only_its_own_module(tmp_path: Path) -> None:
+    """What keeps dvc.yaml's per-stage deps short: `pneumo split` never loads `pneumo train`."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    script = (
+        "import sys\nfrom pneumo.cli import main\n"
+        "main(['params', 'show'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pneumo.cli.')), file=sys.stderr)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == "['pneumo.cli.params']"
+
+
+def test_a_new_module_is_a_new_sub_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The docstring's recipe: one file with a COMMAND entry, including a one_of group."""
+    import pneumo.cli
+
+    (tmp_path / "stress.py").write_text(
+        "from pneumo.cli import Command, arg, one_of\n"
+        "def run(args):\n"
+        "    print(f'stress {args.severity} alias={args.alias} version={args.version}')\n"
+        "    return 0\n"
+        "COMMAND = Command('stress', help='shifted test split', handler=run, arguments=(\n"
+        "    arg('--severity', type=int, default=3),\n"
+        "    one_of(arg('--alias'), arg('--version', type=int)),\n"
+        "))\n"
+    )
+    monkeypatch.setattr(pneumo.cli, "__path__", [*pneumo.cli.__path__, str(tmp_path)])
+    monkeypatch.setitem(sys.modules, "pneumo.cli.stress", None)  # restored (removed) afterwards
+    del sys.modules["pneumo.cli.stress"]
+    assert "stress" in pneumo.cli.command_names()
+    assert pneumo.cli.main(["stress", "--severity", "5", "--version", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "stress 5 alias=None version=2"
+    with pytest.raises(SystemExit):
+        pneumo.cli.main(["stress", "--alias", "champion", "--version", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pneumo.cli.main(["--help"])
+    assert "stress" in capsys.readouterr().out

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,24 +33,10 @@ def _env_example() -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
-def _interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} and $$, as `docker compose config` does."""
-
-    def value(match: re.Match[str]) -> str:
-        name, operator, rest = match.group(1), match.group(2), match.group(3)
-        if env.get(name):
-            return env[name]
-        if operator == ":?":
-            raise AssertionError(f"${{{name}}} is required: {rest}")
-        return rest or ""
-
-    text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}", value, text)
-    return text.replace("$$", "$")
-
-
 def _compose() -> dict:
-    """The compose file as Docker would see it with infra/.env.example as its .env."""
-    return yaml.safe_load(_interpolate(COMPOSE.read_text(), _env_example()))
+    """The compose file as written: ${VAR} references stay; `docker compose config` (below)
+    checks the interpolation where Docker is installed."""
+    return yaml.safe_load(COMPOSE.read_text())
 
 
 def _port_of(service: dict) -> set[str]:
@@ -77,11 +65,29 @@ def test_mlflow_tracking_uri_env_wins_over_params(
     assert tracking.resolve_uri("sqlite:///mlruns.db", ws) == "http://mlflow:5000"
 
 
-def test_prefect_api_url_env_is_read_by_prefect(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.settings import Settings
+def _api_of_a_run(env: dict[str, str], log: Path) -> str:
+    """The Prefect API a command-line retrain would report to, started with ``env``."""
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom flows.local_api import prefect_api\n"
+        "with prefect_api(Path(sys.argv[1])) as url:\n    print(url)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(log)], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()[-1]
 
-    monkeypatch.setenv("PREFECT_API_URL", "http://prefect-server:4200/api")
-    assert Settings().api.url == "http://prefect-server:4200/api"
+
+def test_a_run_reports_to_prefect_api_url_and_starts_no_server_of_its_own(tmp_path: Path) -> None:
+    env = {**os.environ, "PREFECT_API_URL": "http://prefect-server:4200/api"}
+    assert _api_of_a_run(env, tmp_path / "server.log") == "http://prefect-server:4200/api"
+    assert not (tmp_path / "server.log").exists()  # no local server was started
+
+
+def test_without_prefect_api_url_a_run_starts_a_local_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    url = _api_of_a_run(env, tmp_path / "server.log")
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/api", url)
+    assert (tmp_path / "server.log").is_file()
 
 
 # ---------------------------------------------------------------- prefect.yaml
@@ -136,10 +142,12 @@ def test_compose_has_every_team_service_with_pinned_images() -> None:
 
 def test_compose_mlflow_uses_postgres_and_proxies_artifacts_to_minio() -> None:
     services = _compose()["services"]
-    command = " ".join(services["mlflow"]["command"])
-    assert re.search(
-        r"--backend-store-uri postgresql\+psycopg2://\S+@postgres:5432/mlflow", command
-    )
+    words = services["mlflow"]["command"]
+    store = words[words.index("--backend-store-uri") + 1]
+    user, password = "${POSTGRES_USER:-pneumo}", "${POSTGRES_PASSWORD:?"
+    assert store.startswith(f"postgresql+psycopg2://{user}:{password}")
+    assert store.endswith("}@postgres:5432/mlflow")
+    command = " ".join(words)
     assert "--artifacts-destination s3://mlflow" in command
     env = services["mlflow"]["environment"]
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -180,20 +188,21 @@ def test_compose_clients_reach_the_servers_by_service_name_and_port() -> None:
 def test_compose_gives_pneumo_only_settings_it_honours(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from prefect.settings import Settings
-
     import pneumo
     from pneumo.tracking import resolve_uri
 
     services = _compose()["services"]
     worker_env = services["prefect-worker"]["environment"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", worker_env["MLFLOW_TRACKING_URI"])
-    monkeypatch.setenv("PREFECT_API_URL", worker_env["PREFECT_API_URL"])
+    prefect_url = worker_env["PREFECT_API_URL"]
     honoured = {
         # training, evaluation and the registry all resolve their store here
         "MLFLOW_TRACKING_URI": resolve_uri("sqlite:///mlruns.db", Workspace(tmp_path))
         == worker_env["MLFLOW_TRACKING_URI"],
-        "PREFECT_API_URL": Settings().api.url == worker_env["PREFECT_API_URL"],
+        "PREFECT_API_URL": _api_of_a_run(
+            {**os.environ, "PREFECT_API_URL": prefect_url}, tmp_path / "server.log"
+        )
+        == prefect_url,  # fmt: skip
         "PNEUMO_WORKSPACE": "{{ $PNEUMO_WORKSPACE }}" in (REPO / "prefect.yaml").read_text(),
         # S3 credentials of the DVC remote (botocore's standard variables)
         "AWS_ACCESS_KEY_ID": True,

@@ -1,0 +1,64 @@
+"""`pneumo predict`: radiograph files or folders -> one CSV row per image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pneumo.cli import Command, arg, load_settings_of, workspace_of
+from pneumo.errors import PneumoError
+
+
+def run(args: argparse.Namespace) -> int:
+    from pneumo.predict import Predictor, predict
+
+    settings = load_settings_of(args)
+    workspace = workspace_of(args)
+    if args.champion:
+        if args.model or args.decision:
+            raise PneumoError("--champion replaces --model and --decision: give one or the other")
+        from pneumo.registry import champion_predictor
+
+        predictor = champion_predictor(settings, workspace)
+    else:
+        predictor = Predictor.from_files(
+            args.model or workspace.model,
+            args.decision or workspace.decision,
+            settings.model.accelerator(),
+        )
+    frame = predict(
+        args.paths, args.output, predictor, settings.preprocess.workers, args.batch_size
+    )
+    failed = int(frame["error"].notna().sum())
+    counts = frame["predicted_label"].value_counts().to_dict()
+    print(
+        f"{len(frame)} images -> {args.output}: {counts}"
+        + (f"; {failed} unreadable" if failed else "")
+    )
+    return 0
+
+
+MODEL_ARGS = (
+    arg("--model", type=Path, help="model file (default: this workspace's models/model.pt)"),
+    arg("--decision", type=Path, help="threshold file (default: models/decision.json)"),
+)
+
+COMMAND = Command(
+    "predict",
+    help="predict radiograph files or folders into a CSV (one row per image)",
+    description="Rows: path, probability of pneumonia, predicted label, threshold, model, the "
+    "true label when the folder says it (NORMAL/ or PNEUMONIA/), and the error for unreadable "
+    "files.",
+    handler=run,
+    arguments=(
+        arg("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders"),
+        arg("--output", "-o", type=Path, default=Path("predictions.csv"), help="CSV to write"),
+        *MODEL_ARGS,
+        arg(
+            "--champion",
+            action="store_true",
+            help="use the registry's champion (weights and threshold) instead of this workspace's",
+        ),
+        arg("--batch-size", type=int, default=64),
+    ),
+)
