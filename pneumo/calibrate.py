@@ -12,9 +12,12 @@ were re-estimated), tagged ``site=NAME`` with the alias ``site-NAME``; the champ
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import tempfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,11 @@ from pneumo.accel import Accelerator
 from pneumo.decision import Decision, choose_threshold
 from pneumo.errors import PneumoError
 from pneumo.external import ExternalDataError, LabelledImages
+from pneumo.inference import predict_proba
+from pneumo.metrics import point_metrics
+from pneumo.models import save_model
+from pneumo.registry.site import SiteCandidate, register_site_version
+from pneumo.workspace import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +117,119 @@ def site_decision(
     shifted = Decision(0.5, "prior", prior_log_odds=log_odds).adjust(probabilities)
     chosen = choose_threshold(labels, shifted, settings, tta=base.tta)
     return replace(chosen, referral_margin=base.referral_margin, prior_log_odds=log_odds)
+
+
+def model_prevalence(settings: Any, train_labels: np.ndarray) -> float:
+    """The prior the network learnt: balanced by the sampler or the loss weights, else the data's."""
+    if settings.train.class_balance in ("sampler", "weights"):
+        return 0.5
+    return float(np.mean(train_labels))
+
+
+def calibrate(
+    settings: Any, workspace: Any, folder: Path, site: str, alias_or_version: str = "champion"
+) -> dict[str, Any]:
+    """Calibrate a registry version for ``site`` on the labelled sample in ``folder``.
+
+    Writes ``metrics/site-NAME.json`` and registers the result (see :mod:`pneumo.registry.site`).
+    A refused sample or a failed gate leaves every existing alias as it was.
+    """
+    from pneumo.accel import configure_threads
+    from pneumo.data.preprocess import decode_many
+    from pneumo.external import _safe_name, check_no_overlap, load_labelled_folder
+    from pneumo.predict import Predictor
+    from pneumo.registry import download_version
+    from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
+
+    cfg = settings.calibrate
+    site = _safe_name(site)
+    configure_threads(settings.model.threads)
+    images = load_labelled_folder(folder, settings.preprocess.workers)
+    check_sample_size(images, cfg.min_per_class)
+    check_no_overlap(images, workspace)
+    halves = split_sample(images, cfg.report_fraction, cfg.seed)
+    accel = settings.model.accelerator()
+    with tempfile.TemporaryDirectory(prefix="pneumo-calibrate-") as tmp:
+        source, adapted_dir = Path(tmp) / "source", Path(tmp) / "adapted"
+        info = download_version(settings, workspace, alias_or_version, source)
+        reference = Predictor.from_files(source / MODEL_FILE, source / DECISION_FILE, accel,
+                                         source / GUARD_FILE)  # fmt: skip
+        pixels = decode_many(list(images.frame["path"]), reference.image_size,
+                             settings.preprocess.workers, "site sample")  # fmt: skip
+        weights = source / MODEL_FILE
+        if cfg.recalibrate_batchnorm:
+            weights = adapted_dir / MODEL_FILE
+            adapted = reestimate_batchnorm(reference.model, pixels[halves.calibration], accel)
+            save_model(adapted, weights, reference.metadata)
+        report, decision = _calibrated_report(settings, workspace, images, halves, reference,
+                                              weights, pixels)  # fmt: skip
+        report.update(site=site, calibrated_from=int(info["version"]))
+        decision.save(adapted_dir / DECISION_FILE)
+        _write(workspace.site_metrics(site), report)
+        guard = source / GUARD_FILE
+        candidate = SiteCandidate(
+            site=site, model=weights, decision=adapted_dir / DECISION_FILE,
+            guard=guard if guard.is_file() else None, calibrated_from=int(info["version"]),
+            site_metrics=point_metrics(report["calibrated"]),
+            reference_metrics=point_metrics(report["reference"]),
+            sample_sha256=sha256_of_sample(images), report_files=[workspace.site_metrics(site)],
+            facts={"site_counts": json.dumps(images.counts()), "site_prevalence": str(cfg.prevalence),
+                   "batchnorm_reestimated": str(cfg.recalibrate_batchnorm).lower()},
+        )  # fmt: skip
+        verdict = register_site_version(settings, workspace, candidate, pixels[:2])
+    report["verdict"] = verdict.to_json()
+    _write(workspace.site_metrics(site), report)
+    return report
+
+
+def _calibrated_report(
+    settings: Any,
+    workspace: Any,
+    images: LabelledImages,
+    halves: SiteSplit,
+    reference: Any,
+    weights: Path,
+    pixels: np.ndarray,
+) -> tuple[dict[str, Any], Decision]:
+    """The site decision (chosen on the calibration half) and both versions on the report half."""
+    from pneumo.data.preprocess import load_arrays
+    from pneumo.evaluate import score
+    from pneumo.models import load_model
+
+    cfg = settings.calibrate
+    model, _ = load_model(weights)
+    probabilities = predict_proba(model, pixels, settings.model.batch_size, reference.decision.tta,
+                                  reference.accel)  # fmt: skip
+    labels, patients = images.labels, images.frame["patient_id"].to_numpy()
+    subtypes = images.frame["subtype"].to_numpy()
+    train_labels = load_arrays(workspace.arrays("train"))["labels"]
+    shift = prior_log_odds(cfg.prevalence, model_prevalence(settings, train_labels))
+    cal, rep = halves.calibration, halves.report
+    decision = site_decision(labels[cal], probabilities[cal], reference.decision,
+                             settings.evaluate, shift)  # fmt: skip
+    calibrated = score(labels[rep], decision.adjust(probabilities[rep]), patients[rep], decision,
+                       settings.evaluate, subtypes[rep], name="calibrated")  # fmt: skip
+    as_is = reference.probabilities(pixels[rep], settings.model.batch_size)
+    points_only = settings.evaluate.model_copy(update={"bootstrap_samples": 0})
+    before = score(labels[rep], as_is, patients[rep], reference.decision, points_only,
+                   name="reference")  # fmt: skip
+    report = {
+        "counts": images.counts(), "calibration_images": int(len(cal)),
+        "report_images": int(len(rep)), "prevalence": cfg.prevalence, "prior_log_odds": shift,
+        "recalibrated_batchnorm": cfg.recalibrate_batchnorm,
+        "reference_threshold": reference.decision.threshold, **calibrated,
+        "reference": before["reference"],
+    }  # fmt: skip
+    return report, decision
+
+
+def _write(path: Path, report: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def sha256_of_sample(images: LabelledImages) -> str:
+    """The identity of a sample: its images' contents, in a stable order."""
+    import hashlib
+
+    return hashlib.sha256("".join(sorted(images.frame["sha256"])).encode()).hexdigest()

@@ -226,6 +226,22 @@ class StressSettings(_Section):
     seed: int = Field(0, description="draws of the random shifts (noise, marker placement)")
 
 
+class CalibrateSettings(_Section):
+    """`pneumo calibrate FOLDER --site NAME`: a registry version adapted to a new site's sample."""
+
+    min_per_class: int = Field(30, ge=10, description="refuse samples with fewer images per class")
+    report_fraction: float = Field(
+        0.5, gt=0.1, lt=0.9, description="share of patients kept to report (never to calibrate)"
+    )
+    prevalence: float | None = Field(
+        None, gt=0.0, lt=1.0, description="the site's pneumonia prevalence: prior-shift correction"
+    )
+    recalibrate_batchnorm: bool = Field(
+        False, description="re-estimate BatchNorm statistics on the site's images (AdaBN)"
+    )
+    seed: int = 0
+
+
 class GuardSettings(_Section):
     """`pneumo guard`: the out-of-distribution detector shipped with the model (pneumo/guard.py)."""
 
@@ -366,6 +382,7 @@ class Settings(_Section):
     explain: ExplainSettings = ExplainSettings()
     stress: StressSettings = StressSettings()
     guard: GuardSettings = GuardSettings()
+    calibrate: CalibrateSettings = CalibrateSettings()
     registry: RegistrySettings = RegistrySettings()
     score: ScoreSettings = ScoreSettings()
     serve: ServeSettings = ServeSettings()

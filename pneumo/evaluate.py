@@ -116,15 +116,15 @@ def test_source(workspace: Workspace) -> str:
     return str(json.loads(workspace.split_metrics.read_text()).get("test_source", "unknown"))
 
 
-def mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
+def mlflow_metrics(report: dict[str, Any], part: str = "test") -> dict[str, float]:
     """The report's test point metrics as MLflow names (intervals go to :func:`metrics_table`).
 
     test -> ``test/roc_auc``, test_viral -> ``test/viral/roc_auc``; the threshold chosen on the
     validation split -> ``val/threshold``.
     """
     flat: dict[str, float] = {"val/threshold": float(report["threshold"]["threshold"])}
-    for part, values in _test_parts(report):
-        prefix = part.replace("_", "/", 1)
+    for name_of_part, values in _parts(report, part):
+        prefix = name_of_part.replace("_", "/", 1)
         for name in POINT_METRICS:
             value = values.get(name)
             if value is not None and np.isfinite(value):
@@ -132,20 +132,24 @@ def mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def metrics_table(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per test part and metric: value and its bootstrap interval (NaN when none)."""
+def metrics_table(report: dict[str, Any], part: str = "test") -> pd.DataFrame:
+    """One row per scored part and metric: value and its bootstrap interval (NaN when none)."""
     rows = []
-    for part, values in _test_parts(report):
+    for name_of_part, values in _parts(report, part):
         for name in POINT_METRICS:
             low, high = values.get("ci", {}).get(name, (np.nan, np.nan))
             value = values.get(name, np.nan)
-            rows.append({"split": part, "metric": name, "value": value, "ci_low": low,
+            rows.append({"split": name_of_part, "metric": name, "value": value, "ci_low": low,
                          "ci_high": high})  # fmt: skip
     return pd.DataFrame(rows, columns=["split", "metric", "value", "ci_low", "ci_high"])
 
 
-def _test_parts(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [(k, v) for k, v in report.items() if k.startswith("test") and isinstance(v, dict)]
+def _parts(report: dict[str, Any], part: str) -> list[tuple[str, dict[str, Any]]]:
+    """The scored parts of a report: ``part`` and its slices (``test``, ``test_viral``, ...)."""
+    return [
+        (k, v) for k, v in report.items()
+        if (k == part or k.startswith(f"{part}_")) and isinstance(v, dict) and "n" in v
+    ]  # fmt: skip
 
 
 def _log_to_mlflow(

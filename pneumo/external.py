@@ -22,6 +22,7 @@ import pandas as pd
 from pneumo.config import Settings
 from pneumo.data.kermany import CLASSES, LABEL_INDEX
 from pneumo.errors import DatasetError, PipelineOrderError
+from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def _predictor(
     from pneumo.registry import download_version
 
     info = download_version(settings, workspace, alias_or_version, tmp)
-    predictor = Predictor.from_files(tmp / "model.pt", tmp / "decision.json", accel)
+    predictor = Predictor.from_files(tmp / MODEL_FILE, tmp / DECISION_FILE, accel, tmp / GUARD_FILE)
     return predictor, {"source": "registry", "name": info["name"], "version": info["version"],
                        "run_id": info.get("run_id"), "model": predictor.model_id}  # fmt: skip
 
@@ -197,10 +198,14 @@ def _log(
         log.warning("the model has no MLflow run: the external evaluation is not tracked")
         return
     from pneumo import tracking
-    from pneumo.evaluate import flat_metrics
+    from pneumo.evaluate import metrics_table, mlflow_metrics
 
-    tracking.log_to_run(settings, workspace, run_id, flat_metrics(report), files,
-                        f"external-{report['dataset']['name']}")  # fmt: skip
+    name = report["dataset"]["name"]
+    metrics = {k.replace("external/", f"external/{name}/", 1): v
+               for k, v in mlflow_metrics(report, "external").items() if k != "val/threshold"}  # fmt: skip
+    table = metrics_table(report, "external").to_csv(index=False)
+    tracking.log_to_run(settings, workspace, run_id, metrics, files, f"external-{name}",
+                        texts={"metrics_with_intervals.csv": table})  # fmt: skip
 
 
 def _safe_name(name: str) -> str:

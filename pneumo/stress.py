@@ -285,7 +285,7 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
     if workspace.run_id.is_file():
         from pneumo import tracking
 
-        flat = {f"stress_{k}": v for k, v in report["summary"].items() if isinstance(v, float)}
+        flat = {f"stress/{k}": v for k, v in report["summary"].items() if isinstance(v, float)}
         tracking.log_to_run(settings, workspace, workspace.run_id.read_text().strip(), flat,
                             files, "stress")  # fmt: skip
     s = report["summary"]

@@ -127,6 +127,10 @@ class Workspace:
         """`pneumo evaluate --external FOLDER --name NAME`: metrics of an outside labelled set."""
         return self.root / "metrics" / f"external-{name}.json"
 
+    def site_metrics(self, site: str) -> Path:
+        """`pneumo calibrate --site NAME`: the site sample's report half, before and after."""
+        return self.root / "metrics" / f"site-{site}.json"
+
     def external_plots(self, name: str) -> Path:
         return self.root / "plots" / f"external-{name}"
 

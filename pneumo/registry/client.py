@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_ARTIFACT = "artifacts/model.pt"  # where mlflow.pyfunc stores the "model" artifact
 DECISION_ARTIFACT = "decision.json"  # the threshold, added to the logged model at registration
+GUARD_ARTIFACT = "guard.pt"  # the input guard, added beside it (versions before it lack one)
 RETRY_ATTEMPTS = 3
 RETRY_DELAY_S = 1.0  # doubled after each failed attempt
 HEALTH_TIMEOUT_S = 10.0
@@ -320,7 +321,7 @@ class RegistryClient:
         return Path(local)
 
     def version_files(self, version: int, dest_dir: Path) -> dict[str, Path]:
-        """Download a version's weights and decision.json into ``dest_dir``."""
+        """Download a version's weights, decision.json and (when it has one) guard.pt."""
         base = self._call(
             "get_model_version_download_uri",
             lambda: self.client.get_model_version_download_uri(self.name, str(version)),
@@ -334,6 +335,11 @@ class RegistryClient:
                     f"{self.name} version {version} lacks {artifact} ({first_line(exc)}): it was "
                     "not registered by `pneumo registry register`; register a new model"
                 ) from exc
+        try:
+            files["guard"] = self.download(base, GUARD_ARTIFACT, dest_dir / "guard")
+        except MlflowException:
+            log.warning("%s version %s has no input guard: it answers without one", self.name,
+                        version)  # fmt: skip
         return files
 
 

@@ -191,7 +191,8 @@ def _register(
                 f"models/model.pt differs from the weights logged in run {run_id}: the file changed "
                 "after training; rerun `pneumo train` (or `dvc repro`) so the run and the file agree"
             )
-    registry.add_model_files(logged.model_id, [workspace.decision])
+    shipped = [workspace.decision, *([workspace.guard] if workspace.guard.is_file() else [])]
+    registry.add_model_files(logged.model_id, shipped)
     tags = {**_registration_tags(run, workspace, decision, model_sha256), **evaluated}
     pending = "Registered; the promotion gate has not judged this version yet."
     version, created = registry.create_version(logged, run_id, tags, pending)
@@ -262,6 +263,7 @@ def _registration_tags(
         "validation_status": "pending",
         "model_sha256": model_sha256,
         "decision_sha256": sha256_file(workspace.decision),
+        "guard_sha256": sha256_file(workspace.guard) if workspace.guard.is_file() else "none",
         "threshold": f"{decision.threshold:.6g}",
         "threshold_rule": decision.rule,
         "tta": str(decision.tta).lower(),

@@ -16,6 +16,7 @@ from pneumo.decision import Decision
 from pneumo.registry.client import RegistryClient, RegistryError, connect
 from pneumo.registry.gate import REPORTED_METRICS
 from pneumo.registry.promotion import CHAMPION
+from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
 from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def download_version(
     alias_or_version: str | int,
     dest: Path,
 ) -> dict[str, Any]:
-    """Put ``model.pt`` and ``decision.json`` of an alias (e.g. champion) or version into ``dest``.
+    """Put ``model.pt``, ``decision.json`` and ``guard.pt`` of an alias or version into ``dest``.
 
     Returns {name, version, run_id, threshold, metrics, registered_at, ...} for packaging.
     """
@@ -69,10 +70,10 @@ def download_version(
                     f"the weights of {registry.name} v{version} do not match their recorded "
                     "sha256: the artifact store was altered; re-register the model"
                 )
-            for name, source in (
-                ("model.pt", files["model"]),
-                ("decision.json", files["decision"]),
-            ):
+            shipped = {MODEL_FILE: files["model"], DECISION_FILE: files["decision"]}
+            if "guard" in files:
+                shipped[GUARD_FILE] = files["guard"]
+            for name, source in shipped.items():
                 with atomic_path(dest / name) as target:
                     shutil.copyfile(source, target)
             aliases = [a for a, v in registry.aliases().items() if v == version]
@@ -93,14 +94,14 @@ def download_version(
 
 
 def champion_predictor(settings: Settings, workspace: Workspace = Workspace()) -> Predictor:
-    """A Predictor for the registry's champion (weights + threshold), e.g. `pneumo predict --champion`."""
+    """The registry's champion (weights, threshold, guard), e.g. for `pneumo predict --champion`."""
     from pneumo.predict import Predictor
 
     with tempfile.TemporaryDirectory(prefix="pneumo-champion-") as tmp:
         info = download_version(settings, workspace, CHAMPION, Path(tmp))
-        predictor = Predictor.from_files(
-            Path(tmp) / "model.pt", Path(tmp) / "decision.json", settings.model.accelerator()
-        )
+        folder = Path(tmp)
+        predictor = Predictor.from_files(folder / MODEL_FILE, folder / DECISION_FILE,
+                                         settings.model.accelerator(), folder / GUARD_FILE)  # fmt: skip
     return replace(predictor, model_id=f"{info['name']}/v{info['version']}:{predictor.model_id}")
 
 

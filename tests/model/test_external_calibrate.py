@@ -1,0 +1,174 @@
+"""External validation and site calibration on real radiographs, against a real registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pneumo.config import Settings
+from pneumo.data.kermany import CLASSES, LABEL_INDEX
+from pneumo.data.preprocess import load_arrays
+from pneumo.external import ExternalDataError, evaluate_external
+from pneumo.metrics import binary_metrics
+from pneumo.predict import Predictor, predict_paths
+from pneumo.workspace import Workspace, sha256_file
+from tests.model.realdata import fast_settings, make_workspace
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def registered(
+    tmp_path_factory: pytest.TempPathFactory, real_root: Path, originals_root: Path
+) -> tuple[Workspace, Settings]:
+    """A real model (64 px) trained, evaluated, guarded and registered as champion v1."""
+    from pneumo.evaluate import evaluate
+    from pneumo.guard import guard_stage
+    from pneumo.registry import register_and_gate
+    from pneumo.train import train
+
+    root = tmp_path_factory.mktemp("site")
+    workspace = make_workspace(root, real_root, originals_root, {"train": 640, "val": 160})
+    shutil.copy(workspace.arrays("val"), workspace.arrays("test"))  # mechanics only
+    settings = fast_settings(**{
+        "train.epochs": 8, "train.warmup_epochs": 1.0, "evaluate.bootstrap_samples": 50,
+        "tracking.uri": f"sqlite:///{root / 'mlruns.db'}", "tracking.experiment": "site-tests",
+        "registry.min_specificity": 0.5, "registry.min_sensitivity": 0.5,
+        "guard.probes_per_kind": 10, "calibrate.min_per_class": 20,
+    })  # fmt: skip
+    train(settings, workspace)
+    evaluate(settings, workspace)
+    guard_stage(settings, workspace)
+    used = np.concatenate([load_arrays(workspace.arrays(s))["paths"] for s in ("train", "val")])
+    manifest = pd.DataFrame({"path": used, "sha256": [sha256_file(real_root / p) for p in used]})
+    workspace.manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.to_parquet(workspace.manifest)
+    assert register_and_gate(settings, workspace).passed
+    return workspace, settings
+
+
+def _unseen(real_root: Path, workspace: Workspace, per_class: int, skip: int = 0) -> list[Path]:
+    """Real images the workspace's model never saw, ``per_class`` of each class."""
+    used = {Path(p).name for p in pd.read_parquet(workspace.manifest)["path"]}
+    picked: list[Path] = []
+    for label in CLASSES:
+        files = [p for p in sorted((real_root / "train" / label).iterdir()) if p.name not in used]
+        picked += files[-(skip + per_class) : len(files) - skip]
+    return picked
+
+
+def _folder(root: Path, files: list[Path], change=None) -> Path:  # noqa: ANN001
+    for path in files:
+        target = root / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if change is None:
+            shutil.copy(path, target)
+        else:
+            pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+            Image.fromarray(change(pixels)).save(target, quality=95)
+    return root
+
+
+def test_external_evaluation_equals_predict_plus_scoring_by_hand(
+    registered: tuple[Workspace, Settings], real_root: Path, tmp_path: Path
+) -> None:
+    workspace, settings = registered
+    folder = _folder(tmp_path / "site-a", _unseen(real_root, workspace, 30))
+    report = evaluate_external(settings, workspace, folder, name="Site A")
+    assert workspace.external_metrics("site-a").is_file()
+    assert report["dataset"]["counts"] == {"NORMAL": 30, "PNEUMONIA": 30}
+    predictor = Predictor.from_workspace(workspace, settings.model.accelerator())
+    frame = predict_paths([folder], predictor, workers=1)
+    labels = frame["true_label"].map(LABEL_INDEX).to_numpy()
+    by_hand = binary_metrics(labels, frame["probability"].to_numpy(), predictor.threshold)
+    for name in ("accuracy", "roc_auc", "sensitivity", "specificity"):
+        assert report["external"][name] == pytest.approx(by_hand[name], abs=1e-6), name
+        low, high = report["external"]["ci"][name]
+        assert low <= report["external"][name] <= high
+    assert (workspace.external_plots("site-a") / "roc.csv").is_file()
+    # The registry's champion is the same weights and threshold: the same numbers.
+    via_registry = evaluate_external(settings, workspace, folder, "site-a", "champion")
+    assert via_registry["model"]["source"] == "registry" and via_registry["model"]["version"] == 1
+    assert via_registry["external"]["roc_auc"] == pytest.approx(report["external"]["roc_auc"])
+
+
+def test_bad_external_folders_are_refused_with_the_reason(
+    registered: tuple[Workspace, Settings], real_root: Path, tmp_path: Path
+) -> None:
+    workspace, settings = registered
+    seen = [real_root / p for p in pd.read_parquet(workspace.manifest)["path"][:3]]
+    cases = {
+        "empty": (_folder(tmp_path / "empty", []), "neither NORMAL"),
+        "one class": (_folder(tmp_path / "one", _unseen(real_root, workspace, 3)[:3]), "one class"),
+        "overlap": (_folder(tmp_path / "overlap", _unseen(real_root, workspace, 3) + seen),
+                    "also in the training dataset"),
+    }  # fmt: skip
+    (tmp_path / "empty" / "NORMAL").mkdir(parents=True)
+    broken = _folder(tmp_path / "broken", _unseen(real_root, workspace, 3))
+    victim = next((broken / "NORMAL").iterdir())
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])
+    cases["damaged"] = (broken, "would be quarantined")
+    cases["empty"] = (tmp_path / "empty", "no images")
+    for name, (folder, message) in cases.items():
+        with pytest.raises(ExternalDataError, match=message):
+            evaluate_external(settings, workspace, folder, name=name.replace(" ", "-"))
+
+
+def test_calibration_moves_the_threshold_towards_a_brighter_site_and_keeps_the_weights(
+    registered: tuple[Workspace, Settings], real_root: Path, tmp_path: Path
+) -> None:
+    from pneumo.calibrate import calibrate
+    from pneumo.registry import status
+
+    workspace, settings = registered
+    files = _unseen(real_root, workspace, 40, skip=30)
+
+    def brighter(pixels: np.ndarray) -> np.ndarray:  # the stress battery's brighter@2
+        return np.clip(pixels * 0.6 + 0.4 * 255, 0, 255).astype(np.uint8)
+
+    plain = _folder(tmp_path / "plain", files)
+    shifted = _folder(tmp_path / "bright", files, brighter)
+    predictor = Predictor.from_workspace(workspace)
+    before = predict_paths([plain], predictor, workers=1)["probability"].mean()
+    after = predict_paths([shifted], predictor, workers=1)["probability"].mean()
+    direction = np.sign(after - before)  # which way this site moves the model's scores
+    assert direction != 0
+    report = calibrate(settings, workspace, shifted, "bright-site")
+    moved = report["threshold"]["threshold"] - report["reference_threshold"]
+    assert np.sign(moved) == direction, (before, after, report["threshold"])
+    state = status(settings, workspace)
+    versions = {v["version"]: v for v in state["versions"]}
+    site = versions[report["verdict"]["version"]]
+    champion = state["aliases"]["champion"]
+    assert champion["version"] == 1  # never replaced by a calibration
+    from pneumo.registry.client import connect
+
+    with connect(settings, workspace) as registry:
+        tags = registry.version(site["version"]).tags
+        champion_tags = registry.version(1).tags
+    assert tags["model_sha256"] == champion_tags["model_sha256"]  # the same weights
+    assert tags["site"] == "bright-site" and tags["calibrated_from"] == "v1"
+    assert (state["aliases"].get("site-bright-site") is not None) == report["verdict"]["passed"]
+    stored = json.loads(workspace.site_metrics("bright-site").read_text())
+    assert stored["calibration_images"] + stored["report_images"] == 80
+    assert stored["calibrated"]["n"] == stored["report_images"]  # reported on the other half only
+
+
+def test_calibration_refuses_a_small_sample_and_names_what_is_missing(
+    registered: tuple[Workspace, Settings], real_root: Path, tmp_path: Path
+) -> None:
+    from pneumo.calibrate import calibrate
+    from pneumo.registry import status
+
+    workspace, settings = registered
+    before = status(settings, workspace)["aliases"]
+    folder = _folder(tmp_path / "small", _unseen(real_root, workspace, 12))
+    with pytest.raises(ExternalDataError, match="12 NORMAL, 12 PNEUMONIA.*at least 20"):
+        calibrate(settings, workspace, folder, "small-site")
+    assert status(settings, workspace)["aliases"] == before
