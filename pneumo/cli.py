@@ -270,11 +270,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     packaged = _package(args)
     settings = _settings(args)
-    command = serve_command(settings, packaged.bento_tag)
+    command = serve_command(settings, packaged.bento_tag, args.host, args.port, args.workers)
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home(settings, _workspace(args)))}
-    print(f"serving {packaged.bento_tag} at http://{settings.serve.host}:{settings.serve.port}"
-          " (open it for the web page; POST /predict, /predict_batch, /explain;"
-          " GET /metadata, /model_card, /readyz); Ctrl-C stops",
+    host, port = command[command.index("--host") + 1], command[command.index("--port") + 1]
+    print(f"serving {packaged.bento_tag} at http://{host}:{port}"
+          " (open it for the web page, /docs for the API); Ctrl-C stops",
           flush=True)  # fmt: skip
     os.execve(command[0], command, env)  # the server replaces this process: Ctrl-C reaches it
     return 0  # not reached
@@ -465,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="registry alias or version number (default: %(default)s)",
         )
         p.add_argument("--force", action="store_true", help="rebuild the Bento even if up to date")
+        if name == "serve":  # without editing params.yaml (which would rebuild the Bento)
+            p.add_argument("--host", help="address to listen on (default: serve.host)")
+            p.add_argument("--port", type=int, help="port (default: serve.port)")
+            p.add_argument(
+                "--workers", type=int, help="model worker processes (default: serve.workers)"
+            )
         p.set_defaults(handler=handler)
 
     p = sub.add_parser("params", help="show params.yaml as validated settings, or set keys in it")

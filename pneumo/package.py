@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from pneumo.config import Settings
-from pneumo.errors import PipelineOrderError, PneumoError
+from pneumo.config import ServeSettings, Settings
+from pneumo.errors import ConfigError, PipelineOrderError, PneumoError
 from pneumo.stored_model import (
     CHAMPION_ALIAS,
     COMPARISON_FILE,
@@ -367,19 +368,27 @@ def package(
     return Packaged(model_tag, bento_tag, metadata, reused_model, reused_bento)
 
 
-def serve_command(settings: Settings, bento_tag: str) -> list[str]:
-    """The `bentoml serve` command line for a packaged Bento at ``serve.host:serve.port``."""
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        bento_tag,
-        "--host",
-        settings.serve.host,
-        "--port",
-        str(settings.serve.port),
-    ]
+def serve_command(
+    settings: Settings,
+    bento_tag: str,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+) -> list[str]:
+    """The `bentoml serve` command line for a packaged Bento at ``serve.host:serve.port``;
+    ``host``, ``port`` and ``workers`` (model worker processes) override params.yaml's."""
+    given = {"host": host, "port": port, "workers": workers}
+    overrides = {name: value for name, value in given.items() if value is not None}
+    try:
+        serve = ServeSettings.model_validate({**settings.serve.model_dump(), **overrides})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        raise ConfigError(f"--{problem['loc'][0]}: {problem['msg']}") from None
+    command = [sys.executable, "-m", "bentoml", "serve", bento_tag]
+    command += ["--host", serve.host, "--port", str(serve.port)]
+    if workers is not None:  # a Bento argument, read when the services are decorated
+        command += ["--arg", f"workers={serve.workers}"]
+    return command
 
 
 if __name__ == "__main__":  # the model-store child of import_champion: request on stdin

@@ -31,12 +31,23 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel
+from starlette.responses import Response
 
 from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
 from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE, MODEL_FILE
+from serving import api as routes
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
+from serving.openapi import openapi_document
+from serving.schema import (
+    BatchPrediction,
+    Incoming,
+    OverlayPng,
+    Prediction,
+    RadiographInput,
+    RadiographsInput,
+)
 from serving.web import read_model_card
 
 log = logging.getLogger("pneumo.serving")
@@ -179,7 +190,12 @@ class PneumoniaModel:
         return gradcam(self.predictor.model, np.require(images, np.uint8, ["C", "W"]))
 
 
-@bentoml.asgi_app(create_app(bentoml.get_current_service), path="/")
+def _document() -> dict[str, Any]:
+    """/docs.json: BentoML's OpenAPI document of the service, completed (serving/openapi.py)."""
+    return openapi_document(PneumoniaService.openapi_spec.asdict())
+
+
+@bentoml.asgi_app(create_app(bentoml.get_current_service, _document), path="/")
 @bentoml.service(
     name="pneumonia-service",
     workers=1,  # async I/O; decoding runs in threads, about one per core
@@ -190,8 +206,9 @@ class PneumoniaModel:
 class PneumoniaService:
     """The public service: validates uploads, decodes them, asks the model service.
 
-    Its routes (serving/api.py) are mounted at the root; BentoML's own /livez, /readyz and
-    /metrics answer first, and /readyz waits for the model service's __is_ready__.
+    /predict, /predict_batch and /explain are typed endpoints whose bodies serving/api.py reads
+    under limits; the GET routes, the web page and /docs are mounted at the root. BentoML's own
+    /livez, /readyz and /metrics answer first; /readyz waits for the model's __is_ready__.
     """
 
     model = bentoml.depends(PneumoniaModel)
@@ -216,6 +233,23 @@ class PneumoniaService:
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
+
+    @bentoml.api(route="/predict", input_spec=RadiographInput, output_spec=Prediction)
+    async def predict(self, image: Incoming) -> Response:
+        """Probability of pneumonia in one radiograph, the call at the decision threshold and
+        whether to refer it to a radiologist."""
+        return await routes.respond(routes.predict, image.request, self)
+
+    @bentoml.api(route="/predict_batch", input_spec=RadiographsInput, output_spec=BatchPrediction)
+    async def predict_batch(self, images: Incoming) -> Response:
+        """Predict up to serve.max_batch_files radiographs: all of them or, if any file is
+        unusable, none (the answer lists each bad file)."""
+        return await routes.respond(routes.predict_batch, images.request, self)
+
+    @bentoml.api(route="/explain", input_spec=RadiographInput, output_spec=OverlayPng)
+    async def explain(self, image: Incoming) -> Response:
+        """Grad-CAM of the pneumonia score on the model's view (?format=png, json or layers)."""
+        return await routes.respond(routes.explain, image.request, self)
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
         return await self._call_model("classify", images)
