@@ -270,8 +270,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     packaged = _package(args)
     settings = _settings(args)
-    command = serve_command(settings, packaged.bento_tag, args.host, args.port, args.workers)
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home(settings, _workspace(args)))}
+    command, added = serve_command(settings, packaged.bento_tag, args.host, args.port, args.workers)
+    env = {**os.environ, **added, "BENTOML_HOME": str(bentoml_home(settings, _workspace(args)))}
     host, port = command[command.index("--host") + 1], command[command.index("--port") + 1]
     print(f"serving {packaged.bento_tag} at http://{host}:{port}"
           " (open it for the web page, /docs for the API); Ctrl-C stops",

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # says what a Bento carries (``include``); nothing else here knows the serving layout.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = SOURCE_ROOT / "serving" / "bentofile.yaml"
+# Bento arguments for one `pneumo serve` (JSON): BentoML 1.4 loads a Bento's recorded arguments
+# over `bentoml serve --arg`, so serving/service.py reads these overrides from the environment.
+SERVE_ARGS_ENV = "PNEUMO_SERVE_ARGS"
 
 
 class PackagingError(PneumoError):
@@ -374,8 +377,8 @@ def serve_command(
     host: str | None = None,
     port: int | None = None,
     workers: int | None = None,
-) -> list[str]:
-    """The `bentoml serve` command line for a packaged Bento at ``serve.host:serve.port``;
+) -> tuple[list[str], dict[str, str]]:
+    """The `bentoml serve` command line for a packaged Bento and the environment it adds;
     ``host``, ``port`` and ``workers`` (model worker processes) override params.yaml's."""
     given = {"host": host, "port": port, "workers": workers}
     overrides = {name: value for name, value in given.items() if value is not None}
@@ -386,9 +389,8 @@ def serve_command(
         raise ConfigError(f"--{problem['loc'][0]}: {problem['msg']}") from None
     command = [sys.executable, "-m", "bentoml", "serve", bento_tag]
     command += ["--host", serve.host, "--port", str(serve.port)]
-    if workers is not None:  # a Bento argument, read when the services are decorated
-        command += ["--arg", f"workers={serve.workers}"]
-    return command
+    env = {SERVE_ARGS_ENV: json.dumps({"workers": serve.workers})} if workers else {}
+    return command, env
 
 
 if __name__ == "__main__":  # the model-store child of import_champion: request on stdin

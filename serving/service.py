@@ -8,8 +8,9 @@ under `bentoml serve` it runs in its own worker processes.
 
 Importing this module reads no file and no store. BentoML needs four settings when the classes
 are decorated (model workers and batching): they are Bento arguments (``bentoml.use_arguments``),
-which `pneumo package` records in the Bento from ``serve.*`` in params.yaml and
-`bentoml serve --arg workers=2` overrides. Everything else is read in the constructors: the
+which `pneumo package` records in the Bento from ``serve.*`` in params.yaml, `bentoml serve
+--arg workers=2` overrides for the source tree and ``PNEUMO_SERVE_ARGS`` (what `pneumo serve
+--workers` sets) for a Bento. Everything else is read in the constructors: the
 ``serve.*`` limits from params.yaml (the copy a Bento carries, or ``PNEUMO_PARAMS``), and the
 model the Bento names under the alias 'champion' (or ``PNEUMO_MODEL_TAG`` when serving the
 source tree).
@@ -35,6 +36,7 @@ from starlette.responses import Response
 
 from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
+from pneumo.package import SERVE_ARGS_ENV
 from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE, MODEL_FILE
 from serving import api as routes
 from serving.api import ModelUnavailableError, create_app
@@ -77,7 +79,15 @@ class ServiceArguments(BaseModel):
         return [part for pair in pairs for part in ("--arg", pair)]
 
 
-ARGUMENTS = bentoml.use_arguments(ServiceArguments)
+def _arguments() -> ServiceArguments:
+    """The Bento arguments, overridden by ``PNEUMO_SERVE_ARGS``: BentoML 1.4 loads a Bento's
+    recorded arguments over `bentoml serve --arg`, but every worker inherits the environment."""
+    arguments = bentoml.use_arguments(ServiceArguments)
+    overrides = json.loads(os.environ.get(SERVE_ARGS_ENV) or "{}")
+    return ServiceArguments.model_validate({**arguments.model_dump(), **overrides})
+
+
+ARGUMENTS = _arguments()
 
 
 def read_settings() -> Settings:
