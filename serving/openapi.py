@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,23 @@ def openapi_document(bentoml_document: dict[str, Any]) -> dict[str, Any]:
         if name.endswith("IODescriptor") or name.startswith("Radiograph"):
             del schemas[name]
     schemas.update(_components())
+    _drop_unreferenced(document)
     return document
+
+
+def _drop_unreferenced(document: dict[str, Any]) -> None:
+    """Remove component schemas no path refers to (BentoML's task and exception models)."""
+    schemas = document["components"]["schemas"]
+    text = json.dumps(document["paths"])
+    kept: set[str] = set()
+    while True:
+        found = {name for name in schemas if f'"{REF.format(model=name)}"' in text} - kept
+        if not found:
+            break
+        kept |= found
+        text = json.dumps([schemas[name] for name in found])
+    for name in set(schemas) - kept:
+        del schemas[name]
 
 
 def docs_routes(document: Callable[[], dict[str, Any]]) -> list[BaseRoute]:
