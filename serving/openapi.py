@@ -130,6 +130,17 @@ FORMAT_PARAMETER = {
 }
 
 
+def _upload_operation(
+    summary: str, field: str, answer: dict[str, Any], *errors: dict[int, dict[str, str]]
+) -> dict[str, Any]:
+    """A typed POST endpoint as BentoML cannot describe it: its bodies, answer and errors."""
+    return {
+        "summary": summary,
+        "requestBody": _upload_body(field, many=field == "images"),
+        "responses": {"200": answer, **error_responses(UPLOAD_ERRORS, *errors)},
+    }
+
+
 def _post_routes() -> dict[str, dict[str, Any]]:
     """What BentoML cannot say about the typed POST endpoints."""
     batch_example = {
@@ -137,42 +148,32 @@ def _post_routes() -> dict[str, dict[str, Any]]:
         "model": PREDICTION_EXAMPLE["model"],
     }
     explained = {"oneOf": [_ref(Explanation), _ref(ExplanationLayers)]}
+    explain = _upload_operation(
+        "Grad-CAM of the pneumonia score on the model's view",
+        "image",
+        {
+            "description": "the overlay (png) or the heatmap with the call (json, layers)",
+            "headers": PREDICTION_HEADERS,
+            "content": {"image/png": {"schema": BINARY}, **_json(explained)},
+        },
+        EXPLAIN_ERRORS,
+    )
     return {
-        "/predict": {
-            "summary": "Probability of pneumonia in one radiograph",
-            "requestBody": _upload_body("image", many=False),
-            "responses": {
-                "200": {
-                    "description": "the call",
-                    "content": _json(_ref(Prediction), PREDICTION_EXAMPLE),
-                },
-                **error_responses(UPLOAD_ERRORS),
+        "/predict": _upload_operation(
+            "Probability of pneumonia in one radiograph",
+            "image",
+            {"description": "the call", "content": _json(_ref(Prediction), PREDICTION_EXAMPLE)},
+        ),
+        "/predict_batch": _upload_operation(
+            "Predict several radiographs: all or, if any file is unusable, none",
+            "images",
+            {
+                "description": "one call per file",
+                "content": _json(_ref(BatchPrediction), batch_example),
             },
-        },
-        "/predict_batch": {
-            "summary": "Predict several radiographs: all or, if any file is unusable, none",
-            "requestBody": _upload_body("images", many=True),
-            "responses": {
-                "200": {
-                    "description": "one call per file",
-                    "content": _json(_ref(BatchPrediction), batch_example),
-                },
-                **error_responses(UPLOAD_ERRORS, BATCH_ERRORS),
-            },
-        },
-        "/explain": {
-            "summary": "Grad-CAM of the pneumonia score on the model's view",
-            "parameters": [FORMAT_PARAMETER],
-            "requestBody": _upload_body("image", many=False),
-            "responses": {
-                "200": {
-                    "description": "the overlay (png) or the heatmap with the call (json, layers)",
-                    "headers": PREDICTION_HEADERS,
-                    "content": {"image/png": {"schema": BINARY}, **_json(explained)},
-                },
-                **error_responses(UPLOAD_ERRORS, EXPLAIN_ERRORS),
-            },
-        },
+            BATCH_ERRORS,
+        ),
+        "/explain": {**explain, "parameters": [FORMAT_PARAMETER]},
     }
 
 

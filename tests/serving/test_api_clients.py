@@ -29,7 +29,7 @@ from tests.serving.serving_support import (
     ServingLab,
     free_port,
     launch,
-    start_server,
+    serving,
 )
 
 pytestmark = pytest.mark.slow
@@ -38,11 +38,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(serving_lab: ServingLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("clients") / "bentoml.log"
-    running = start_server("serving.service:PneumoniaService", serving_lab, log)
-    try:
+    with serving("serving.service:PneumoniaService", serving_lab, log) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def plain_predict(server: Server, path: Path) -> dict:
