@@ -134,3 +134,15 @@ def test_docs_page_and_typed_endpoints_are_served(asgi_client: TestClient) -> No
     routes = {route["name"]: route for route in asgi_client.get("/schema.json").json()["routes"]}
     assert {"predict", "predict_batch", "explain"} <= set(routes)
     assert routes["predict"]["input"]["properties"]["image"]["type"] == "file"  # a form upload
+
+
+def test_bentoml_own_refusal_of_a_typed_endpoint_is_in_our_format(asgi_client: TestClient) -> None:
+    """BentoML refuses pickled bodies before our route runs; the answer is still {error, code}."""
+    response = asgi_client.post(
+        "/predict", content=b"\x80\x04.", headers={"content-type": "application/vnd.bentoml+pickle"}
+    )
+    assert response.status_code == 415
+    assert response.json() == {
+        "error": "application/vnd.bentoml+pickle is not allowed in main server",
+        "code": "unsupported_media_type",
+    }
