@@ -11,6 +11,7 @@ import io
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,9 +137,13 @@ def test_pneumo_serve_takes_host_port_and_workers_without_editing_params(
     server = launch(command, REPO, env, tmp_path / "serve.log", timeout=400)
     try:
         assert httpx.get(f"{server.url}/metadata", timeout=30).json()["threshold"] == THRESHOLD
-        log = server.log.read_text(errors="replace")
-        assert f"http://127.0.0.1:{port}" in log  # the address it prints
-        assert log.count("Service pneumonia-model initialized") == 2, server.log_tail()
+        assert f"http://127.0.0.1:{port}" in server.log.read_text()  # the address it prints
+        deadline = time.monotonic() + 120  # /readyz turns 200 with the first model worker
+        started = 0
+        while started < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            started = server.log.read_text().count("Service pneumonia-model initialized")
+        assert started == 2, server.log_tail()
     finally:
         server.stop()
     assert serving_lab.params.read_text() == params_before
