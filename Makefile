@@ -20,7 +20,7 @@ export GX_ANALYTICS_ENABLED := false
 # dvc.yaml's commands (`pneumo ...`) come from the project's virtual environment.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test lint bench bench-serve serve clean-venv
+.PHONY: venv vendor run test lint bench bench-serve serve clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-run: $(STAMP)  ## the main job: the Prefect retrain flow (validate, dvc repro, gate, register, package)
+vendor: $(STAMP)  ## the npm packages the HTML reports load (Vega, Bootstrap...), into vendor/
+	$(BIN)/python -m pneumo.web_assets > /dev/null
+
+run: $(STAMP) vendor  ## the main job: the Prefect retrain flow (validate, dvc repro, gate, register, package)
 	@if [ -n "$(DATA)" ]; then $(BIN)/pneumo params set data.root="$(DATA)"; fi
 	$(BIN)/python -m flows.retrain --workspace .
 
-test: $(STAMP)  ## lint + the whole test suite (slow end-to-end tests included)
+test: $(STAMP) vendor  ## lint + the whole test suite (slow end-to-end tests included)
 	$(BIN)/ruff check pneumo flows serving tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from pneumo.config import Settings
-from pneumo.errors import PipelineOrderError, PneumoError
+from pneumo.config import ServeSettings, Settings
+from pneumo.errors import ConfigError, PipelineOrderError, PneumoError
 from pneumo.stored_model import (
     CHAMPION_ALIAS,
     COMPARISON_FILE,
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 # says what a Bento carries (``include``); nothing else here knows the serving layout.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = SOURCE_ROOT / "serving" / "bentofile.yaml"
+# Bento arguments for one `pneumo serve` (JSON): BentoML 1.4 loads a Bento's recorded arguments
+# over `bentoml serve --arg`, so serving/service.py reads these overrides from the environment.
+SERVE_ARGS_ENV = "PNEUMO_SERVE_ARGS"
 
 
 class PackagingError(PneumoError):
@@ -367,19 +371,26 @@ def package(
     return Packaged(model_tag, bento_tag, metadata, reused_model, reused_bento)
 
 
-def serve_command(settings: Settings, bento_tag: str) -> list[str]:
-    """The `bentoml serve` command line for a packaged Bento at ``serve.host:serve.port``."""
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        bento_tag,
-        "--host",
-        settings.serve.host,
-        "--port",
-        str(settings.serve.port),
-    ]
+def serve_command(
+    settings: Settings,
+    bento_tag: str,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The `bentoml serve` command line for a packaged Bento and the environment it adds;
+    ``host``, ``port`` and ``workers`` (model worker processes) override params.yaml's."""
+    given = {"host": host, "port": port, "workers": workers}
+    overrides = {name: value for name, value in given.items() if value is not None}
+    try:
+        serve = ServeSettings.model_validate({**settings.serve.model_dump(), **overrides})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        raise ConfigError(f"--{problem['loc'][0]}: {problem['msg']}") from None
+    command = [sys.executable, "-m", "bentoml", "serve", bento_tag]
+    command += ["--host", serve.host, "--port", str(serve.port)]
+    env = {SERVE_ARGS_ENV: json.dumps({"workers": serve.workers})} if workers else {}
+    return command, env
 
 
 if __name__ == "__main__":  # the model-store child of import_champion: request on stdin

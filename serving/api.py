@@ -1,18 +1,20 @@
-"""The public HTTP routes: /predict, /predict_batch, /explain and /metadata (a Starlette app).
+"""The public HTTP routes: POST /predict, /predict_batch, /explain and GET /metadata.
 
-Mounted on the BentoML service (serving/service.py) instead of typed ``@bentoml.api`` inputs,
-because a diagnostic endpoint must control every byte it accepts: BentoML's file inputs read
-bodies without a size limit and fetch URLs given in place of a file. Here the body is received
-under size and time limits (serving/uploads.py); only then does the request take one of
+The POST routes are typed ``@bentoml.api`` endpoints of serving/service.py (so BentoML's
+/schema.json, its Python clients and /docs.json know them), but their bodies are never parsed
+by BentoML: its file inputs read any body in full and fetch URLs given in place of a file. Their
+input specs (serving/schema.py) hand the request over unread, and the handlers here receive it
+under size and time limits (serving/uploads.py); only then does a request take one of
 ``serve.max_concurrency`` slots (503 with Retry-After when none is free) to be decoded and
 predicted. Each file is validated from its header before decoding, every refusal is a JSON 4xx,
 and only real faults are 5xx: 503 when the model service cannot answer now, 500 for a bug.
+The GET routes, the web page and the API docs are a Starlette app mounted on the service.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -27,6 +29,7 @@ from pneumo.config import ServeSettings
 from pneumo.decision import Decision
 from serving.errors import error_body, http_error_message
 from serving.inputs import InputError, Radiograph, media_type, read_radiograph
+from serving.openapi import docs_routes
 from serving.uploads import (
     MULTIPART,
     ServiceOverloadedError,
@@ -96,8 +99,7 @@ def _prediction(backend: Backend, result: dict[str, Any], radiograph: Radiograph
     }
 
 
-async def predict(request: Request) -> Response:
-    backend: Backend = request.app.state.backend()
+async def predict(request: Request, backend: Backend) -> Response:
     upload = await read_upload(request, backend.serve, backend.uploads)
     async with slot(backend.admission, "requests in progress"):
         radiograph = await _decode(upload, backend)
@@ -132,8 +134,7 @@ async def _decode_all(uploads: list[Upload], backend: Backend) -> list[Radiograp
     return [r for r in radiographs if r is not None]
 
 
-async def predict_batch(request: Request) -> Response:
-    backend: Backend = request.app.state.backend()
+async def predict_batch(request: Request, backend: Backend) -> Response:
     serve = backend.serve
     if media_type(request.headers.get("content-type")) != MULTIPART:
         raise InputError(
@@ -155,12 +156,11 @@ async def predict_batch(request: Request) -> Response:
     return JSONResponse({"predictions": predictions, "model": backend.model_info})
 
 
-async def explain(request: Request) -> Response:
+async def explain(request: Request, backend: Backend) -> Response:
     """Grad-CAM of the pneumonia logit: a PNG overlay, the raw map with ?format=json, or
     ?format=layers (the web page): the model's view and the heatmap colours as PNG data URLs."""
     from pneumo.explain import overlay_png
 
-    backend: Backend = request.app.state.backend()
     wanted = request.query_params.get("format", "png").lower()
     if wanted not in ("png", "json", "layers"):
         raise InputError(
@@ -191,27 +191,6 @@ async def explain(request: Request) -> Response:
         "X-Pneumo-Refer": str(prediction["refer_to_radiologist"]).lower(),
     }
     return Response(png, media_type="image/png", headers=headers)
-
-
-async def metadata(request: Request) -> Response:
-    backend: Backend = request.app.state.backend()
-    serve = backend.serve
-    return JSONResponse(
-        {
-            "model": backend.model_info,
-            "threshold": backend.decision.threshold,
-            "referral_band": list(backend.decision.referral_band),
-            "image_size": backend.image_size,
-            "metrics": backend.metrics,
-            "limits": {
-                "max_request_bytes": serve.max_request_bytes,
-                "max_pixels": serve.max_pixels,
-                "min_side": serve.min_side,
-                "max_batch_files": serve.max_batch_files,
-            },
-            "accepts": ["image/jpeg", "image/png", "application/dicom", MULTIPART],
-        }
-    )
 
 
 async def _input_error(_: Request, exc: Exception) -> Response:
@@ -250,24 +229,59 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(500, "internal error"), status_code=500)
 
 
-def create_app(backend: Callable[[], Backend]) -> Starlette:
-    """The routes, reading the live service through ``backend()`` on every request."""
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
+    InputError: _input_error,
+    HTTPException: _http_error,
+    ServiceOverloadedError: _overloaded,
+    ModelUnavailableError: _model_unavailable,
+    ClientDisconnect: _client_gone,
+    Exception: _unexpected,
+}
+Handler = Callable[[Request, Backend], Awaitable[Response]]
+
+
+async def respond(handler: Handler, request: Request, backend: Backend) -> Response:
+    """Run a POST route; any failure becomes its JSON answer, as in the Starlette app (BentoML
+    would turn every exception of a typed endpoint into a bare 500)."""
+    try:
+        return await handler(request, backend)
+    except Exception as exc:
+        kind = next(k for k in type(exc).__mro__ if k in ERROR_HANDLERS)
+        return await ERROR_HANDLERS[kind](request, exc)
+
+
+async def metadata(request: Request) -> Response:
+    backend: Backend = request.app.state.backend()
+    serve = backend.serve
+    return JSONResponse(
+        {
+            "model": backend.model_info,
+            "threshold": backend.decision.threshold,
+            "referral_band": list(backend.decision.referral_band),
+            "image_size": backend.image_size,
+            "metrics": backend.metrics,
+            "limits": {
+                "max_request_bytes": serve.max_request_bytes,
+                "max_pixels": serve.max_pixels,
+                "min_side": serve.min_side,
+                "max_batch_files": serve.max_batch_files,
+            },
+            "accepts": ["image/jpeg", "image/png", "application/dicom", MULTIPART],
+        }
+    )
+
+
+def create_app(backend: Callable[[], Backend], document: Callable[[], dict[str, Any]]) -> Starlette:
+    """The GET routes, the web page and the API docs (``document()``: the OpenAPI document),
+    reading the live service through ``backend()`` on every request."""
     app = Starlette(
         routes=[
-            Route("/predict", predict, methods=["POST"]),
-            Route("/predict_batch", predict_batch, methods=["POST"]),
-            Route("/explain", explain, methods=["POST"]),
             Route("/metadata", metadata, methods=["GET"]),
             *web_routes(),
+            *docs_routes(document),
         ],
-        exception_handlers={
-            InputError: _input_error,
-            HTTPException: _http_error,
-            ServiceOverloadedError: _overloaded,
-            ModelUnavailableError: _model_unavailable,
-            ClientDisconnect: _client_gone,
-            Exception: _unexpected,
-        },
+        exception_handlers=ERROR_HANDLERS,
     )
     app.state.backend = backend
     return app

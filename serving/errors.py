@@ -20,6 +20,7 @@ STATUS_CODES = {
     405: "method_not_allowed",
     408: "body_timeout",
     413: "body_too_large",
+    415: "unsupported_media_type",
     429: "overloaded",
     500: "internal_error",
     503: "unavailable",
@@ -57,10 +58,14 @@ def _rewrite(scope: Scope, status: int, body: bytes) -> bytes | None:
         parsed: Any = json.loads(body)
     except ValueError:
         parsed = None
+    # BentoML answers a typed endpoint's 4xx as a one-element list: [{"error": ...}].
+    listed = isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict)
+    if listed:
+        parsed = parsed[0]
     if isinstance(parsed, dict) and "error" in parsed:
-        if "code" in parsed:
+        if "code" in parsed and not listed:
             return None
-        return json.dumps({**parsed, "code": status_code_name(status)}).encode()
+        return json.dumps({"code": status_code_name(status), **parsed}).encode()
     text = body.decode("utf-8", errors="replace").strip()[:500]
     return json.dumps(error_body(status, http_error_message(scope, status, text))).encode()
 

@@ -8,8 +8,9 @@ under `bentoml serve` it runs in its own worker processes.
 
 Importing this module reads no file and no store. BentoML needs four settings when the classes
 are decorated (model workers and batching): they are Bento arguments (``bentoml.use_arguments``),
-which `pneumo package` records in the Bento from ``serve.*`` in params.yaml and
-`bentoml serve --arg workers=2` overrides. Everything else is read in the constructors: the
+which `pneumo package` records in the Bento from ``serve.*`` in params.yaml, `bentoml serve
+--arg workers=2` overrides for the source tree and ``PNEUMO_SERVE_ARGS`` (what `pneumo serve
+--workers` sets) for a Bento. Everything else is read in the constructors: the
 ``serve.*`` limits from params.yaml (the copy a Bento carries, or ``PNEUMO_PARAMS``), and the
 model the Bento names under the alias 'champion' (or ``PNEUMO_MODEL_TAG`` when serving the
 source tree).
@@ -31,12 +32,24 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel
+from starlette.responses import Response
 
 from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
+from pneumo.package import SERVE_ARGS_ENV
 from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE, MODEL_FILE
+from serving import api as routes
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
+from serving.openapi import openapi_document
+from serving.schema import (
+    BatchPrediction,
+    Incoming,
+    OverlayPng,
+    Prediction,
+    RadiographInput,
+    RadiographsInput,
+)
 from serving.web import read_model_card
 
 log = logging.getLogger("pneumo.serving")
@@ -66,7 +79,15 @@ class ServiceArguments(BaseModel):
         return [part for pair in pairs for part in ("--arg", pair)]
 
 
-ARGUMENTS = bentoml.use_arguments(ServiceArguments)
+def _arguments() -> ServiceArguments:
+    """The Bento arguments, overridden by ``PNEUMO_SERVE_ARGS``: BentoML 1.4 loads a Bento's
+    recorded arguments over `bentoml serve --arg`, but every worker inherits the environment."""
+    arguments = bentoml.use_arguments(ServiceArguments)
+    overrides = json.loads(os.environ.get(SERVE_ARGS_ENV) or "{}")
+    return ServiceArguments.model_validate({**arguments.model_dump(), **overrides})
+
+
+ARGUMENTS = _arguments()
 
 
 def read_settings() -> Settings:
@@ -179,7 +200,12 @@ class PneumoniaModel:
         return gradcam(self.predictor.model, np.require(images, np.uint8, ["C", "W"]))
 
 
-@bentoml.asgi_app(create_app(bentoml.get_current_service), path="/")
+def _document() -> dict[str, Any]:
+    """/docs.json: BentoML's OpenAPI document of the service, completed (serving/openapi.py)."""
+    return openapi_document(PneumoniaService.openapi_spec.asdict())
+
+
+@bentoml.asgi_app(create_app(bentoml.get_current_service, _document), path="/")
 @bentoml.service(
     name="pneumonia-service",
     workers=1,  # async I/O; decoding runs in threads, about one per core
@@ -190,8 +216,9 @@ class PneumoniaModel:
 class PneumoniaService:
     """The public service: validates uploads, decodes them, asks the model service.
 
-    Its routes (serving/api.py) are mounted at the root; BentoML's own /livez, /readyz and
-    /metrics answer first, and /readyz waits for the model service's __is_ready__.
+    /predict, /predict_batch and /explain are typed endpoints whose bodies serving/api.py reads
+    under limits; the GET routes, the web page and /docs are mounted at the root. BentoML's own
+    /livez, /readyz and /metrics answer first; /readyz waits for the model's __is_ready__.
     """
 
     model = bentoml.depends(PneumoniaModel)
@@ -216,6 +243,23 @@ class PneumoniaService:
 
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
+
+    @bentoml.api(route="/predict", input_spec=RadiographInput, output_spec=Prediction)
+    async def predict(self, image: Incoming) -> Response:
+        """Probability of pneumonia in one radiograph, the call at the decision threshold and
+        whether to refer it to a radiologist."""
+        return await routes.respond(routes.predict, image.request, self)
+
+    @bentoml.api(route="/predict_batch", input_spec=RadiographsInput, output_spec=BatchPrediction)
+    async def predict_batch(self, images: Incoming) -> Response:
+        """Predict up to serve.max_batch_files radiographs: all of them or, if any file is
+        unusable, none (the answer lists each bad file)."""
+        return await routes.respond(routes.predict_batch, images.request, self)
+
+    @bentoml.api(route="/explain", input_spec=RadiographInput, output_spec=OverlayPng)
+    async def explain(self, image: Incoming) -> Response:
+        """Grad-CAM of the pneumonia score on the model's view (?format=png, json or layers)."""
+        return await routes.respond(routes.explain, image.request, self)
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
         return await self._call_model("classify", images)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pneumo.cli import Command, load_settings_of, workspace_of
+from pneumo.cli import Command, arg, load_settings_of, workspace_of
 from pneumo.cli.package import SOURCE_ARGS, SOURCE_DESCRIPTION, package_and_report
 
 
@@ -14,11 +14,11 @@ def run(args: argparse.Namespace) -> int:
 
     packaged = package_and_report(args)
     settings = load_settings_of(args)
-    command = serve_command(settings, packaged.bento_tag)
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home(settings, workspace_of(args)))}
-    print(f"serving {packaged.bento_tag} at http://{settings.serve.host}:{settings.serve.port}"
-          " (open it for the web page; POST /predict, /predict_batch, /explain;"
-          " GET /metadata, /model_card, /readyz); Ctrl-C stops",
+    command, added = serve_command(settings, packaged.bento_tag, args.host, args.port, args.workers)
+    env = {**os.environ, **added, "BENTOML_HOME": str(bentoml_home(settings, workspace_of(args)))}
+    host, port = command[command.index("--host") + 1], command[command.index("--port") + 1]
+    print(f"serving {packaged.bento_tag} at http://{host}:{port}"
+          " (open it for the web page, /docs for the API); Ctrl-C stops",
           flush=True)  # fmt: skip
     os.execve(command[0], command, env)  # the server replaces this process: Ctrl-C reaches it
     return 0  # not reached
@@ -29,5 +29,11 @@ COMMAND = Command(
     help="package the champion if needed, then serve it over HTTP",
     description=SOURCE_DESCRIPTION,
     handler=run,
-    arguments=SOURCE_ARGS,
+    # Without editing params.yaml (which would rebuild the Bento):
+    arguments=(
+        *SOURCE_ARGS,
+        arg("--host", help="address to listen on (default: serve.host)"),
+        arg("--port", type=int, help="port (default: serve.port)"),
+        arg("--workers", type=int, help="model worker processes (default: serve.workers)"),
+    ),
 )

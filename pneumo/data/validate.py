@@ -120,6 +120,17 @@ def _summarize(expectation: dict[str, Any], manifest: pd.DataFrame) -> str:
     return f"{name}: {count} unexpected rows" + (f", e.g. {examples}" if examples else "")
 
 
+def _localize_docs(docs_dir: Path) -> None:
+    """Data Docs load Bootstrap, jQuery and Vega from CDNs (blank offline): point them at local
+    copies (pneumo/web_assets.py); without `make vendor` they keep the CDN addresses."""
+    from pneumo.web_assets import WebAssetsError, localize_html
+
+    try:
+        localize_html(docs_dir)
+    except WebAssetsError as exc:
+        log.warning("Data Docs will need the internet to render: %s", exc)
+
+
 def validate_manifest(
     manifest: pd.DataFrame, settings: ValidateSettings, docs_dir: Path
 ) -> ValidationOutcome:
@@ -145,6 +156,7 @@ def validate_manifest(
         )
     )
     run = checkpoint.run(batch_parameters={"dataframe": frame})
+    _localize_docs(docs_dir)
     described = run.describe_dict()
     expectations = described["validation_results"][0]["expectations"]
     failures = [_summarize(e, frame) for e in expectations if not e["success"]]

@@ -1,5 +1,7 @@
 // The diagnose page: one radiograph in, the model's answer and its Grad-CAM out.
 // /predict gives the answer quickly; /explain?format=layers follows with the heatmap.
+// The decision is the server's: the label and referral come from /predict, the threshold and
+// referral band from /metadata; nothing here compares a probability with the threshold.
 "use strict";
 
 (() => {
@@ -49,11 +51,11 @@
     for (const id of ["original", "model-view", "heatmap"]) $(id).removeAttribute("src");
   }
 
-  function showGauge(probability, threshold, band) {
+  function showGauge(probability, pneumonia, threshold, band) {
     const gauge = $("gauge");
     const at = (value) => `${(100 * Math.min(1, Math.max(0, value))).toFixed(2)}%`;
     $("gauge-fill").style.width = at(probability);
-    $("gauge-fill").classList.toggle("above", probability >= threshold);
+    $("gauge-fill").classList.toggle("above", pneumonia);
     $("gauge-threshold").style.left = at(threshold);
     $("gauge-threshold-label").textContent = `threshold ${percent(threshold)}`;
     $("gauge-band").style.left = at(band[0]);
@@ -67,7 +69,9 @@
   }
 
   function showPrediction(prediction, file, dicom) {
-    const { probability, threshold, referral_band: band, label } = prediction;
+    const { probability, label } = prediction;
+    // The model's decision rule as /metadata states it (the answer repeats it if that failed).
+    const { threshold, referral_band: band } = meta ?? prediction;
     const pneumonia = label === "PNEUMONIA";
     $("result-file").textContent = file.name;
     const labelNode = $("label");
@@ -77,7 +81,7 @@
     const shown = $("probability");
     shown.textContent = percent(probability);
     shown.dataset.probability = String(probability);
-    showGauge(probability, threshold, band);
+    showGauge(probability, pneumonia, threshold, band);
 
     const bandText = `${percent(band[0])} to ${percent(band[1])}`;
     $("referral").hidden = !prediction.refer_to_radiologist;
@@ -94,8 +98,11 @@
     $("input-note").textContent =
       `Read as ${input.format}, ${input.width} × ${input.height} pixels` +
       (side ? `; the model sees it as a ${side} × ${side} grayscale square.` : ".");
+    // The original keeps its own proportions beside the model's square view.
+    $("result").style.setProperty("--aspect", String(input.width / input.height));
     if (dicom) {
-      $("original-note").textContent = "DICOM: shown as the server decodes it for the model (grayscale, stretched to its square).";
+      $("original-note").textContent =
+        "DICOM: the server's decoding for the model, back in the file's proportions.";
     } else {
       objectUrl = URL.createObjectURL(file);
       $("original").src = objectUrl;

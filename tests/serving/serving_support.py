@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +109,18 @@ def start_server(
         command += ["--working-dir", str(REPO)]
         command += ServiceArguments.command_line(load_settings(params or lab.params).serve)
     return launch(command, REPO, env, log, timeout)
+
+
+@contextmanager
+def serving(
+    target: str, lab: ServingLab, log: Path, params: Path | None = None
+) -> Iterator[Server]:
+    """A started server for a ``with`` block (a module's fixture), stopped after it."""
+    running = start_server(target, lab, log, params=params)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def launch(command: list[str], cwd: Path, env: dict[str, str], log: Path, timeout: float) -> Server:

@@ -12,11 +12,15 @@ import anyio
 import numpy as np
 import pytest
 from bentoml.exceptions import InternalServerError, ServiceUnavailable
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from pneumo.config import ServeSettings
 from pneumo.decision import Decision
-from serving.api import ModelUnavailableError, create_app
+from serving.api import ModelUnavailableError, predict, respond
 from serving.service import PneumoniaService
 from serving.uploads import ServiceOverloadedError, slot
 
@@ -51,7 +55,13 @@ class FakeBackend:
 
 
 def _post(backend: FakeBackend, jpeg: bytes):
-    with TestClient(create_app(lambda: backend), raise_server_exceptions=False) as client:
+    """POST /predict as the typed endpoint runs it: the route under ``respond``."""
+
+    async def endpoint(request: Request) -> Response:
+        return await respond(predict, request, backend)
+
+    app = Starlette(routes=[Route("/predict", endpoint, methods=["POST"])])
+    with TestClient(app, raise_server_exceptions=False) as client:
         return client.post("/predict", content=jpeg, headers={"content-type": "image/jpeg"})
 
 

@@ -25,7 +25,7 @@ from tests.serving.serving_samples import (
     png_bytes,
     request_kwargs,
 )
-from tests.serving.serving_support import Server, ServingLab, start_server
+from tests.serving.serving_support import Server, ServingLab, serving, start_server
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5  # batch composition may change the last float bits of a convolution
@@ -34,11 +34,8 @@ TOLERANCE = 1e-5  # batch composition may change the last float bits of a convol
 @pytest.fixture(scope="module")
 def server(serving_lab: ServingLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("server") / "bentoml.log"
-    running = start_server("serving.service:PneumoniaService", serving_lab, log)
-    try:
+    with serving("serving.service:PneumoniaService", serving_lab, log) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,15 @@
 A model with every card file (split summary, evaluation with intervals, ROC, comparison, all
 written by pneumo's own writers) is packaged into a Bento and served by `bentoml serve` on a
 free 127.0.0.1 port. Chromium (Debian's package, driven by Playwright; never a downloaded
-browser) uploads real radiographs: the page must show exactly what /predict answers, render
-the Grad-CAM, explain refused files in plain words, and show the metrics /metadata gives.
-Screenshots land in test-artifacts/ for a person to look at.
+browser), with every request that would leave 127.0.0.1 aborted, uploads real radiographs: the
+page must show exactly what /predict answers, render the Grad-CAM on the model's view with the
+original beside it, explain refused files in plain words, and show the metrics /metadata gives;
+the Swagger UI at /docs must render the API. Screenshots land in test-artifacts/.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,10 +29,10 @@ from pneumo.decision import Decision
 from pneumo.evaluate import score
 from pneumo.metrics import binary_metrics
 from pneumo.plots import evaluation_curves
+from tests.serving.browser_support import OfflineBrowser, offline_browser, screenshot
 from tests.serving.serving_samples import dicom8, png_bytes
 from tests.serving.serving_support import (
     IMAGE_SIZE,
-    REPO,
     THRESHOLD,
     Server,
     ServingLab,
@@ -42,12 +41,6 @@ from tests.serving.serving_support import (
 )
 
 pytestmark = pytest.mark.slow
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: `apt-get install -y chromium`
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-ARTIFACTS = REPO / "test-artifacts"
 ANSWER_TIMEOUT_MS = 120_000  # two shared cores: the first Grad-CAM of a fresh server is slow
 
 
@@ -116,48 +109,18 @@ def server(card_lab: ServingLab, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def browser_context() -> Iterator:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} not found: apt-get install -y chromium (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            yield context
-        finally:
-            context.close()
+def browser() -> Iterator[OfflineBrowser]:
+    with offline_browser() as running:
+        yield running
+        assert not running.outside, running.outside  # nothing ever tried to leave
 
 
 @pytest.fixture()
-def page(browser_context, server: Server):
-    page = browser_context.new_page()
-    page.set_default_timeout(ANSWER_TIMEOUT_MS)
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on(
-        "requestfailed",
-        lambda r: problems.append(f"request failed: {r.url}") if r.url.startswith("http") else None,
-    )
+def page(browser: OfflineBrowser, server: Server):
+    page, problems = browser.new_page(ANSWER_TIMEOUT_MS)
     yield page
     page.close()
     assert not problems, problems  # no script errors, and nothing fetched from elsewhere
-
-
-def screenshot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 def open_diagnose(page, server: Server) -> None:
@@ -178,6 +141,13 @@ def api_predict(server: Server, data: bytes, content_type: str) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def box(page, selector: str) -> dict[str, float]:
+    """Where an element is drawn, rounded to whole CSS pixels."""
+    found = page.locator(selector).bounding_box()
+    assert found is not None, selector
+    return {key: round(value) for key, value in found.items()}
 
 
 def natural_width(page, selector: str) -> int:
@@ -209,6 +179,16 @@ def test_diagnose_shows_the_api_answer_and_the_heatmap(
     assert natural_width(page, "#model-view") == IMAGE_SIZE
     with Image.open(path) as original:
         assert natural_width(page, "#original") == original.width  # the file itself
+        aspect = original.width / original.height
+    assert aspect != pytest.approx(1, abs=0.05)  # the geometry check below means something
+    view, heatmap = box(page, "#model-view"), box(page, "#heatmap")
+    assert view == heatmap  # the heatmap lies exactly on the model's view...
+    assert view["width"] == pytest.approx(view["height"], abs=1)  # ...the stretched square
+    shown, frame = box(page, "#original"), box(page, "#original-frame")
+    assert shown == frame  # the original fills its frame: no letterbox...
+    assert shown["width"] / shown["height"] == pytest.approx(aspect, rel=0.02)  # ...undistorted
+    assert shown["height"] == pytest.approx(view["height"], abs=2)  # side by side, equally tall
+    assert shown["x"] > view["x"] + view["width"]  # beside the model's view, to its right
 
     slider = page.get_by_label("Heatmap opacity")  # the slider is labelled and keyboard-driven
     slider.focus()
@@ -232,6 +212,9 @@ def test_dicom_is_shown_from_the_server_rendering(
     assert float(page.get_attribute("#probability", "data-probability")) == expected["probability"]
     assert natural_width(page, "#original") == IMAGE_SIZE  # decoded by the server, not the browser
     assert "DICOM" in page.inner_text("#original-note")
+    shown = box(page, "#original")
+    aspect = expected["input"]["width"] / expected["input"]["height"]
+    assert shown["width"] / shown["height"] == pytest.approx(aspect, rel=0.02)
     screenshot(page, "web-diagnose-dicom.png")
 
 
@@ -323,3 +306,42 @@ def test_model_card_says_what_was_not_packaged(page, server: Server) -> None:
     assert "no confidence intervals" in page.inner_text("#metrics")
     assert page.locator("[data-metric='test.accuracy'] .value").inner_text() == "87.0 %"
     screenshot(page, "web-model-card-bare.png")
+
+
+def test_threshold_and_band_come_from_metadata_and_the_call_from_the_server(
+    page, server: Server, jpeg_paths: list[Path]
+) -> None:
+    """The page draws /metadata's threshold and band and colours by the server's label: with a
+    /metadata whose threshold lies above the probability, a PNEUMONIA answer stays PNEUMONIA."""
+    data = jpeg_paths[2].read_bytes()
+    answer = api_predict(server, data, "image/jpeg")
+    metadata = httpx.get(f"{server.url}/metadata", timeout=30).json()
+    moved = min(0.99, answer["probability"] + 0.2)
+    band = [moved - 0.05, moved + 0.05]
+    page.route("**/metadata", lambda route: route.fulfill(
+        json={**metadata, "threshold": moved, "referral_band": band}))  # fmt: skip
+    page.route("**/predict", lambda route: route.fulfill(
+        json={**answer, "label": "PNEUMONIA", "refer_to_radiologist": True}))  # fmt: skip
+    open_diagnose(page, server)
+    upload(page, jpeg_paths[2].name, data, "image/jpeg")
+    page.wait_for_selector("#result[data-state='explained']")
+    assert page.locator("#label").get_attribute("data-label") == "PNEUMONIA"
+    assert "above" in page.get_attribute("#gauge-fill", "class")  # the server's call, not p >= t
+    assert f"{100 * moved:.1f} %" in page.inner_text("#gauge-threshold-label")
+    left = page.eval_on_selector("#gauge-threshold", "node => node.style.left")
+    assert float(left.rstrip("%")) == pytest.approx(100 * moved, abs=0.01)
+    assert page.locator("#referral").is_visible()
+
+
+def test_api_docs_render_offline(page, server: Server) -> None:
+    """Swagger UI at /docs, from the service's own files, lists every endpoint of /docs.json."""
+    page.goto(f"{server.url}/docs")
+    page.wait_for_selector("body[data-ready='true']")
+    page.wait_for_selector(".opblock")
+    shown = set(page.locator(".opblock-summary-path").all_inner_texts())
+    shown = {text.replace("\u200b", "").strip() for text in shown}
+    assert {"/predict", "/predict_batch", "/explain", "/metadata", "/model_card"} <= shown
+    page.locator("#operations-Service_APIs-pneumonia-service__predict").click()
+    page.wait_for_selector("text=body_too_large")  # the error codes are documented
+    assert page.locator(".opblock-body .responses-table").count() >= 1
+    screenshot(page, "web-api-docs.png")
