@@ -48,15 +48,22 @@ class Screening:
 
     @classmethod
     def of(cls, img: Image.Image) -> Screening:
-        """Measure an opened (not yet grey) image; colour from a small copy, so it is cheap."""
-        chroma = 0.0
+        """Measure an opened (not yet grey) image; colour from a small copy, so it is cheap.
+
+        A JPEG is drafted (decoded at 1/8 scale) for this: pass an image that is not used after.
+        """
+        width, height, chroma = int(img.width), int(img.height), 0.0
         if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
-            small = img.convert("RGB")
-            small.thumbnail((64, 64))
-            rgb = np.asarray(small, dtype=np.int16)
-            spread = rgb.max(axis=2) - rgb.min(axis=2)
-            chroma = float(spread.mean())
-        return cls(int(img.width), int(img.height), chroma)
+            try:
+                if img.format == "JPEG":
+                    img.draft("RGB", (64, 64))
+                small = img.convert("RGB")
+                small.thumbnail((64, 64))
+                rgb = np.asarray(small, dtype=np.int16)
+                chroma = float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
+            except (OSError, ValueError, SyntaxError):
+                pass  # a damaged file: decoding refuses it with the reason
+        return cls(width, height, chroma)
 
     def reason(self, pixels: np.ndarray | None) -> str | None:
         """Why the image is not a radiograph the model can judge, or None (pixels: model's view)."""
@@ -164,8 +171,8 @@ def reasons(
             out.append(screen)
         elif flagged is not None and flagged[index]:
             out.append(
-                f"unlike the training radiographs (outlier score {scores[index]:.0f} above the "
-                f"cut-off {guard.cutoff:.0f})"  # type: ignore[index, union-attr]
+                "unlike the paediatric chest radiographs the model was trained on (outlier "
+                f"score {scores[index]:.0f}, cut-off {guard.cutoff:.0f})"  # type: ignore[index, union-attr]
             )
         else:
             out.append(None)

@@ -31,6 +31,7 @@ from pneumo.stored_model import (
     COMPARISON_FILE,
     DECISION_FILE,
     EVALUATION_FILE,
+    GUARD_FILE,
     METRICS_FILE,
     MODEL_FILE,
     ROC_FILE,
@@ -127,6 +128,8 @@ def fetch_from_workspace(workspace: Workspace, dest: Path) -> dict[str, Any]:
     shutil.copyfile(workspace.model, dest / MODEL_FILE)
     shutil.copyfile(workspace.decision, dest / DECISION_FILE)
     shutil.copyfile(workspace.eval_metrics, dest / METRICS_FILE)
+    if workspace.guard.is_file():
+        shutil.copyfile(workspace.guard, dest / GUARD_FILE)
     run_id = workspace.run_id.read_text().strip() if workspace.run_id.is_file() else ""
     decision = json.loads((dest / DECISION_FILE).read_text())
     return {
@@ -195,7 +198,8 @@ def _staged_metadata(
     except ModelFileError as exc:
         raise PackagingError(f"the champion's weights are not a pneumo model file: {exc}") from exc
     decision = json.loads((staging / DECISION_FILE).read_text())
-    digest = sha256_file(staging / MODEL_FILE, staging / DECISION_FILE)
+    guard = [staging / GUARD_FILE] if (staging / GUARD_FILE).is_file() else []
+    digest = sha256_file(staging / MODEL_FILE, staging / DECISION_FILE, *guard)
     tag = f"{settings.registry.model_name}:{_model_version(source, digest)}"
     metadata: dict[str, Any] = {
         "source": "workspace" if from_workspace else "registry",
@@ -209,6 +213,7 @@ def _staged_metadata(
         "arch": str(model_metadata["arch"]),
         "image_size": int(model_metadata["image_size"]),
         "sha256": digest,
+        "guard": bool(guard),
         "metrics": _headline_metrics(json.loads((staging / METRICS_FILE).read_text())),
     }
     return tag, metadata
@@ -262,7 +267,8 @@ def import_champion(
         else:
             source = fetch_from_registry(settings, workspace, alias_or_version, staging)
         tag, metadata = _staged_metadata(settings, workspace, staging, source, from_workspace)
-        files = {name: staging / name for name in (MODEL_FILE, DECISION_FILE, METRICS_FILE)}
+        shipped = (MODEL_FILE, DECISION_FILE, METRICS_FILE, GUARD_FILE)
+        files = {name: staging / name for name in shipped if (staging / name).is_file()}
         files |= card_files(workspace, staging / MODEL_FILE, from_workspace)
         request = {
             "tag": tag,

@@ -84,18 +84,22 @@ async def _decode(upload: Upload, backend: Backend) -> Radiograph:
 def _prediction(backend: Backend, result: dict[str, Any], radiograph: Radiograph) -> dict[str, Any]:
     probability = float(result["probability"])
     decision = backend.decision
+    # The file's own screen first (colour, aspect), then the network-side guard.
+    reason = radiograph.screen_reason or result.get("ood_reason")
     return {
         "probability": probability,
         "label": decision.label(probability),
         "threshold": decision.threshold,
-        "refer_to_radiologist": decision.refer(probability, bool(radiograph.out_of_distribution)),
+        "refer_to_radiologist": decision.refer(probability, reason is not None),
         "referral_band": list(decision.referral_band),
+        "out_of_distribution": reason is not None,
+        "ood_score": result.get("ood_score"),
+        "ood_reason": reason,  # why the model should not be trusted on this image
         "input": {
             "format": radiograph.format,
             "width": radiograph.width,
             "height": radiograph.height,
         },
-        **radiograph.screening(),
     }
 
 

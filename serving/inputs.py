@@ -31,6 +31,7 @@ from pneumo.data.preprocess import (
     UnsupportedImageError,
     decode_radiograph,
 )
+from pneumo.guard import Screening
 
 # Declared content type -> the format it promises (None: "look at the bytes").
 ACCEPTED_TYPES: dict[str, str | None] = {
@@ -70,22 +71,15 @@ class InputError(Exception):
 class Radiograph:
     """A decoded upload: the model's (S, S) uint8 pixels and what the file was.
 
-    ``out_of_distribution`` and ``ood_score`` are what a guard says of the image (None: no guard
-    looked at it); the answer carries them only when set.
+    ``screen_reason`` is the guard's cheap screen of the file itself (colour, aspect ratio;
+    pneumo/guard.py), None when it passed; the network-side check happens in the model service.
     """
 
     pixels: np.ndarray
     format: str
     width: int
     height: int
-    out_of_distribution: bool | None = None
-    ood_score: float | None = None
-
-    def screening(self) -> dict[str, Any]:
-        """The guard's fields of the answer, when a guard has looked at the image."""
-        if self.out_of_distribution is None:
-            return {}
-        return {"out_of_distribution": self.out_of_distribution, "ood_score": self.ood_score}
+    screen_reason: str | None = None
 
 
 def media_type(content_type: str | None) -> str:
@@ -180,6 +174,7 @@ def read_radiograph(
     width, height = image.size
     try:
         _check_size(width, height, max_pixels, min_side)
+        screen_reason = Screening.of(image).reason(None)  # drafts a JPEG: image is not used after
         # A JPEG or PNG is decoded again from its bytes: the integrity rule needs them.
         source = image if fmt == "DICOM" else data
         pixels = decode_radiograph(source, image_size, max_pixels)
@@ -187,7 +182,7 @@ def read_radiograph(
         raise _decode_refusal(exc, fmt) from None
     finally:
         image.close()
-    return Radiograph(pixels, fmt, width, height)
+    return Radiograph(pixels, fmt, width, height, screen_reason)
 
 
 def _decode_refusal(exc: ImageDecodeError, fmt: str) -> InputError:

@@ -100,15 +100,19 @@ class Prediction(BaseModel):
     label: Literal[CLASSES] = Field(description="the call at the decision threshold")
     threshold: float = Field(description="the validation-chosen decision threshold")
     refer_to_radiologist: bool = Field(
-        description="the probability lies within the referral band: a close call"
+        description="a close call (within the referral band) or an out-of-distribution image"
     )
     referral_band: list[float] = Field(min_length=2, max_length=2, examples=[[0.44, 0.54]])
     input: InputInfo
     model: ModelInfo | None = Field(None, description="which model answered (/predict)")
-    out_of_distribution: bool | None = Field(
-        None, description="only when an out-of-distribution guard looked at the image"
+    out_of_distribution: bool = Field(
+        description="the image is unlike the paediatric chest radiographs the model was trained "
+        "on (colour, odd aspect, uniform, or far from the training features): always referred"
     )
-    ood_score: float | None = Field(None, description="the guard's score, with the flag")
+    ood_score: float | None = Field(
+        description="the guard's outlier score (higher = stranger); null for a model without a guard"
+    )
+    ood_reason: str | None = Field(description="why the image is out of distribution, in words")
 
 
 PREDICTION_EXAMPLE = {
@@ -117,6 +121,9 @@ PREDICTION_EXAMPLE = {
     "threshold": 0.493,
     "refer_to_radiologist": False,
     "referral_band": [0.443, 0.543],
+    "out_of_distribution": False,
+    "ood_score": 412.7,
+    "ood_reason": None,
     "input": {"format": "JPEG", "width": 1858, "height": 1588},
     "model": {"name": "pneumo-cnn", "version": "v3-1a2b3c4d", "source": "registry"},
 }

@@ -37,7 +37,13 @@ from starlette.responses import Response
 from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
 from pneumo.package import SERVE_ARGS_ENV
-from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE, MODEL_FILE
+from pneumo.stored_model import (
+    CHAMPION_ALIAS,
+    DECISION_FILE,
+    GUARD_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+)
 from serving import api as routes
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
@@ -170,6 +176,7 @@ class PneumoniaModel:
             Path(stored.path_of(MODEL_FILE)),
             Path(stored.path_of(DECISION_FILE)),
             settings.model.accelerator(),
+            Path(stored.path_of(GUARD_FILE)),  # absent for models packaged before the guard
         )
         side = self.predictor.image_size
         # One warm-up call: the first real request should not pay for oneDNN's set-up.
@@ -187,10 +194,16 @@ class PneumoniaModel:
         max_latency_ms=ARGUMENTS.max_latency_ms,
     )
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """uint8 images (N, S, S) -> one {probability} per image, in one model call."""
+        """uint8 images (N, S, S) -> one {probability, ood_score, ood_reason} per image, in one
+        model call (the guard reads the same forward pass's features)."""
         images = np.require(images, np.uint8, ["C", "W"])  # arrives read-only when unpickled
-        probabilities = self.predictor.probabilities(images, batch_size=max(1, len(images)))
-        return [{"probability": float(p)} for p in probabilities]
+        assessed = self.predictor.assess(images, batch_size=max(1, len(images)))
+        return [
+            {"probability": float(p), "ood_score": None if np.isnan(s) else float(s),
+             "ood_reason": reason}
+            for p, s, reason in zip(assessed.probabilities, assessed.ood_scores,
+                                    assessed.ood_reasons, strict=True)
+        ]  # fmt: skip
 
     @bentoml.api
     def gradcam(self, images: np.ndarray) -> np.ndarray:

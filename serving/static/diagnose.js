@@ -86,9 +86,10 @@
     const bandText = `${percent(band[0])} to ${percent(band[1])}`;
     $("referral").hidden = !prediction.refer_to_radiologist;
     $("no-referral").hidden = prediction.refer_to_radiologist;
-    $("referral-detail").textContent =
-      `The probability lies in the referral band (${bandText}) around the decision threshold: ` +
-      "a small change of the image could flip the call.";
+    $("referral-detail").textContent = prediction.out_of_distribution
+      ? `This image is ${prediction.ood_reason}: the model's answer cannot be trusted on it.`
+      : `The probability lies in the referral band (${bandText}) around the decision threshold: ` +
+        "a small change of the image could flip the call.";
     $("no-referral-detail").textContent =
       `Outside the referral band (${bandText}): the model's call is not borderline. ` +
       "A clinician still confirms every result.";

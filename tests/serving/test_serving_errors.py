@@ -73,7 +73,9 @@ def jpeg(jpeg_paths: list[Path]) -> bytes:
 def test_a_working_backend_answers(jpeg: bytes) -> None:
     response = _post(FakeBackend(), jpeg)
     assert response.status_code == 200 and response.json()["probability"] == 0.25
-    assert "out_of_distribution" not in response.json()  # no guard has looked at it
+    body = response.json()
+    # A model without a guard: the file's screen passed, no outlier score.
+    assert body["out_of_distribution"] is False and body["ood_score"] is None
 
 
 def test_a_model_service_that_cannot_answer_is_503_with_retry_after(jpeg: bytes) -> None:
