@@ -1,0 +1,126 @@
+"""The guard as a client meets it: a packaged model with its guard.pt, served by `bentoml serve`.
+
+(How well the detector separates each kind of foreign image is measured on a better-trained
+network in tests/model/test_guard.py; here the network has seen radiographs for four epochs.)
+
+A real radiograph gets a diagnosis with ``out_of_distribution: false``; a photograph, a document
+and noise get ``out_of_distribution: true`` with a referral and a reason; a damaged JPEG is 400.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pneumo.config import load_settings
+from pneumo.data.preprocess import decode_many, save_arrays
+from pneumo.guard_probes import documents, noise
+from pneumo.params_file import set_param
+from tests.serving.serving_support import (
+    IMAGE_SIZE,
+    REPO,
+    Server,
+    ServingLab,
+    make_workspace,
+    serving,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _arrays(workspace, real_root: Path, split: str, per_class: int, offset: int) -> None:  # noqa: ANN001
+    files = [
+        p
+        for label in ("NORMAL", "PNEUMONIA")
+        for p in sorted((real_root / "train" / label).iterdir())[offset : offset + per_class]
+    ]
+    frame = pd.DataFrame({
+        "path": [f"train/{p.parent.name}/{p.name}" for p in files],
+        "label": [p.parent.name for p in files],
+        "patient_id": [p.stem for p in files],
+        "subtype": ["none" if p.parent.name == "NORMAL" else "bacterial" for p in files],
+    })  # fmt: skip
+    save_arrays(workspace.arrays(split), decode_many([str(p) for p in files], IMAGE_SIZE, 1), frame)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> Iterator[Server]:
+    from pneumo.guard import guard_stage
+    from pneumo.package import import_champion
+    from pneumo.train import train
+
+    root = tmp_path_factory.mktemp("guarded")
+    params = root / "params.yaml"
+    shutil.copyfile(REPO / "params.yaml", params)
+    set_param(params, "serve.bentoml_home", str(root / ".bentoml"))
+    set_param(params, "guard.probes_per_kind", "10")
+    workspace = make_workspace(root)
+    _arrays(workspace, real_root, "train", 150, 0)
+    _arrays(workspace, real_root, "val", 60, 150)
+    workspace.array_stats.write_text('{"image_size": 64}')
+    for key, value in (("preprocess.image_size", "64"), ("train.epochs", "4"),
+                       ("train.warmup_epochs", "0.5"), ("train.batch_size", "32")):  # fmt: skip
+        set_param(params, key, value)
+    settings = load_settings(params, {"model.resnet.widths": [8, 16, 32, 64],
+                                      "model.resnet.stem_width": 8})  # fmt: skip
+    train(settings, workspace, track=False)  # features of a network that has seen radiographs
+    guard_stage(settings, workspace)
+    tag, metadata, _ = import_champion(settings, workspace, from_workspace=True)
+    assert metadata["guard"]
+    lab = ServingLab(root, params, settings, workspace, root / ".bentoml", tag)
+    with serving("serving.service:PneumoniaService", lab, root / "server.log") as server:
+        yield server
+
+
+def _post(server: Server, data: bytes, content_type: str = "image/png") -> httpx.Response:
+    return httpx.post(f"{server.url}/predict", content=data,
+                      headers={"content-type": content_type}, timeout=60)  # fmt: skip
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_real_radiograph_is_in_distribution(guarded: Server, originals_root: Path) -> None:
+    path = sorted((originals_root / "NORMAL").iterdir())[0]
+    body = _post(guarded, path.read_bytes(), "image/jpeg").json()
+    assert body["out_of_distribution"] is False and body["ood_reason"] is None
+    assert isinstance(body["ood_score"], float)
+    assert body["label"] in ("NORMAL", "PNEUMONIA")
+
+
+def test_foreign_images_are_flagged_and_referred_with_a_reason(guarded: Server) -> None:
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    foreign = {
+        "colour photograph": Image.fromarray(skimage.data.astronaut()),
+        "document": documents(1, rng)[0],
+        "noise": noise(1, rng)[0],
+    }
+    for name, image in foreign.items():
+        response = _post(guarded, _png(image))
+        assert response.status_code == 200, (name, response.text)
+        body = response.json()
+        assert body["out_of_distribution"] is True, name
+        assert body["refer_to_radiologist"] is True, name
+        assert len(body["ood_reason"]) > 10, name
+    assert "colour" in _post(guarded, _png(foreign["colour photograph"])).json()["ood_reason"]
+
+
+def test_a_scan_damaged_jpeg_is_refused(guarded: Server, originals_root: Path) -> None:
+    data = bytearray(sorted((originals_root / "NORMAL").iterdir())[0].read_bytes())
+    start = data.index(b"\xff\xda") + 200  # inside the entropy-coded scan
+    data[start : start + 400] = b"\xff" * 400
+    response = _post(guarded, bytes(data), "image/jpeg")
+    assert response.status_code == 400 and response.json()["code"] == "corrupt_image"
