@@ -1,7 +1,7 @@
 """The guard as a client meets it: a packaged model with its guard.pt, served by `bentoml serve`.
 
 (How well the detector separates each kind of foreign image is measured on a better-trained
-network in tests/model/test_guard.py; here the network has seen radiographs for four epochs.)
+network in tests/model/test_guard.py; here the network has seen radiographs for eight short epochs.)
 
 A real radiograph gets a diagnosis with ``out_of_distribution: false``; a photograph, a document
 and noise get ``out_of_distribution: true`` with a referral and a reason; a damaged JPEG is 400.
@@ -66,7 +66,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> Iterat
     _arrays(workspace, real_root, "train", 150, 0)
     _arrays(workspace, real_root, "val", 60, 150)
     workspace.array_stats.write_text('{"image_size": 64}')
-    for key, value in (("preprocess.image_size", "64"), ("train.epochs", "4"),
+    for key, value in (("preprocess.image_size", "64"), ("train.epochs", "8"),
                        ("train.warmup_epochs", "0.5"), ("train.batch_size", "32")):  # fmt: skip
         set_param(params, key, value)
     settings = load_settings(params, {"model.resnet.widths": [8, 16, 32, 64],
