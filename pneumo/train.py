@@ -11,15 +11,11 @@ slice of the single-process global batch, and only rank 0 validates, checkpoints
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
-import math
-import pickle
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +52,11 @@ from pneumo.optimization import (
     sample_weights,
     update_ema,
 )
+from pneumo.train_state import TrainData, TrainResult, TrainState, fingerprint
 from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
-_MIN_DELTA = 1e-4  # smaller changes of the monitored metric do not count as improvement
 # Validation metrics recorded per epoch (at the neutral threshold 0.5; the real one comes later).
 VAL_METRICS = ("log_loss", "roc_auc", "accuracy", "sensitivity", "specificity")
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -71,103 +67,32 @@ class TrainingDivergedError(PneumoError):
     """The loss became NaN or infinite; the checkpoint of the last good epoch is kept."""
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    model_path: Path
-    run_id: str | None
-    best_epoch: int
-    epochs_run: int
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """The train split as tensors, and the validation split as the arrays inference takes."""
-
-    images: torch.Tensor  # (N, 1, S, S) uint8
-    labels: np.ndarray
-    targets: torch.Tensor
-    weights: torch.Tensor
-    val_images: np.ndarray
-    val_labels: np.ndarray
-
-
-@dataclass
-class TrainState:
-    """Everything the loop carries between epochs; the checkpoint is built from it at save time."""
-
-    fingerprint: str
-    epoch: int = 0
-    global_step: int = 0
-    finished: bool = False
-    run_id: str = ""
-    bad_epochs: int = 0
-    best_epoch: int = 0
-    best_score: float = math.nan
-    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    train_seconds: float = 0.0
-
-    def to_checkpoint(
-        self, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer
-    ) -> dict[str, Any]:
-        """Tensors and plain values only: loadable with ``torch.load(weights_only=True)``."""
-        return {
-            **asdict(self),
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-        }
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path: Path,
-        fingerprint: str,
-        model: nn.Module,
-        ema: nn.Module,
-        optimizer: torch.optim.Optimizer,
-    ) -> TrainState | None:
-        """The state saved at ``path`` (weights restored into the modules), if it is this training's."""
-        if not path.is_file():
-            return None
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("fingerprint") != fingerprint:
-                log.info("checkpoint %s belongs to other params or data; training anew", path)
-                return None
-            model.load_state_dict(payload.pop("model"))
-            ema.load_state_dict(payload.pop("ema"))
-            optimizer.load_state_dict(payload.pop("optimizer"))
-            return cls(**payload)
-        except (
-            pickle.UnpicklingError,
-            RuntimeError,
-            OSError,
-            EOFError,
-            KeyError,
-            TypeError,
-        ) as exc:
-            log.warning("checkpoint %s is unreadable (%s); training from scratch", path, exc)
-            return None
-
-    def record(
-        self, row: dict[str, float], score: float, higher_is_better: bool, weights: nn.Module
-    ) -> bool:
-        """Add an epoch's row; keep the weights when the monitored score improved."""
-        best = self.best_score
-        improved = math.isnan(best) or (
-            score > best + _MIN_DELTA if higher_is_better else score < best - _MIN_DELTA
+def load_train_data(
+    settings: Settings, workspace: Workspace
+) -> tuple[TrainData, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """The train and val arrays as training takes them, their raw arrays and their sha256."""
+    cfg, size = settings.train, settings.preprocess.image_size
+    if not workspace.array_stats.is_file():
+        raise PipelineOrderError(
+            f"{workspace.array_stats} not found: run `pneumo preprocess` first"
         )
-        if improved:
-            self.best_score, self.best_epoch, self.bad_epochs = score, int(row["epoch"]), 0
-            self.best_weights = {
-                k: v.detach().cpu().clone() for k, v in weights.state_dict().items()
-            }
-        else:
-            self.bad_epochs += 1
-        self.history.append(row)
-        return improved
+    arrays = {s: _load_split(workspace, s, size) for s in ("train", "val")}
+    digests = {s: sha256_file(workspace.arrays(s)) for s in arrays}
+    labels = arrays["train"]["labels"]
+    if len(labels) < cfg.batch_size:
+        raise PipelineOrderError(
+            f"the train split has {len(labels)} images, fewer than train.batch_size "
+            f"{cfg.batch_size}: lower train.batch_size"
+        )
+    data = TrainData(
+        images=torch.from_numpy(arrays["train"]["images"]).unsqueeze(1),
+        labels=labels,
+        targets=torch.as_tensor(labels, dtype=torch.float32),
+        weights=sample_weights(labels, cfg.class_balance),
+        val_images=arrays["val"]["images"],
+        val_labels=arrays["val"]["labels"],
+    )
+    return data, arrays, digests
 
 
 def _load_split(workspace: Workspace, split: str, image_size: int) -> dict[str, np.ndarray]:
@@ -180,19 +105,6 @@ def _load_split(workspace: Workspace, split: str, image_size: int) -> dict[str, 
     if len(np.unique(arrays["labels"])) < 2:
         raise PipelineOrderError(f"{workspace.arrays(split)} lacks one of the classes: resplit")
     return arrays
-
-
-def fingerprint(settings: Settings, data_digests: dict[str, str]) -> str:
-    """Identity of a training: a checkpoint is resumed only by the training it belongs to."""
-    blob = {
-        # Only what shapes the weights: inference options would make dvc.yaml's train stage
-        # depend on keys that never change the trained model.
-        "model": settings.model.model_dump(mode="json", include={"arch", "resnet", "paper_cnn"}),
-        "train": settings.train.model_dump(mode="json", exclude={"threads", "device"}),
-        "image_size": settings.preprocess.image_size,
-        "data": data_digests,
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_augmenter(settings: Settings) -> Augmenter:
@@ -273,11 +185,7 @@ def train_one_epoch(
         )
         batch_correct = ((logits.detach() > 0) == (targets > 0.5)).sum()
         mean_loss, batch_correct = global_mean_and_sum(loss.detach(), batch_correct, ddp)
-        if not torch.isfinite(mean_loss):
-            raise TrainingDivergedError(
-                f"the training loss became {mean_loss.item()} in epoch {epoch} (batch {step + 1}): "
-                f"lower train.lr (now {cfg.lr}); the checkpoint of epoch {state.epoch} is kept"
-            )
+        _check_finite(mean_loss, epoch, step, cfg.lr, state.epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -290,6 +198,14 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
     bar.close()
     return {"lr": lr, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, lr: float, last_good: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(
+            f"the training loss became {loss.item()} in epoch {epoch} (batch {step + 1}): "
+            f"lower train.lr (now {lr}); the checkpoint of epoch {last_good} is kept"
+        )
 
 
 def train(
@@ -313,26 +229,7 @@ def train(
             f"train.batch_size {cfg.batch_size} is the global batch and must divide evenly over "
             f"{ddp.world_size} processes: choose a multiple of {ddp.world_size}"
         )
-    if not workspace.array_stats.is_file():
-        raise PipelineOrderError(
-            f"{workspace.array_stats} not found: run `pneumo preprocess` first"
-        )
-    arrays = {s: _load_split(workspace, s, size) for s in ("train", "val")}
-    digests = {s: sha256_file(workspace.arrays(s)) for s in arrays}
-    labels = arrays["train"]["labels"]
-    if len(labels) < cfg.batch_size:
-        raise PipelineOrderError(
-            f"the train split has {len(labels)} images, fewer than train.batch_size "
-            f"{cfg.batch_size}: lower train.batch_size"
-        )
-    data = TrainData(
-        images=torch.from_numpy(arrays["train"]["images"]).unsqueeze(1),
-        labels=labels,
-        targets=torch.as_tensor(labels, dtype=torch.float32),
-        weights=sample_weights(labels, cfg.class_balance),
-        val_images=arrays["val"]["images"],
-        val_labels=arrays["val"]["labels"],
-    )
+    data, arrays, digests = load_train_data(settings, workspace)
     accel = accelerators.resolve(ddp.device(cfg.device), cfg.precision)
     threads = cfg.threads or max(1, accelerators.available_cores() // ddp.local_world_size)
     accelerators.configure_threads(threads)
@@ -351,22 +248,11 @@ def train(
             state = TrainState(key)
         else:
             log.info("resuming from %s after epoch %d", workspace.checkpoint, state.epoch)
-        tracking_context = nullcontext(None)
-        if track:
-            from pneumo import tracking
-
-            tracking_context = tracking.training_run(
-                settings, workspace, state.run_id or None, digests
-            )
-        with tracking_context as run_id:
-            if track and not state.run_id:
-                for split, split_arrays in arrays.items():
-                    tracking.log_dataset(workspace.arrays(split), split_arrays["images"],
-                                         split_arrays["labels"], split, digests[split])  # fmt: skip
+        with _tracked(settings, workspace, state, arrays, digests, track) as run_id:
             state.run_id = run_id or ""
             log.info(
                 "training %s on %d images (%d val) at %d px on %s, %d threads, up to %d epochs",
-                settings.model.arch, len(labels), len(data.val_labels), size, accel.describe(),
+                settings.model.arch, len(data.labels), len(data.val_labels), size, accel.describe(),
                 threads, cfg.epochs,
             )  # fmt: skip
             _fit(model, ema, optimizer, data, state, settings, workspace, accel, ddp, track,
@@ -378,6 +264,29 @@ def train(
             result = broadcast_from_main(result, ddp)
             barrier(ddp)
             return result
+
+
+@contextmanager
+def _tracked(
+    settings: Settings,
+    workspace: Workspace,
+    state: TrainState,
+    arrays: dict[str, dict[str, np.ndarray]],
+    digests: dict[str, str],
+    track: bool,
+) -> Iterator[str | None]:
+    """The training's MLflow run (reopened on resume), with its data inputs; None untracked."""
+    if not track:
+        yield None
+        return
+    from pneumo import tracking
+
+    with tracking.training_run(settings, workspace, state.run_id or None, digests) as run_id:
+        if not state.run_id:  # a new run: record which data it learns from
+            for split, split_arrays in arrays.items():
+                tracking.log_dataset(workspace.arrays(split), split_arrays["images"],
+                                     split_arrays["labels"], split, digests[split])  # fmt: skip
+        yield run_id
 
 
 def _fit(

@@ -13,6 +13,7 @@ import io
 import logging
 import struct
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -162,15 +163,10 @@ def _to_image(pixels: np.ndarray, invert: bool, passthrough_8bit: bool) -> Image
     return Image.fromarray(out16)  # uint16 -> mode 'I;16'
 
 
-def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """One DICOM radiograph (file bytes) -> a grayscale PIL image of display values.
-
-    Accepts single-frame MONOCHROME1/2 images of 8 or 16 bits, uncompressed or in any
-    compression pydicom can decode here; ``max_pixels`` is checked from the header first.
-    """
+def _parse(data: bytes) -> Any:
+    """The dataset, after the checks that must run before pydicom reads anything."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     if not is_dicom(data):
         raise DicomError(
@@ -184,11 +180,15 @@ def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about every non-conformant tag
-            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            return pydicom.dcmread(io.BytesIO(data), force=False)
     except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
         raise DicomError(f"cannot parse DICOM file: {exc}") from exc
     except RecursionError:  # bounded by check_structure; never let it reach the logs
         raise DicomError("the DICOM file nests its elements too deeply") from None
+
+
+def _check_image_attributes(ds: Any, max_pixels: int | None) -> tuple[int, int, int, str]:
+    """(rows, columns, bits allocated, photometric) of a single-frame grey image within limits."""
     if "PixelData" not in ds:
         raise UnsupportedDicomError("the DICOM file holds no image (no PixelData element)")
     try:
@@ -224,6 +224,11 @@ def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         raise UnsupportedDicomError(
             f"{bits_allocated}-bit DICOM pixels are not supported: send 8- or 16-bit images"
         )
+    return rows, columns, bits_allocated, photometric
+
+
+def _pixels(ds: Any, rows: int, columns: int) -> np.ndarray:
+    """The stored pixel values, decompressed; damaged or unknown compression is refused."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -240,6 +245,20 @@ def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         raise UnsupportedDicomError(
             f"the DICOM pixel data has shape {raw.shape}, expected one {rows}x{columns} image"
         )
+    return raw
+
+
+def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """One DICOM radiograph (file bytes) -> a grayscale PIL image of display values.
+
+    Accepts single-frame MONOCHROME1/2 images of 8 or 16 bits, uncompressed or in any
+    compression pydicom can decode here; ``max_pixels`` is checked from the header first.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = _parse(data)
+    rows, columns, bits_allocated, photometric = _check_image_attributes(ds, max_pixels)
+    raw = _pixels(ds, rows, columns)
     has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds
     has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
     signed = int(ds.get("PixelRepresentation", 0)) == 1

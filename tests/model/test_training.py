@@ -226,7 +226,7 @@ def test_monitor_val_log_loss_selects_the_lowest_loss(
     assert train(settings, workspace, track=False).best_epoch == 2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (see bench/README)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_training_matches_the_cpu_path(small_workspace: Workspace, tmp_path: Path) -> None:
     """On a GPU: AMP bf16 training learns, and the CUDA model predicts like its CPU copy."""
     workspace = copy_workspace(small_workspace, tmp_path)

@@ -105,25 +105,25 @@ def test_a_new_module_is_a_new_sub_command(
     """The docstring's recipe: one file with a COMMAND entry, including a one_of group."""
     import pneumo.cli
 
-    (tmp_path / "stress.py").write_text(
+    (tmp_path / "frobnicate.py").write_text(
         "from pneumo.cli import Command, arg, one_of\n"
         "def run(args):\n"
-        "    print(f'stress {args.severity} alias={args.alias} version={args.version}')\n"
+        "    print(f'frobnicate {args.severity} alias={args.alias} version={args.version}')\n"
         "    return 0\n"
-        "COMMAND = Command('stress', help='shifted test split', handler=run, arguments=(\n"
+        "COMMAND = Command('frobnicate', help='shifted test split', handler=run, arguments=(\n"
         "    arg('--severity', type=int, default=3),\n"
         "    one_of(arg('--alias'), arg('--version', type=int)),\n"
         "))\n"
     )
     monkeypatch.setattr(pneumo.cli, "__path__", [*pneumo.cli.__path__, str(tmp_path)])
-    monkeypatch.setitem(sys.modules, "pneumo.cli.stress", None)  # restored (removed) afterwards
-    del sys.modules["pneumo.cli.stress"]
-    assert "stress" in pneumo.cli.command_names()
-    assert pneumo.cli.main(["stress", "--severity", "5", "--version", "2"]) == 0
-    assert capsys.readouterr().out.strip() == "stress 5 alias=None version=2"
+    monkeypatch.setitem(sys.modules, "pneumo.cli.frobnicate", None)  # restored (removed) afterwards
+    del sys.modules["pneumo.cli.frobnicate"]
+    assert "frobnicate" in pneumo.cli.command_names()
+    assert pneumo.cli.main(["frobnicate", "--severity", "5", "--version", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "frobnicate 5 alias=None version=2"
     with pytest.raises(SystemExit):
-        pneumo.cli.main(["stress", "--alias", "champion", "--version", "2"])
+        pneumo.cli.main(["frobnicate", "--alias", "champion", "--version", "2"])
     assert "not allowed with argument" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         pneumo.cli.main(["--help"])
-    assert "stress" in capsys.readouterr().out
+    assert "frobnicate" in capsys.readouterr().out
