@@ -109,7 +109,7 @@ def draft_scale(size: tuple[int, int], image_size: int) -> int:
     """The DCT scaling Pillow's ``draft`` picks: the largest of 8, 4, 2, 1 that keeps both sides
     at least ``image_size``."""
     scale = min(size[0] // image_size, size[1] // image_size)
-    return next(s for s in (8, 4, 2, 1) if scale >= s)
+    return next((s for s in (8, 4, 2) if scale >= s), 1)  # 1: full size (also when enlarging)
 
 
 def decode_jpeg(data: bytes, header: Image.Image, image_size: int) -> Image.Image | None:

@@ -191,3 +191,16 @@ def test_a_16_bit_image_is_converted_without_full_size_float_copies() -> None:
         [sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True
     )
     assert int(out.stdout.strip()) < 120  # MB above the peak before decoding
+
+
+def test_a_jpeg_smaller_than_the_model_side_is_enlarged(tmp_path) -> None:  # noqa: ANN001
+    from PIL import Image
+
+    from pneumo.data.imagefile import draft_scale
+    from pneumo.data.preprocess import decode_radiograph
+
+    assert draft_scale((100, 80), 224) == 1 and draft_scale((1800, 1700), 224) == 4
+    path = tmp_path / "small.jpeg"
+    Image.new("L", (100, 80), 90).save(path)
+    pixels = decode_radiograph(path, 224)
+    assert pixels.shape == (224, 224) and abs(int(pixels.mean()) - 90) <= 2
