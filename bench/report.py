@@ -1,0 +1,92 @@
+"""The README's performance table, generated from the benchmarks' JSON (never typed by hand).
+
+    python bench/train.py > bench/results/train.json
+    python bench/preprocess.py --full-size > bench/results/preprocess.json
+    python bench/serve.py > bench/results/serve.json
+    python bench/report.py            # rewrites the table between the markers in README.md
+
+A figure whose JSON is missing is shown as "not measured".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+# (benchmark, key path in its JSON, what it is, unit)
+ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("train", "ceiling_fp32_images_per_s", "training compute ceiling, fp32", "img/s"),
+    ("train", "ceiling_bf16_images_per_s", "training compute ceiling, bf16 autocast", "img/s"),
+    ("train", "step_fp32_per_image_images_per_s", "training step, fp32, per-image augmentation (v1)", "img/s"),
+    ("train", "step_bf16_batched_images_per_s", "training step, bf16, batched augmentation", "img/s"),
+    ("train", "step_bf16_batched_of_ceiling", "  share of the bf16 ceiling", ""),
+    ("train", "inference_bf16_images_per_s", "inference, bf16, no TTA", "img/s"),
+    ("train", "inference_bf16_tta_images_per_s", "inference, bf16, 6-view TTA", "img/s"),
+    ("train", "recipe.seconds_per_epoch", "default recipe: seconds per epoch", "s"),
+    ("train", "recipe.minutes", "default recipe: training minutes (all epochs)", "min"),
+    ("preprocess", "full_size.speedup", "preprocess, full-size images, vs a naive PIL loop", "x"),
+    ("preprocess", "full_size.speedup_idle_estimate", "  estimated on idle cores (CPU seconds)", "x"),
+    ("serve", "latency.c1.p50_ms", "serving /predict p50, 1 client", "ms"),
+    ("serve", "latency.c8.p99_ms", "serving /predict p99, 8 clients", "ms"),
+    ("serve", "throughput.c32_of_in_process", "serving throughput at 32 clients / in-process", ""),
+)  # fmt: skip
+
+
+def _get(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def table(results: Path = RESULTS) -> str:
+    loaded = {
+        name: json.loads((results / f"{name}.json").read_text())
+        for name in {row[0] for row in ROWS}
+        if (results / f"{name}.json").is_file()
+    }
+    lines = ["| figure | value | benchmark |", "|---|---|---|"]
+    for bench, path, label, unit in ROWS:
+        value = _get(loaded.get(bench, {}), path)
+        shown = "not measured" if value is None else f"{value:,}" if isinstance(value, int) else (
+            f"{value:,.3g}" if isinstance(value, float) and abs(value) < 10 else f"{value:,.1f}"
+            if isinstance(value, float) else str(value)
+        )  # fmt: skip
+        lines.append(
+            f"| {label} | {shown} {unit if value is not None else ''} | `bench/{bench}.py` |"
+        )
+    machine = _get(loaded.get("train", {}), "cpu") or "unknown"
+    cores = _get(loaded.get("train", {}), "cores_available") or "?"
+    lines.append("")
+    lines.append(f"Measured on {cores} cores ({machine}); JSON in `bench/results/`.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--print", action="store_true", help="print the table, change nothing")
+    args = parser.parse_args()
+    generated = table()
+    if args.print:
+        print(generated)
+        return
+    text = args.readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{args.readme} lacks the markers {START} ... {END}")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    args.readme.write_text(f"{head}{START}\n{generated}\n{END}{tail}")
+    print(f"performance table written to {args.readme}")
+
+
+if __name__ == "__main__":
+    main()
