@@ -22,7 +22,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("train", "ceiling_fp32_images_per_s", "training compute ceiling, fp32", "img/s"),
     ("train", "ceiling_bf16_images_per_s", "training compute ceiling, bf16 autocast", "img/s"),
-    ("train", "step_fp32_per_image_images_per_s", "training step, fp32, per-image augmentation (v1)", "img/s"),
+    ("train", "step_fp32_per_image_images_per_s", "training step, fp32, per-image aug. (v1)", "img/s"),
     ("train", "step_bf16_batched_images_per_s", "training step, bf16, batched augmentation", "img/s"),
     ("train", "step_bf16_batched_of_ceiling", "  share of the bf16 ceiling", ""),
     ("train", "inference_bf16_images_per_s", "inference, bf16, no TTA", "img/s"),
