@@ -35,8 +35,8 @@ from pneumo.data.augment import BatchAugmentation
 from pneumo.data.preprocess import decode_many, load_arrays
 from pneumo.data.transforms import augment_batch, build_augmentation, standardize
 from pneumo.inference import predict_proba, prepare
-from pneumo.models import build_model
 from pneumo.optimization import batch_loss, build_optimizer, update_ema
+from pneumo.train import build_network
 from pneumo.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,14 +63,9 @@ class Trainer:
     """A fresh model, EMA and optimiser; ``run`` times training steps over batches."""
 
     def __init__(self, settings: Settings, accel: Accelerator, seed: int) -> None:
-        size = settings.preprocess.image_size
         torch.manual_seed(seed)
-        self.model = prepare(
-            build_model(settings.model.arch, size, **settings.model.options()), accel
-        )
-        self.ema = prepare(
-            build_model(settings.model.arch, size, **settings.model.options()), accel
-        )
+        self.model = prepare(build_network(settings), accel)
+        self.ema = prepare(build_network(settings), accel)
         self.optimizer = build_optimizer(self.model, settings.train)
         self.settings, self.accel = settings, accel
 

@@ -92,6 +92,7 @@ class ModelSettings(_Section):
     arch: Literal["paper_cnn1", "paper_cnn2", "paper_cnn3", "paper_cnn4", "resnet"] = "resnet"
     resnet: ResNetOptions = ResNetOptions()
     paper_cnn: PaperCNNOptions = PaperCNNOptions()
+    members: int = Field(1, ge=1, le=8, description="networks trained side by side, averaged")
     # How the model runs at inference (evaluation, prediction, serving); training has its own.
     tta: bool = Field(True, description="average predictions over small shifts at inference")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="for inference")

@@ -114,7 +114,13 @@ def gradcam(
     Each map is stretched to [0, 1] on its own, so it shows where the evidence for ``target`` lies
     within one image, not how strong it is; all zeros means no region argues for ``target`` (an
     untrained or confident-negative network). ``layer`` defaults to :func:`find_target_layer`.
+    An ensemble's map is the mean of its members' maps.
     """
+    members = getattr(model, "members", None)
+    if members is not None and layer is None:
+        images = _check_images(model, images)
+        maps = [gradcam(member, images, target, None, batch_size) for member in members]
+        return np.mean(maps, axis=0).astype(np.float32)
     if target not in TARGETS:
         raise ValueError(f"unknown target '{target}': choose one of {', '.join(TARGETS)}")
     if batch_size < 1:
@@ -171,6 +177,7 @@ def activation_maps(model: nn.Module, image: np.ndarray) -> list[tuple[str, np.n
     if image.ndim != 2:
         raise ValueError(f"expected one image of shape (S, S), got {image.shape}")
     images = _check_images(model, image[None])
+    model = getattr(model, "members", [model])[0]  # an ensemble: its first member's maps
     blocks = conv_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no convolution blocks to show")

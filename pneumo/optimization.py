@@ -41,8 +41,14 @@ def sample_weights(labels: np.ndarray, class_balance: str) -> torch.Tensor:
 def batch_loss(
     logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, label_smoothing: float
 ) -> torch.Tensor:
-    """Binary cross-entropy against smoothed targets (0 -> e/2, 1 -> 1 - e/2), in fp32."""
+    """Binary cross-entropy against smoothed targets (0 -> e/2, 1 -> 1 - e/2), in fp32.
+
+    Logits (N, M) of an ensemble's M members: the mean of every member's own loss.
+    """
     soft_targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if logits.ndim == 2:
+        soft_targets = soft_targets.unsqueeze(1).expand_as(logits)
+        weights = weights.unsqueeze(1).expand_as(logits)
     return F.binary_cross_entropy_with_logits(logits.float(), soft_targets, weight=weights)
 
 

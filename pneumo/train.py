@@ -183,7 +183,8 @@ def train_one_epoch(
         loss = batch_loss(
             logits, targets, data.weights[index].to(accel.device), cfg.label_smoothing
         )
-        batch_correct = ((logits.detach() > 0) == (targets > 0.5)).sum()
+        called = logits.detach().mean(dim=-1) if logits.ndim == 2 else logits.detach()
+        batch_correct = ((called > 0) == (targets > 0.5)).sum()
         mean_loss, batch_correct = global_mean_and_sum(loss.detach(), batch_correct, ddp)
         _check_finite(mean_loss, epoch, step, cfg.lr, state.epoch)
         optimizer.zero_grad(set_to_none=True)
@@ -198,6 +199,12 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
     bar.close()
     return {"lr": lr, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+
+
+def build_network(settings: Settings) -> nn.Module:
+    """The untrained network (or ensemble) ``settings.model`` describes, at the preprocess size."""
+    model = settings.model
+    return build_model(model.arch, settings.preprocess.image_size, model.members, **model.options())
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, lr: float, last_good: int) -> None:
@@ -237,8 +244,8 @@ def train(
 
     with process_group(ddp, accel.device_type), _deterministic():
         torch.manual_seed(cfg.seed)
-        model = prepare(build_model(settings.model.arch, size, **settings.model.options()), accel)
-        ema = prepare(build_model(settings.model.arch, size, **settings.model.options()), accel)
+        model = prepare(build_network(settings), accel)
+        ema = prepare(build_network(settings), accel)
         ema.load_state_dict(model.state_dict())
         ema.requires_grad_(False)
         optimizer = build_optimizer(model, cfg)
@@ -387,6 +394,7 @@ def _finish(
     metadata = {
         "arch": settings.model.arch,
         "options": settings.model.options(),
+        "members": settings.model.members,
         "image_size": settings.preprocess.image_size,
         "normalisation": NORMALISATION,
         "classes": list(CLASSES),

@@ -132,7 +132,9 @@ def fingerprint(settings: Settings, data_digests: dict[str, str]) -> str:
     blob = {
         # Only what shapes the weights: inference options would make dvc.yaml's train stage
         # depend on keys that never change the trained model.
-        "model": settings.model.model_dump(mode="json", include={"arch", "resnet", "paper_cnn"}),
+        "model": settings.model.model_dump(
+            mode="json", include={"arch", "resnet", "paper_cnn", "members"}
+        ),
         "train": settings.train.model_dump(mode="json", exclude={"threads", "device"}),
         "image_size": settings.preprocess.image_size,
         "data": data_digests,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,33 @@ def test_metadata_is_stored_as_json_text(tmp_path: Path) -> None:
                {"arch": "paper_cnn1", "image_size": 32, "options": {}})  # fmt: skip
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     assert json.loads(payload["metadata"])["arch"] == "paper_cnn1"
+
+
+def test_an_ensemble_trains_each_member_and_predicts_their_mean(tmp_path: Path) -> None:
+    from pneumo.explain import gradcam
+    from pneumo.inference import predict
+    from pneumo.optimization import batch_loss
+
+    options = {"widths": [8, 16], "stem_width": 8, "dropout": 0.0}
+    ensemble = build_model("resnet", 64, members=3, **options)
+    x = torch.randn(4, 1, 64, 64)
+    ensemble.train()
+    per_member = ensemble(x)
+    assert per_member.shape == (4, 3)
+    assert not torch.allclose(per_member[:, 0], per_member[:, 1])  # different initialisations
+    loss = batch_loss(per_member, torch.tensor([0.0, 1, 0, 1]), torch.ones(4), 0.0)
+    loss.backward()
+    assert all(m.stem[0].weight.grad is not None for m in ensemble.members)
+    ensemble.eval()
+    members = torch.stack([member(x) for member in ensemble.members], dim=1)
+    assert torch.allclose(ensemble(x), members.mean(dim=1), atol=1e-5)
+    save_model(ensemble, tmp_path / "e.pt", {"arch": "resnet", "image_size": 64,
+                                             "options": options, "members": 3})  # fmt: skip
+    loaded, metadata = load_model(tmp_path / "e.pt")
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64)).astype(np.uint8)
+    first, again = predict(ensemble, images, features=True), predict(loaded, images)
+    assert np.allclose(first.probabilities, again.probabilities, atol=1e-6)
+    single = build_model("resnet", 64, **options)
+    single_features = predict(single, images, features=True).features
+    assert first.features.shape[1] == 3 * single_features.shape[1]  # every member's blocks
+    assert gradcam(loaded, images).shape == (2, 64, 64)

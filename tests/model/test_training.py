@@ -241,3 +241,17 @@ def test_cuda_training_matches_the_cpu_path(small_workspace: Workspace, tmp_path
     on_gpu = predict_proba(model, images, accel=Accelerator("cuda", "fp32"))
     on_cpu = predict_proba(model, images)
     assert np.abs(on_gpu - on_cpu).max() < 1e-3
+
+
+def test_an_ensemble_trains_resumes_and_saves_its_members(
+    small_workspace: Workspace, tmp_path: Path
+) -> None:
+    workspace = copy_workspace(small_workspace, tmp_path)
+    settings = fast_settings(**{"model.members": 2, "train.epochs": 2})
+    result = train(settings, workspace, track=False)
+    model, metadata = load_model(workspace.model)
+    assert metadata["members"] == 2 and len(model.members) == 2
+    assert result.metrics["val_roc_auc"] > 0.5
+    epochs_seen: list[int] = []
+    train(settings, workspace, track=False, on_epoch_end=lambda e, m: epochs_seen.append(e))
+    assert epochs_seen == []  # the finished ensemble's checkpoint is recognised

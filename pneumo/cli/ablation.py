@@ -1,0 +1,42 @@
+"""`pneumo ablation queue | report`: the recipes of ablation.yaml as DVC experiments, compared."""
+
+from __future__ import annotations
+
+import argparse
+
+from pneumo.cli import Command, arg, load_settings_of, workspace_of
+
+
+def queue(args: argparse.Namespace) -> int:
+    from pneumo.ablation import queue as queue_recipes
+
+    workspace = workspace_of(args)
+    names = queue_recipes(workspace.root, load_settings_of(args), args.recipes or None)
+    print(f"queued {len(names)} experiments: {', '.join(names)}")
+    print("run them one after the other with `dvc queue start -j 1` (progress: `dvc queue status`)")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from pneumo.ablation import report as write_report
+
+    workspace = workspace_of(args)
+    table = write_report(workspace.root)
+    print(f"{len(table)} recipes -> {workspace.root / 'reports' / 'ablation.md'}")
+    return 0
+
+
+COMMAND = Command(
+    "ablation",
+    help="queue the recipes of ablation.yaml as DVC experiments; compare them in a report",
+    description="queue: `dvc exp run --queue` per recipe (its params.yaml overrides, with "
+    "absolute data.root and tracking.uri); run them with `dvc queue start -j 1`. report: "
+    "reports/ablation.md and .csv from `dvc exp show`: stress battery, validation, carved test "
+    "with intervals, training minutes (from each experiment's MLflow run).",
+    actions=(
+        Command("queue", help="queue every recipe (or those named)", handler=queue,
+                arguments=(arg("recipes", nargs="*", metavar="RECIPE", help="recipe names"),)),
+        Command("report", help="write reports/ablation.md from the finished experiments",
+                handler=report),
+    ),
+)  # fmt: skip
