@@ -403,7 +403,7 @@ class MonitorSettings(_Section):
     min_feedback: int = Field(20, ge=1, description="reviewed cases needed for live metrics")
     drift_method: DriftMethod = Field("wasserstein", description="Evidently's drift method")
     drift_threshold: float | None = Field(
-        None, gt=0, description="drift when the score passes this; null = Evidently's default"
+        0.3, gt=0, description="drift when the score passes this; null = Evidently's default"
     )
     input_drift_warn_share: float = Field(
         0.2, gt=0, le=1, description="share of drifted input statistics that warns"
@@ -413,12 +413,18 @@ class MonitorSettings(_Section):
     )
     positive_rate_warn: float = Field(0.1, gt=0, le=1, description="|window - reference| warns")
     positive_rate_alert: float = Field(0.2, gt=0, le=1, description="|window - reference| alerts")
-    ood_rate_warn: float = Field(0.05, gt=0, le=1, description="out-of-distribution share warns")
+    ood_rate_warn: float = Field(
+        0.05, gt=0, le=1, description="out-of-distribution share above the reference's warns"
+    )
     ood_rate_alert: float = Field(0.15, gt=0, le=1)
-    referral_rate_warn: float = Field(0.25, gt=0, le=1, description="referred share warns")
-    referral_rate_alert: float = Field(0.5, gt=0, le=1)
+    referral_rate_warn: float = Field(
+        0.1, gt=0, le=1, description="referred share above the reference's warns"
+    )
+    referral_rate_alert: float = Field(0.25, gt=0, le=1)
     retrain_on_alert: bool = Field(False, description="an alert starts the retrain deployment")
-    report_dir: Path = Field(Path("reports/monitor"), description="HTML reports; workspace-relative")
+    report_dir: Path = Field(
+        Path("reports/monitor"), description="HTML reports; workspace-relative"
+    )
 
     @model_validator(mode="after")
     def _warn_below_alert(self) -> MonitorSettings:

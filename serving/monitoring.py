@@ -80,8 +80,13 @@ class Monitoring:
                     settings.image_retention_days,
                     settings.max_kept_images,
                 )
-            limits = LogLimits(settings.flush_interval_s, settings.flush_rows,
-                               settings.queue_rows, settings.buffer_rows, settings.retry_s)  # fmt: skip
+            limits = LogLimits(
+                settings.flush_interval_s,
+                settings.flush_rows,
+                settings.queue_rows,
+                settings.buffer_rows,
+                settings.retry_s,
+            )
             counter = _prometheus_counter()
             self.log = PredictionLog(
                 self.store,
@@ -151,9 +156,10 @@ class Monitoring:
         request_id, label, reviewer = _checked(fields)
         if self.log is None:
             raise InputError(
-                409, "monitoring_disabled",
+                409,
+                "monitoring_disabled",
                 "the prediction log is off (monitor.enabled: false): no feedback can be joined",
-            )  # fmt: skip
+            )
         return await anyio.to_thread.run_sync(
             self._store_feedback, request_id, label, reviewer, fields
         )
@@ -171,10 +177,11 @@ class Monitoring:
             previous = self.store.put_feedback(request_id, reviewer, label, note, patient)
         except UnknownRequestError:
             raise InputError(
-                404, "unknown_request",
+                404,
+                "unknown_request",
                 f"no answered prediction has request id {request_id!r}: send the request_id of a "
                 "/predict, /predict_batch or /explain answer",
-            ) from None  # fmt: skip
+            ) from None
         except StoreUnavailableError as exc:
             raise InputError(503, "store_unavailable", f"{exc}: retry shortly") from None
         replaced = previous is not None

@@ -148,7 +148,7 @@ class PredictionStore:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreUnavailableError(f"cannot create {path.parent}: {exc}") from exc
+                raise _unavailable(self, exc) from exc
         with self._connect() as conn:
             if self.schema:
                 conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))

@@ -210,13 +210,18 @@ class PredictionLog:
         if self._state.store_up is not False:  # one line per outage, not one per batch
             log.warning(
                 "%s; buffering predictions to %s (up to %d rows) and retrying every %g s",
-                exc, self.buffer_file, self.limits.buffer_rows, self.limits.retry_s,
-            )  # fmt: skip
+                exc,
+                self.buffer_file,
+                self.limits.buffer_rows,
+                self.limits.retry_s,
+            )
         self._state.store_up = False
         self._state.retry_at = time.monotonic() + self.limits.retry_s
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        if self._store_usable():
+        # A full buffer would lose the rows: try the store now rather than at the next retry.
+        full = self._state.buffered_rows + len(rows) > self.limits.buffer_rows
+        if self._store_usable() or (full and self._try_store()):
             try:
                 self.store.insert_predictions(rows)
                 self._finish("logged", len(rows))

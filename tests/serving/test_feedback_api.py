@@ -65,8 +65,9 @@ def test_batch_and_explain_answers_carry_request_ids(
     assert batch.headers["x-request-id"] == batch_id
     ids = [p["request_id"] for p in batch.json()["predictions"]]
     assert ids == [f"{batch_id}-{i}" for i in range(3)]
-    png = asgi_client.post("/explain", content=jpeg_paths[4].read_bytes(),
-                           headers={"content-type": "image/jpeg"})  # fmt: skip
+    png = asgi_client.post(
+        "/explain", content=jpeg_paths[4].read_bytes(), headers={"content-type": "image/jpeg"}
+    )
     assert png.status_code == 200 and len(png.headers["x-request-id"]) == 32
     body = {"request_id": ids[1], "label": "NORMAL", "reviewer": "dr.c"}
     assert asgi_client.post("/feedback", json=body).status_code == 201  # still queued: flushed
