@@ -211,6 +211,8 @@ class Monitoring:
             return {"available": False, "reason": str(exc), "days": []}
 
     def _live(self) -> dict[str, Any]:
+        if self.log is not None:
+            self.log.flush(FEEDBACK_FLUSH_S)  # the answers of a moment ago count too
         since = utcnow() - timedelta(days=LIVE_DAYS)
         frame = self.store.predictions_between(since)
         return {"available": True, "since": since.isoformat(), **live_summary(frame)}
