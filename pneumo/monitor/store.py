@@ -230,6 +230,14 @@ class PredictionStore:
     ) -> dict[str, Any] | None:
         """Record a reviewer's label for a prediction; returns the feedback it replaced (the
         same reviewer's earlier one), or None. Unknown request ids raise UnknownRequestError."""
+        try:
+            return self._put_feedback(request_id, reviewer, label, note, patient_id)
+        except IntegrityError:  # the same reviewer's first feedback arrived twice at once
+            return self._put_feedback(request_id, reviewer, label, note, patient_id)
+
+    def _put_feedback(
+        self, request_id: str, reviewer: str, label: str, note: str, patient_id: str | None
+    ) -> dict[str, Any] | None:
         self.ensure()
         now = utcnow()
         with self._connect() as conn:
