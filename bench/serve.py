@@ -10,6 +10,10 @@ By default the model is an untrained network of the architecture and image size 
 (the same arithmetic as a trained one); --from-workspace DIR serves the evaluated model of DIR.
 Client and server share this machine's cores: on a small machine the client's own work counts.
 Usage: python bench/serve.py [--requests 240] [--seconds 30] [--time-limit 900]
+
+--prediction-log adds the cost of the prediction log (monitor.enabled on vs off, everything else
+equal): servers with and without it, alternated over --log-rounds rounds at concurrency 8, and
+the throughput lost in per cent (the target is at most 5 %).
 """
 
 from __future__ import annotations
@@ -195,6 +199,33 @@ async def load(
     }
 
 
+def prediction_log_cost(
+    params: Path, home: Path, model_tag: str, images: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    """/predict requests/s with the prediction log on and off, alternated to share the noise."""
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for round_index in range(args.log_rounds):
+        for state in ("on", "off") if round_index % 2 == 0 else ("off", "on"):
+            set_param(params, "monitor.enabled", "true" if state == "on" else "false")
+            log = params.parent / f"prediction-log-{state}-{round_index}.log"
+            process, url = start_server(params, home, model_tag, log, timeout=180)
+            try:
+                asyncio.run(load(url, images, 4, 16, 20))
+                level = asyncio.run(load(url, images, 8, args.requests, args.seconds))
+                rates[state].append(level["requests_per_s"])
+            finally:
+                stop_server(process)
+    on, off = float(np.median(rates["on"])), float(np.median(rates["off"]))
+    return {
+        "concurrency": 8,
+        "requests_per_s_log_on": rates["on"],
+        "requests_per_s_log_off": rates["off"],
+        "median_on": on,
+        "median_off": off,
+        "cost_percent": round(100 * (off - on) / off, 1) if off else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -207,6 +238,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=240, help="per concurrency level")
     parser.add_argument("--seconds", type=float, default=30.0, help="per concurrency level")
     parser.add_argument("--time-limit", type=float, default=900.0, help="whole run, seconds")
+    parser.add_argument(
+        "--prediction-log", action="store_true", help="also: throughput with the log on and off"
+    )
+    parser.add_argument("--log-rounds", type=int, default=2, help="on/off pairs (--prediction-log)")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     started = time.monotonic()
@@ -252,6 +287,11 @@ def main() -> None:
                 servers[name] = {"levels": levels}
             finally:
                 stop_server(process)
+        if args.prediction_log:
+            set_param(params, "serve.adaptive_batching", "true")
+            servers["prediction_log"] = prediction_log_cost(
+                params, root / ".bentoml", model_tag, images, args
+            )
     print(
         json.dumps(
             {

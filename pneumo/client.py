@@ -111,3 +111,13 @@ class PneumoClient:
     def metadata(self) -> dict[str, Any]:
         """The served model, its decision threshold, test metrics and the service's limits."""
         return self._send("GET", "/metadata").json()
+
+    def feedback(
+        self, request_id: str, label: str, reviewer: str, note: str = "",
+        patient_id: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """A reviewer's reading (NORMAL or PNEUMONIA) of an answer, by its ``request_id``;
+        ``replaced`` in the answer says whether it replaced the reviewer's earlier one."""
+        body = {"request_id": request_id, "label": label, "reviewer": reviewer, "note": note,
+                "patient_id": patient_id}  # fmt: skip
+        return self._send("POST", "/feedback", json=body).json()

@@ -369,6 +369,74 @@ class ServeSettings(_Section):
     )
 
 
+DriftMethod = Literal["wasserstein", "ks", "psi", "jensenshannon", "kl_div", "anderson"]
+
+
+class MonitorSettings(_Section):
+    """The prediction log of the service and the `monitor` flow that reads it (pneumo/monitor/)."""
+
+    enabled: bool = Field(True, description="log every answered prediction to the store")
+    site: str = Field(
+        "default", min_length=1, max_length=64, description="where this service answers, per row"
+    )
+    store_url: str = Field(
+        "sqlite:///monitor/predictions.db",
+        min_length=1,
+        description="SQLAlchemy URL; a relative sqlite path is relative to the workspace",
+    )
+    store_schema: str = Field(
+        "pneumo_monitor", pattern=r"^[a-z_][a-z0-9_]*$", description="PostgreSQL schema"
+    )
+    keep_images: bool = Field(False, description="keep uploads (content-addressed, sha256)")
+    image_dir: Path = Field(Path("monitor/images"), description="kept uploads; workspace-relative")
+    image_retention_days: float = Field(30.0, gt=0, description="kept uploads older are deleted")
+    max_kept_images: int = Field(100_000, ge=1, description="beyond this the oldest are deleted")
+    flush_interval_s: float = Field(2.0, gt=0, le=300, description="queued rows written this often")
+    flush_rows: int = Field(256, ge=1, le=100_000, description="rows per write")
+    queue_rows: int = Field(10_000, ge=1, description="rows waiting in memory; more are lost")
+    buffer_file: Path = Field(
+        Path("monitor/buffer.jsonl"), description="rows kept while the store is down"
+    )
+    buffer_rows: int = Field(100_000, ge=1, description="rows the buffer file holds; more are lost")
+    retry_s: float = Field(10.0, gt=0, le=3600, description="wait before retrying a down store")
+    window_hours: float = Field(168.0, gt=0, description="the monitor flow's recent window")
+    min_predictions: int = Field(100, ge=1, description="fewer in the window: not enough data")
+    min_feedback: int = Field(20, ge=1, description="reviewed cases needed for live metrics")
+    drift_method: DriftMethod = Field("wasserstein", description="Evidently's drift method")
+    drift_threshold: float | None = Field(
+        0.3, gt=0, description="drift when the score passes this; null = Evidently's default"
+    )
+    input_drift_warn_share: float = Field(
+        0.2, gt=0, le=1, description="share of drifted input statistics that warns"
+    )
+    input_drift_alert_share: float = Field(
+        0.5, gt=0, le=1, description="share of drifted input statistics that alerts"
+    )
+    positive_rate_warn: float = Field(0.1, gt=0, le=1, description="|window - reference| warns")
+    positive_rate_alert: float = Field(0.2, gt=0, le=1, description="|window - reference| alerts")
+    ood_rate_warn: float = Field(
+        0.05, gt=0, le=1, description="out-of-distribution share above the reference's warns"
+    )
+    ood_rate_alert: float = Field(0.15, gt=0, le=1)
+    referral_rate_warn: float = Field(
+        0.1, gt=0, le=1, description="referred share above the reference's warns"
+    )
+    referral_rate_alert: float = Field(0.25, gt=0, le=1)
+    retrain_on_alert: bool = Field(False, description="an alert starts the retrain deployment")
+    report_dir: Path = Field(
+        Path("reports/monitor"), description="HTML reports; workspace-relative"
+    )
+
+    @model_validator(mode="after")
+    def _warn_below_alert(self) -> MonitorSettings:
+        for name in ("input_drift", "positive_rate", "ood_rate", "referral_rate"):
+            warn_key = f"{name}_warn_share" if name == "input_drift" else f"{name}_warn"
+            alert_key = warn_key.replace("warn", "alert")
+            if getattr(self, warn_key) > getattr(self, alert_key):
+                raise ValueError(f"{warn_key} must not exceed {alert_key}")
+        return self
+
+
 class Settings(_Section):
     data: DataSettings = DataSettings()
     ingest: IngestSettings = IngestSettings()
@@ -387,6 +455,7 @@ class Settings(_Section):
     registry: RegistrySettings = RegistrySettings()
     score: ScoreSettings = ScoreSettings()
     serve: ServeSettings = ServeSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -36,6 +36,7 @@ from pneumo.stored_model import (
     MODEL_FILE,
     ROC_FILE,
     SPLIT_FILE,
+    model_digest,
 )
 from pneumo.workspace import Workspace, sha256_file
 
@@ -199,7 +200,7 @@ def _staged_metadata(
         raise PackagingError(f"the champion's weights are not a pneumo model file: {exc}") from exc
     decision = json.loads((staging / DECISION_FILE).read_text())
     guard = [staging / GUARD_FILE] if (staging / GUARD_FILE).is_file() else []
-    digest = sha256_file(staging / MODEL_FILE, staging / DECISION_FILE, *guard)
+    digest = model_digest(staging / MODEL_FILE, staging / DECISION_FILE, staging / GUARD_FILE)
     tag = f"{settings.registry.model_name}:{_model_version(source, digest)}"
     metadata: dict[str, Any] = {
         "source": "workspace" if from_workspace else "registry",

@@ -7,6 +7,10 @@ workspace's layout from pneumo/workspace.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pneumo.workspace import sha256_file
+
 MODEL_FILE = "model.pt"  # weights + metadata, loaded weights-only
 DECISION_FILE = "decision.json"  # the decision threshold and referral band
 GUARD_FILE = "guard.pt"  # the out-of-distribution guard fitted on the model's features
@@ -20,3 +24,9 @@ COMPARISON_FILE = "comparison.csv"
 EVALUATION_FILE = "evaluation.json"
 # The alias under which a Bento names its model: the service loads the model of this alias.
 CHAMPION_ALIAS = "champion"
+
+
+def model_digest(model: Path, decision: Path, guard: Path | None = None) -> str:
+    """The served model's identity: sha256 of its weights, decision and guard (when it has one).
+    The model store's tags, the prediction log's rows and the monitor's reference carry it."""
+    return sha256_file(model, decision, *([guard] if guard is not None and guard.is_file() else []))

@@ -87,6 +87,12 @@ class Workspace:
         return self.root / "metrics" / "guard.json"
 
     @property
+    def monitor_reference(self) -> Path:
+        """The validation split as the monitor sees a request: input statistics, probability,
+        call, referral and guard flag per image (`pneumo reference`, pneumo/monitor/)."""
+        return self.root / "models" / "reference.parquet"
+
+    @property
     def train_metrics(self) -> Path:
         return self.root / "metrics" / "train.json"
 

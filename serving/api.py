@@ -9,11 +9,15 @@ under size and time limits (serving/uploads.py); only then does a request take o
 predicted. Each file is validated from its header before decoding, every refusal is a JSON 4xx,
 and only real faults are 5xx: 503 when the model service cannot answer now, 500 for a bug.
 The GET routes, the web page and the API docs are a Starlette app mounted on the service.
+
+Every answered image gets a request id (``request_id`` in the answer, ``X-Request-Id``) and one
+row in the prediction log (serving/monitoring.py); POST /feedback joins a reviewer's label to it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -29,6 +33,7 @@ from pneumo.config import ServeSettings
 from pneumo.decision import Decision
 from serving.errors import error_body, http_error_message
 from serving.inputs import InputError, Radiograph, media_type, read_radiograph
+from serving.monitoring import REQUEST_ID_HEADER, Monitoring
 from serving.openapi import docs_routes
 from serving.uploads import (
     MULTIPART,
@@ -62,6 +67,7 @@ class Backend(Protocol):
     decode_limiter: anyio.CapacityLimiter  # decoding is CPU work: about one per core at once
     admission: anyio.CapacityLimiter  # requests past their upload (serve.max_concurrency)
     uploads: anyio.CapacityLimiter  # bodies being received (serve.max_uploads)
+    monitoring: Monitoring  # the prediction log and the store behind /feedback and /live
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]: ...
 
@@ -104,11 +110,19 @@ def _prediction(backend: Backend, result: dict[str, Any], radiograph: Radiograph
 
 
 async def predict(request: Request, backend: Backend) -> Response:
+    started = time.perf_counter()
     upload = await read_upload(request, backend.serve, backend.uploads)
     async with slot(backend.admission, "requests in progress"):
         radiograph = await _decode(upload, backend)
         (result,) = await backend.classify(radiograph.pixels[None])
-    return JSONResponse({**_prediction(backend, result, radiograph), "model": backend.model_info})
+    prediction = _prediction(backend, result, radiograph)
+    request_id = backend.monitoring.new_id()
+    backend.monitoring.record("predict", request_id, prediction, radiograph, upload.data, started)
+    return _answer({"request_id": request_id, **prediction, "model": backend.model_info})
+
+
+def _answer(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, headers={REQUEST_ID_HEADER: body["request_id"]})
 
 
 async def _decode_all(uploads: list[Upload], backend: Backend) -> list[Radiograph]:
@@ -139,7 +153,7 @@ async def _decode_all(uploads: list[Upload], backend: Backend) -> list[Radiograp
 
 
 async def predict_batch(request: Request, backend: Backend) -> Response:
-    serve = backend.serve
+    serve, started = backend.serve, time.perf_counter()
     if media_type(request.headers.get("content-type")) != MULTIPART:
         raise InputError(
             415,
@@ -153,11 +167,17 @@ async def predict_batch(request: Request, backend: Backend) -> Response:
     async with slot(backend.admission, "requests in progress"):
         decoded = await _decode_all(files, backend)
         results = await backend.classify(np.stack([r.pixels for r in decoded]))
-    predictions = [
-        {"index": i, "filename": upload.filename, **_prediction(backend, result, radiograph)}
-        for i, (upload, result, radiograph) in enumerate(zip(files, results, decoded, strict=True))
-    ]
-    return JSONResponse({"predictions": predictions, "model": backend.model_info})
+    batch_id, predictions = backend.monitoring.new_id(), []
+    for i, (upload, result, radiograph) in enumerate(zip(files, results, decoded, strict=True)):
+        prediction, request_id = _prediction(backend, result, radiograph), f"{batch_id}-{i}"
+        backend.monitoring.record("predict_batch", request_id, prediction, radiograph,
+                                  upload.data, started, batch_id)  # fmt: skip
+        predictions.append(
+            {"request_id": request_id, "index": i, "filename": upload.filename, **prediction}
+        )
+    return _answer(
+        {"request_id": batch_id, "predictions": predictions, "model": backend.model_info}
+    )
 
 
 async def explain(request: Request, backend: Backend) -> Response:
@@ -165,6 +185,7 @@ async def explain(request: Request, backend: Backend) -> Response:
     ?format=layers (the web page): the model's view and the heatmap colours as PNG data URLs."""
     from pneumo.explain import overlay_png
 
+    started = time.perf_counter()
     wanted = request.query_params.get("format", "png").lower()
     if wanted not in ("png", "json", "layers"):
         raise InputError(
@@ -176,25 +197,44 @@ async def explain(request: Request, backend: Backend) -> Response:
         (result,) = await backend.classify(radiograph.pixels[None])
         heatmap = (await backend.heatmaps(radiograph.pixels[None]))[0]
     prediction = _prediction(backend, result, radiograph)
+    request_id = backend.monitoring.new_id()
+    answer = {"request_id": request_id, **prediction}
     if wanted == "json":
-        return JSONResponse(
-            {
-                **prediction,
-                "heatmap": np.round(heatmap, 4).tolist(),
-                "heatmap_shape": list(heatmap.shape),
-                "model": backend.model_info,
-            }
-        )
-    if wanted == "layers":
+        heatmap_json = {
+            "heatmap": np.round(heatmap, 4).tolist(),
+            "heatmap_shape": list(heatmap.shape),
+        }
+        response: Response = _answer({**answer, **heatmap_json, "model": backend.model_info})
+    elif wanted == "layers":
         layers = await anyio.to_thread.run_sync(explain_layers, radiograph.pixels, heatmap)
-        return JSONResponse({**prediction, **layers, "model": backend.model_info})
-    png = await anyio.to_thread.run_sync(overlay_png, radiograph.pixels, heatmap)
-    headers = {
+        response = _answer({**answer, **layers, "model": backend.model_info})
+    else:
+        png = await anyio.to_thread.run_sync(overlay_png, radiograph.pixels, heatmap)
+        response = Response(png, media_type="image/png", headers=_explain_headers(answer))
+    backend.monitoring.record("explain", request_id, prediction, radiograph, upload.data, started)
+    return response
+
+
+def _explain_headers(prediction: dict[str, Any]) -> dict[str, str]:
+    return {
+        REQUEST_ID_HEADER: prediction["request_id"],
         "X-Pneumo-Probability": f"{prediction['probability']:.6f}",
         "X-Pneumo-Label": str(prediction["label"]),
         "X-Pneumo-Refer": str(prediction["refer_to_radiologist"]).lower(),
     }
-    return Response(png, media_type="image/png", headers=headers)
+
+
+async def feedback(request: Request, backend: Backend, fields: dict[str, Any]) -> Response:
+    """A reviewer's label for an answered prediction: 201 when new, 200 when it replaced the
+    same reviewer's earlier one (the answer says so)."""
+    answer = await backend.monitoring.feedback(fields)
+    return JSONResponse(answer, status_code=200 if answer["replaced"] else 201)
+
+
+async def live(request: Request) -> Response:
+    """The model card's live tab: requests, positive and OOD rates, feedback agreement per day."""
+    backend: Backend = request.app.state.backend()
+    return JSONResponse(await backend.monitoring.live())
 
 
 async def _input_error(_: Request, exc: Exception) -> Response:
@@ -272,6 +312,7 @@ async def metadata(request: Request) -> Response:
                 "max_batch_files": serve.max_batch_files,
             },
             "accepts": ["image/jpeg", "image/png", "application/dicom", MULTIPART],
+            "monitoring": backend.monitoring.counts(),
         }
     )
 
@@ -282,6 +323,7 @@ def create_app(backend: Callable[[], Backend], document: Callable[[], dict[str, 
     app = Starlette(
         routes=[
             Route("/metadata", metadata, methods=["GET"]),
+            Route("/live", live, methods=["GET"]),
             *web_routes(),
             *docs_routes(document),
         ],

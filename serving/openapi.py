@@ -25,6 +25,8 @@ from starlette.staticfiles import StaticFiles
 from serving.schema import (
     BATCH_ERRORS,
     EXPLAIN_ERRORS,
+    FEEDBACK_ERRORS,
+    FEEDBACK_EXAMPLE,
     IMAGE_TYPES,
     PREDICTION_EXAMPLE,
     UPLOAD_ERRORS,
@@ -32,6 +34,7 @@ from serving.schema import (
     ErrorAnswer,
     Explanation,
     ExplanationLayers,
+    FeedbackAnswer,
     Metadata,
     Prediction,
 )
@@ -46,6 +49,7 @@ ANSWER_MODELS: tuple[type[BaseModel], ...] = (
     Explanation,
     ExplanationLayers,
     Metadata,
+    FeedbackAnswer,
     ErrorAnswer,
 )
 
@@ -174,12 +178,37 @@ def _post_routes() -> dict[str, dict[str, Any]]:
             BATCH_ERRORS,
         ),
         "/explain": {**explain, "parameters": [FORMAT_PARAMETER]},
+        "/feedback": _feedback_operation(),
+    }
+
+
+def _feedback_operation() -> dict[str, Any]:
+    """POST /feedback: BentoML describes its JSON body; this adds the answers and errors."""
+    answer = _json(_ref(FeedbackAnswer), FEEDBACK_EXAMPLE)
+    replaced = {**FEEDBACK_EXAMPLE, "replaced": True, "previous_label": "PNEUMONIA",
+                "message": "replaced dr.okafor's earlier feedback (PNEUMONIA -> NORMAL)"}  # fmt: skip
+    return {
+        "summary": "A reviewer's label for an answered radiograph (confirm or correct the call)",
+        "description": "Joined to the prediction by request_id; one feedback per reviewer and "
+        "request: a second one from the same reviewer replaces the first and says so.",
+        "responses": {
+            "201": {"description": "recorded", "content": answer},
+            "200": {
+                "description": "replaced the reviewer's earlier feedback",
+                "content": _json(_ref(FeedbackAnswer), replaced),
+            },
+            **error_responses(FEEDBACK_ERRORS),
+        },
     }
 
 
 def _get_routes() -> dict[str, dict[str, Any]]:
     """The GET routes of the mounted app (serving/api.py, serving/web.py)."""
     card = {"type": "object", "description": "model, registration, evaluation, data, ROC"}
+    live = {
+        "type": "object",
+        "description": "available, since, days: [{day, requests, ...}], total",
+    }
     return {
         "/metadata": {
             "get": {
@@ -189,6 +218,15 @@ def _get_routes() -> dict[str, dict[str, Any]]:
                 "responses": {
                     "200": {"description": "the model", "content": _json(_ref(Metadata))}
                 },
+            }
+        },
+        "/live": {
+            "get": {
+                "summary": "Live figures from the prediction log: per day, requests, positive "
+                "rate, OOD and referral rates, feedback agreement (last 30 days)",
+                "tags": ["Service APIs"],
+                "operationId": "live",
+                "responses": {"200": {"description": "the days", "content": _json(live)}},
             }
         },
         "/model_card": {

@@ -96,6 +96,12 @@ class Prediction(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    request_id: str | None = Field(
+        None,
+        description="this answer's id in the prediction log (also X-Request-Id): send it "
+        "with POST /feedback",
+        examples=["5f0c3b1e9a8d4c2fb7e6a1d0c9b8a7f6"],
+    )
     probability: float = Field(ge=0, le=1, description="probability of pneumonia")
     label: Literal[CLASSES] = Field(description="the call at the decision threshold")
     threshold: float = Field(description="the validation-chosen decision threshold")
@@ -116,6 +122,7 @@ class Prediction(BaseModel):
 
 
 PREDICTION_EXAMPLE = {
+    "request_id": "5f0c3b1e9a8d4c2fb7e6a1d0c9b8a7f6",
     "probability": 0.9731,
     "label": "PNEUMONIA",
     "threshold": 0.493,
@@ -137,6 +144,9 @@ class FilePrediction(Prediction):
 class BatchPrediction(BaseModel):
     """One prediction per file, in the order of the form."""
 
+    request_id: str = Field(
+        description="the batch's id (X-Request-Id); each file's is <id>-<index>"
+    )
     predictions: list[FilePrediction]
     model: ModelInfo
 
@@ -179,6 +189,59 @@ class Metadata(BaseModel):
     metrics: dict[str, Any] = Field(description="the packaged evaluation report")
     limits: Limits
     accepts: list[str]
+    monitoring: dict[str, Any] = Field(
+        description="the prediction log: rows logged, buffered while the store was down, "
+        "replayed, lost (also on /metrics as pneumo_prediction_log_rows_total)"
+    )
+
+
+def _enum(values: tuple[str, ...], description: str) -> Any:
+    return WithJsonSchema({"type": "string", "enum": list(values), "description": description})
+
+
+class FeedbackInput(BaseModel):
+    """A reviewer's reading of an answered radiograph, joined to it by request id.
+
+    ``label`` is checked by the route (422 ``invalid_label``), not by BentoML, so that a wrong
+    value gets the service's own error format and status.
+    """
+
+    request_id: str = Field(description="the request_id of a /predict, /predict_batch or "
+                            "/explain answer", examples=[PREDICTION_EXAMPLE["request_id"]])  # fmt: skip
+    label: Annotated[str, _enum(CLASSES, "the reviewer's reading")] = Field(examples=["NORMAL"])
+    reviewer: str = Field(description="who reviewed; one feedback per reviewer and request",
+                          examples=["dr.okafor"])  # fmt: skip
+    note: str = Field("", description="free text, at most 2000 characters")
+    patient_id: str | None = Field(
+        None,
+        description="the site's pseudonymous patient id: keeps a patient's images in one "
+        "split when confirmed cases are trained on (`pneumo feedback export`)",
+    )
+
+
+class FeedbackAnswer(BaseModel):
+    """What was recorded: 201 for a new feedback, 200 when it replaced the reviewer's earlier one."""
+
+    request_id: str
+    label: Literal[CLASSES]
+    reviewer: str
+    predicted_label: Literal[CLASSES] = Field(description="the model's call on that request")
+    agrees_with_model: bool
+    replaced: bool = Field(description="the same reviewer had sent feedback before: replaced")
+    previous_label: Literal[CLASSES] | None
+    message: str = Field(examples=["replaced dr.okafor's earlier feedback (PNEUMONIA -> NORMAL)"])
+
+
+FEEDBACK_EXAMPLE = {
+    "request_id": PREDICTION_EXAMPLE["request_id"],
+    "label": "NORMAL",
+    "reviewer": "dr.okafor",
+    "predicted_label": "PNEUMONIA",
+    "agrees_with_model": False,
+    "replaced": False,
+    "previous_label": None,
+    "message": "recorded dr.okafor's feedback",
+}
 
 
 class ErrorAnswer(BaseModel):
@@ -232,3 +295,16 @@ BATCH_ERRORS = {
     for status in (400, 413, 415, 422)
 }
 EXPLAIN_ERRORS = {400: {"invalid_format": "format is not png, json or layers"}}
+FEEDBACK_ERRORS: dict[int, dict[str, str]] = {
+    400: {"bad_request": "the body is not a JSON object with the required fields"},
+    404: {"unknown_request": "no answered prediction has this request id"},
+    409: {"monitoring_disabled": "the prediction log is off (monitor.enabled: false)"},
+    422: {
+        "invalid_label": "label is not NORMAL or PNEUMONIA",
+        "invalid_request_id": "request_id is empty or longer than 64 characters",
+        "invalid_reviewer": "reviewer is empty or longer than 128 characters",
+        "invalid_feedback": "note or patient_id is too long",
+    },
+    503: {"store_unavailable": "the prediction store cannot be reached: retry shortly"},
+    500: {"internal_error": "a bug, logged by the service; the answer holds no details"},
+}

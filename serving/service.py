@@ -19,6 +19,7 @@ source tree).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -47,9 +48,12 @@ from pneumo.stored_model import (
 from serving import api as routes
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
+from serving.monitoring import Monitoring, workspace_root
 from serving.openapi import openapi_document
 from serving.schema import (
     BatchPrediction,
+    FeedbackAnswer,
+    FeedbackInput,
     Incoming,
     OverlayPng,
     Prediction,
@@ -241,7 +245,8 @@ class PneumoniaService:
 
         show_info_logs()
         stored = champion()
-        self.serve = read_settings().serve
+        settings = read_settings()
+        self.serve = settings.serve
         self.model_info = _model_info(stored)
         self.image_size = int(stored.info.metadata["image_size"])
         self.decision = Decision.load(Path(stored.path_of(DECISION_FILE)))
@@ -250,6 +255,7 @@ class PneumoniaService:
         self.decode_limiter = anyio.CapacityLimiter(available_cores())
         self.admission = anyio.CapacityLimiter(self.serve.max_concurrency)
         self.uploads = anyio.CapacityLimiter(self.serve.max_uploads)
+        self.monitoring = Monitoring(settings.monitor, workspace_root(), self.model_info)
         _ = self.model  # in-process (tests, to_asgi) this loads the model now, not on a request
         self.ready = True
         log_code_origin("the front service")
@@ -273,6 +279,20 @@ class PneumoniaService:
     async def explain(self, image: Incoming) -> Response:
         """Grad-CAM of the pneumonia score on the model's view (?format=png, json or layers)."""
         return await routes.respond(routes.explain, image.request, self)
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackInput, output_spec=FeedbackAnswer)
+    async def feedback(self, ctx: bentoml.Context, **fields: Any) -> Response:
+        """A reviewer's label (NORMAL or PNEUMONIA) for an answered radiograph, by request id;
+        a second one from the same reviewer replaces the first."""
+        handler = functools.partial(routes.feedback, fields=fields)
+        response = await routes.respond(handler, ctx.request, self)
+        ctx.response.status_code = response.status_code  # BentoML answers with the context's
+        return response
+
+    @bentoml.on_shutdown
+    def close_prediction_log(self) -> None:
+        """Write the queued rows (to the store, or the buffer file) before the process ends."""
+        self.monitoring.close()
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
         return await self._call_model("classify", images)

@@ -1,4 +1,5 @@
-"""`pneumo schedule`: the retrain flow as a Prefect deployment on a cron schedule, served here."""
+"""`pneumo schedule [retrain|monitor] --cron ...`: a flow as a Prefect deployment on a cron
+schedule, served here."""
 
 from __future__ import annotations
 
@@ -6,33 +7,44 @@ import argparse
 
 from pneumo.cli import Command, arg, load_settings_of, workspace_of
 
+DEFAULT_CRONS = {"retrain": "0 3 * * 1", "monitor": "0 * * * *"}
+
 
 def run(args: argparse.Namespace) -> int:
+    import importlib
     from pathlib import Path
 
-    from flows.retrain import DEPLOYMENT_NAME, serve
-
+    flow = importlib.import_module(f"flows.{args.flow}")
     load_settings_of(args)  # refuse a broken params.yaml before registering anything
     root = workspace_of(args).root
+    cron = args.cron or DEFAULT_CRONS[args.flow]
     print(
-        f"serving deployment 'retrain/{DEPLOYMENT_NAME}' on cron '{args.cron}' for {root}; "
+        f"serving deployment '{args.flow}/{flow.DEPLOYMENT_NAME}' on cron '{cron}' for {root}; "
         "Ctrl-C stops"
     )
-    serve(str(root), args.cron, Path(args.params).name)
+    flow.serve(str(root), cron, Path(args.params).name)
     return 0
 
 
 COMMAND = Command(
     "schedule",
-    help="register the retrain flow as a Prefect deployment on a cron schedule and serve it",
+    help="register the retrain (or monitor) flow as a Prefect deployment on a cron schedule",
     description="Uses Prefect's ephemeral API by default, a Prefect server when PREFECT_API_URL "
-    "is set. Runs until stopped; each scheduled run validates, retrains, gates and packages.",
+    "is set. Runs until stopped. retrain (the default) validates, retrains, gates and packages; "
+    "monitor compares the recent prediction log with the validation reference.",
     handler=run,
     arguments=(
         arg(
+            "flow",
+            nargs="?",
+            choices=sorted(DEFAULT_CRONS),
+            default="retrain",
+            help="which flow (default: %(default)s)",
+        ),  # fmt: skip
+        arg(
             "--cron",
-            default="0 3 * * 1",
-            help="cron expression (default: %(default)s, Mondays 03:00)",
+            help="cron expression (default: retrain '0 3 * * 1', Mondays 03:00; monitor "
+            "'0 * * * *', hourly)",
         ),
     ),
 )

@@ -15,7 +15,9 @@ def run(args: argparse.Namespace) -> int:
     packaged = package_and_report(args)
     settings = load_settings_of(args)
     command, added = serve_command(settings, packaged.bento_tag, args.host, args.port, args.workers)
-    env = {**os.environ, **added, "BENTOML_HOME": str(bentoml_home(settings, workspace_of(args)))}
+    workspace = workspace_of(args)
+    env = {**os.environ, **added, "BENTOML_HOME": str(bentoml_home(settings, workspace))}
+    env["PNEUMO_WORKSPACE"] = str(workspace.root)  # the prediction log's relative paths
     host, port = command[command.index("--host") + 1], command[command.index("--port") + 1]
     print(f"serving {packaged.bento_tag} at http://{host}:{port}"
           " (open it for the web page, /docs for the API); Ctrl-C stops",

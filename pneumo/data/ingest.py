@@ -18,7 +18,14 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pneumo.data.kermany import CLASSES, IMAGE_SUFFIXES, SPLITS, parse_patient_id, parse_subtype
+from pneumo.data.kermany import (
+    CLASSES,
+    IMAGE_SUFFIXES,
+    SPLITS,
+    parse_patient_id,
+    parse_source,
+    parse_subtype,
+)
 from pneumo.data.preprocess import ImageDecodeError, decode_radiograph
 from pneumo.errors import DatasetError
 from pneumo.workspace import Workspace, atomic_path
@@ -27,7 +34,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "path", "label", "source_split", "patient_id", "subtype",
-    "width", "height", "mode", "bytes", "sha256",
+    "width", "height", "mode", "bytes", "sha256", "source",
 )  # fmt: skip
 QUARANTINE_COLUMNS: tuple[str, ...] = ("path", "reason")
 # Side of the check decode: small enough to be cheap, every byte of the scan still decoded.
@@ -200,6 +207,7 @@ def build_manifest(root: Path, workers: int = 0) -> tuple[pd.DataFrame, pd.DataF
                     "patient_id": patient_id,
                     "subtype": parse_subtype(stem, cand.label),
                     **(info or {}),
+                    "source": parse_source(stem),
                 }
             )
     bar.close()

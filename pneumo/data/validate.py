@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumo.config import ValidateSettings
 from pneumo.data.ingest import MANIFEST_COLUMNS
-from pneumo.data.kermany import CLASSES, SPLITS, SUBTYPES
+from pneumo.data.kermany import CLASSES, SOURCES, SPLITS, SUBTYPES
 from pneumo.errors import ContractError, PipelineOrderError
 from pneumo.workspace import Workspace, atomic_path
 
@@ -48,7 +48,7 @@ def build_suite(settings: ValidateSettings) -> Any:
     suite.add_expectation(
         E.ExpectTableRowCountToBeBetween(min_value=settings.min_rows, max_value=settings.max_rows)
     )
-    for column in ("path", "patient_id", "sha256", "label", "source_split"):
+    for column in ("path", "patient_id", "sha256", "label", "source_split", "source"):
         suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=column))
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="path"))
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="sha256"))
@@ -58,6 +58,7 @@ def build_suite(settings: ValidateSettings) -> Any:
         E.ExpectColumnValuesToBeInSet(column="source_split", value_set=list(SPLITS))
     )
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="subtype", value_set=list(SUBTYPES)))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)))
     suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(column="patient_id", min_value=1))
     for column in ("width", "height"):
         suite.add_expectation(

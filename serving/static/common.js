@@ -46,6 +46,9 @@ const pneumo = (() => {
     image_too_small: "The image is too small to assess. Use the original radiograph rather than a thumbnail.",
     unsupported_dicom: "This DICOM file is of a kind pneumo cannot read (for example colour, multi-frame or compressed in an unsupported way). Export a single grayscale image.",
     model_unavailable: "The model is busy or restarting. Try again in a few seconds.",
+    unknown_request: "This prediction is not in the service's log, so the answer cannot be joined to it.",
+    store_unavailable: "The service's log cannot be reached right now. Try again in a few seconds.",
+    monitoring_disabled: "The service does not keep a log of its predictions, so answers cannot be recorded.",
   };
 
   class ApiError extends Error {

@@ -160,6 +160,7 @@
     }
     if (id !== current) return;
     showPrediction(prediction, file, dicom);
+    showFeedback(prediction);
     try {
       const layers = await explained;
       if (id === current) showLayers(layers, dicom);
@@ -167,6 +168,42 @@
       if (id !== current) return;
       $("heatmap-note").textContent = `The heatmap could not be computed. ${error.message}`;
       setState("explain-failed");
+    }
+  }
+
+  // Confirm (the model's call) or correct (the other class): POST /feedback with the request id.
+  let answered = null; // {request_id, label} of the prediction on screen
+  const OTHER = { NORMAL: "PNEUMONIA", PNEUMONIA: "NORMAL" };
+  const WORD = { NORMAL: "normal", PNEUMONIA: "pneumonia" };
+
+  function showFeedback(prediction) {
+    answered = { request_id: prediction.request_id, label: prediction.label };
+    $("confirm").textContent = `Confirm: ${WORD[prediction.label]}`;
+    $("correct").textContent = `Correct: ${WORD[OTHER[prediction.label]]}`;
+    $("feedback-status").textContent = "";
+    $("feedback").dataset.state = "open";
+  }
+
+  async function sendFeedback(label) {
+    const reviewer = $("reviewer").value.trim();
+    if (!reviewer) {
+      $("feedback-status").textContent = "Enter your name or staff id first.";
+      $("reviewer").focus();
+      return;
+    }
+    localStorage.setItem("pneumo-reviewer", reviewer);
+    const body = JSON.stringify({ request_id: answered.request_id, label, reviewer });
+    try {
+      const answer = await pneumo.requestJson("/feedback", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body,
+      });
+      const verb = answer.agrees_with_model ? "Confirmed" : "Corrected";
+      $("feedback-status").textContent =
+        `${verb}: ${WORD[answer.label]}.` + (answer.replaced ? " (Your earlier answer was replaced.)" : "");
+      $("feedback").dataset.state = answer.agrees_with_model ? "confirmed" : "corrected";
+    } catch (error) {
+      $("feedback-status").textContent = `Not recorded: ${error.message} ${error.detail || ""}`.trim();
+      $("feedback").dataset.state = "failed";
     }
   }
 
@@ -206,6 +243,9 @@
   document.addEventListener("DOMContentLoaded", async () => {
     wireDropzone();
     $("opacity").addEventListener("input", setOpacity);
+    $("reviewer").value = localStorage.getItem("pneumo-reviewer") || "";
+    $("confirm").addEventListener("click", () => sendFeedback(answered.label));
+    $("correct").addEventListener("click", () => sendFeedback(OTHER[answered.label]));
     setOpacity();
     try {
       meta = await pneumo.metadata();

@@ -283,7 +283,50 @@
       "they orient rather than compare like for like."));
   }
 
+  function renderLive(live) {
+    const box = $("live");
+    box.replaceChildren();
+    if (!live.available) {
+      box.append(missing(`The prediction log cannot be read: ${live.reason}`));
+      return;
+    }
+    if (!live.days.length) {
+      box.append(missing("No prediction in the last 30 days."));
+      return;
+    }
+    const rate = (value) => (value === null || value === undefined ? "—" : percent(value));
+    const head = el("tr", {}, ...["Day", "Requests", "Called pneumonia", "Out of distribution",
+      "Referred", "Reviewed", "Reviewer agreed"].map((text) => el("th", { scope: "col" }, text)));
+    const row = (name, d) => el("tr", {}, el("th", { scope: "row" }, name), el("td", {}, d.requests),
+      el("td", {}, rate(d.positive_rate)), el("td", {}, rate(d.ood_rate)),
+      el("td", {}, rate(d.referral_rate)), el("td", {}, d.reviewed), el("td", {}, rate(d.agreement)));
+    const body = el("tbody", {}, ...live.days.map((d) => row(d.day, d)));
+    const foot = el("tfoot", {}, row("All", live.total));
+    box.append(scrollable(el("table", { class: "metrics", id: "live-table" }, el("thead", {}, head), body, foot)));
+  }
+
+  function wireTabs() {
+    const tabs = [["tab-card", "panel-card"], ["tab-live", "panel-live"]];
+    for (const [tab, panel] of tabs) {
+      $(tab).addEventListener("click", async () => {
+        for (const [other, otherPanel] of tabs) {
+          $(other).setAttribute("aria-selected", String(other === tab));
+          $(otherPanel).hidden = otherPanel !== panel;
+        }
+        if (tab === "tab-live") {
+          try {
+            renderLive(await pneumo.requestJson("/live"));
+          } catch (error) {
+            $("live").replaceChildren(missing(`Live figures unavailable: ${error.message}`));
+          }
+          document.body.dataset.live = "ready";
+        }
+      });
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", async () => {
+    wireTabs();
     let card;
     try {
       card = await pneumo.requestJson("/model_card");

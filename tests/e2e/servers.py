@@ -114,9 +114,35 @@ def postgres_bin() -> Path:
     )
 
 
+class PostgresCluster:
+    """A throwaway cluster that a test can stop and start again (same port, same data)."""
+
+    def __init__(self, root: Path, port: int, user: str | None, timeout: float) -> None:
+        self.root, self.port, self.user, self.timeout = root, port, user, timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        data, log = self.root / "data", self.root / "postgres.log"
+        self.proc = _start(
+            [str(postgres_bin() / "postgres"), "-D", str(data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
+             "-c", "fsync=off", "-c", "full_page_writes=off"],
+            log, user=self.user,
+        )  # fmt: skip
+        _wait_postgres(self.port, self.proc, log, self.timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGINT)  # SIGINT = PostgreSQL's fast shutdown
+            self.proc = None
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+
 @contextmanager
-def postgres_server(database: str = "pneumo", timeout: float = 60) -> Iterator[str]:
-    """A fresh PostgreSQL cluster; yields ``postgresql://pneumo@127.0.0.1:PORT/<database>``.
+def postgres_cluster(database: str = "pneumo", timeout: float = 60) -> Iterator[PostgresCluster]:
+    """A fresh PostgreSQL cluster holding ``database``, stopped (and deleted) afterwards.
 
     initdb and postgres refuse to run as root, so as root both run as the ``postgres`` user
     (created by Debian's package) in a temporary folder it owns.
@@ -136,29 +162,29 @@ def postgres_server(database: str = "pneumo", timeout: float = 60) -> Iterator[s
     try:
         if as_root:
             shutil.chown(root, "postgres", "postgres")
-        data, log = root / "data", root / "postgres.log"
         init = subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
+            [str(bindir / "initdb"), "-D", str(root / "data"), "-U", PG_USER, "--auth=trust",
              "-E", "UTF8", "--no-sync", "--no-instructions"],
             capture_output=True, text=True, user=user, cwd=root, timeout=120,
         )  # fmt: skip
         if init.returncode != 0:
             raise ServerStartError(f"initdb failed:\n{init.stdout}{init.stderr}")
-        port = free_port()
-        proc = _start(
-            [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}",
-             "-c", "fsync=off", "-c", "full_page_writes=off"],
-            log, user=user,
-        )  # fmt: skip
+        cluster = PostgresCluster(root, free_port(), user, timeout)
+        cluster.start()
         try:
-            _wait_postgres(port, proc, log, timeout)
-            _create_database(port, database)
-            yield f"postgresql://{PG_USER}@127.0.0.1:{port}/{database}"
+            _create_database(cluster.port, database)
+            yield cluster
         finally:
-            stop(proc, signal.SIGINT)  # SIGINT = PostgreSQL's fast shutdown
+            cluster.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server(database: str = "pneumo", timeout: float = 60) -> Iterator[str]:
+    """A fresh PostgreSQL cluster; yields ``postgresql://pneumo@127.0.0.1:PORT/<database>``."""
+    with postgres_cluster(database, timeout) as cluster:
+        yield cluster.url(database)
 
 
 def _wait_postgres(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:

@@ -1,4 +1,5 @@
-"""`pneumo schedule --cron ...` registers the retrain deployment with its cron on a Prefect server."""
+"""`pneumo schedule [monitor] --cron ...` registers the retrain (or monitor) deployment with its
+cron on a Prefect server."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_schedule_registers_a_cron_deployment(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flow", "deployment", "cron"),
+    [([], "pneumo-retrain", "0 3 * * 1"), (["monitor"], "pneumo-monitor", "*/30 * * * *")],
+)
+def test_schedule_registers_a_cron_deployment(
+    tmp_path: Path, flow: list[str], deployment: str, cron: str
+) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
     shutil.copy2(REPO / "params.yaml", ws / "params.yaml")
@@ -24,21 +31,21 @@ def test_schedule_registers_a_cron_deployment(tmp_path: Path) -> None:
         env = prefect_env(api_url, tmp_path / "client")
         log = (tmp_path / "schedule.log").open("wb")
         proc = subprocess.Popen(
-            [str(BIN / "pneumo"), "schedule", "--cron", "0 3 * * 1"],
+            [str(BIN / "pneumo"), "schedule", *flow, "--cron", cron],
             cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
-            deployment = None
+            deployed = None
             deadline = time.monotonic() + 120
-            while deployment is None and time.monotonic() < deadline:
+            while deployed is None and time.monotonic() < deadline:
                 assert proc.poll() is None, (tmp_path / "schedule.log").read_text()[-3000:]
                 found = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=30).json()
-                deployment = next((d for d in found if d["name"] == "pneumo-retrain"), None)
+                deployed = next((d for d in found if d["name"] == deployment), None)
                 time.sleep(1)
-            assert deployment is not None, (tmp_path / "schedule.log").read_text()[-3000:]
-            crons = [s["schedule"].get("cron") for s in deployment["schedules"]]
-            assert crons == ["0 3 * * 1"]
-            assert deployment["parameters"]["workspace"] == str(ws.resolve())
+            assert deployed is not None, (tmp_path / "schedule.log").read_text()[-3000:]
+            crons = [s["schedule"].get("cron") for s in deployed["schedules"]]
+            assert crons == [cron]
+            assert deployed["parameters"]["workspace"] == str(ws.resolve())
         finally:
             stop(proc)
             log.close()

@@ -89,7 +89,10 @@ def test_pneumo_client_predicts_explains_and_reports_errors(
     path = jpeg_paths[11]
     expected = plain_predict(server, path)
     with PneumoClient(server.url) as client:
-        assert client.predict(path) == expected
+        again = client.predict(path)
+        request_id = again.pop("request_id")
+        assert request_id != expected["request_id"]  # each answer is logged on its own
+        assert again == {k: v for k, v in expected.items() if k != "request_id"}
         assert client.predict(path.read_bytes())["probability"] == expected["probability"]
         batch = client.predict_batch([path, jpeg_paths[12]])
         assert [p["filename"] for p in batch] == [path.name, jpeg_paths[12].name]
@@ -103,6 +106,13 @@ def test_pneumo_client_predicts_explains_and_reports_errors(
 
         metadata = client.metadata()
         assert metadata["threshold"] == THRESHOLD and metadata["image_size"] == IMAGE_SIZE
+
+        first = client.feedback(request_id, "NORMAL", "dr.client")
+        assert first["replaced"] is False and first["predicted_label"] == again["label"]
+        assert client.feedback(request_id, "PNEUMONIA", "dr.client")["replaced"] is True
+        with pytest.raises(PneumoAPIError) as unknown:
+            client.feedback("no-such-request", "NORMAL", "dr.client")
+        assert unknown.value.status == 404 and unknown.value.code == "unknown_request"
 
         with pytest.raises(PneumoAPIError) as refused:
             client.predict(b"\xff\xd8\xff" + bytes(100))

@@ -23,8 +23,11 @@ PUBLIC = {
     ("post", "/explain"),
     ("get", "/metadata"),
     ("get", "/model_card"),
+    ("post", "/feedback"),
+    ("get", "/live"),
 }
 UPLOAD_ROUTES = ("/predict", "/predict_batch", "/explain")
+ERROR_ROUTES = (*UPLOAD_ROUTES, "/feedback")
 RAISED = re.compile(r'InputError\(\s*(\d{3}|statuses\.pop\(\)[^,]*),\s*"(\w+)"')
 
 
@@ -52,7 +55,8 @@ def test_every_public_route_is_documented_with_an_example(document: dict[str, An
     for method, path in PUBLIC:
         operation = document["paths"][path][method]
         assert operation.get("summary") or operation.get("description"), path
-        assert "application/json" in operation["responses"]["200"]["content"]
+        answers = operation["responses"]
+        assert "application/json" in answers.get("200", answers.get("201"))["content"]
     predict = document["paths"]["/predict"]["post"]
     body = predict["requestBody"]["content"]
     assert {"multipart/form-data", "image/jpeg", "image/png", "application/dicom"} <= set(body)
@@ -65,17 +69,18 @@ def test_every_public_route_is_documented_with_an_example(document: dict[str, An
 
 
 def test_every_error_code_raised_is_documented(document: dict[str, Any]) -> None:
-    """Each InputError code in serving/ appears under the upload routes' error responses."""
+    """Each InputError code in serving/ appears under the POST routes' error responses."""
     raised = {
         code
         for source in (REPO / "serving").glob("*.py")
         for _, code in RAISED.findall(source.read_text())
     }
     assert {"body_too_large", "corrupt_image", "invalid_files", "invalid_format"} <= raised
+    assert {"unknown_request", "invalid_label", "store_unavailable"} <= raised
     documented: set[str] = set()
-    for path in UPLOAD_ROUTES:
+    for path in ERROR_ROUTES:
         for status, response in document["paths"][path]["post"]["responses"].items():
-            if status == "200":
+            if status in ("200", "201"):
                 continue
             schema = response["content"]["application/json"]["schema"]
             documented |= set(schema["properties"]["code"]["enum"])

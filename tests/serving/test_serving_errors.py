@@ -18,9 +18,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from pneumo.config import ServeSettings
+from pneumo.config import MonitorSettings, ServeSettings
 from pneumo.decision import Decision
 from serving.api import ModelUnavailableError, predict, respond
+from serving.monitoring import Monitoring
 from serving.service import PneumoniaService
 from serving.uploads import ServiceOverloadedError, slot
 
@@ -43,6 +44,7 @@ class FakeBackend:
         self.decode_limiter = anyio.CapacityLimiter(1)
         self.admission = anyio.CapacityLimiter(4)
         self.uploads = anyio.CapacityLimiter(4)
+        self.monitoring = Monitoring(MonitorSettings(enabled=False), Path("."), self.model_info)
         self.failure = failure
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:

@@ -345,3 +345,36 @@ def test_api_docs_render_offline(page, server: Server) -> None:
     page.wait_for_selector("text=body_too_large")  # the error codes are documented
     assert page.locator(".opblock-body .responses-table").count() >= 1
     screenshot(page, "web-api-docs.png")
+
+
+def test_reviewer_corrects_the_call_and_the_live_tab_counts_it(
+    page, server: Server, jpeg_paths: list[Path]
+) -> None:
+    """Confirm / correct after a diagnosis reaches POST /feedback; the model card's live tab
+    shows the day's requests and the reviewers' agreement from the prediction log."""
+    open_diagnose(page, server)
+    upload(page, jpeg_paths[7].name, jpeg_paths[7].read_bytes(), "image/jpeg")
+    page.wait_for_selector("#feedback[data-state='open']")
+    page.locator("#correct").click()  # no reviewer yet: asked for, nothing sent
+    assert page.inner_text("#feedback-status") == "Enter your name or staff id first."
+    page.get_by_label("Reviewer").fill("dr.page")
+    called = page.locator("#label").get_attribute("data-label")
+    page.locator("#correct").click()
+    page.wait_for_selector("#feedback[data-state='corrected']")
+    other = "normal" if called == "PNEUMONIA" else "pneumonia"
+    assert page.inner_text("#feedback-status") == f"Corrected: {other}."
+    page.locator("#confirm").click()  # the same reviewer changes their mind: replaced
+    page.wait_for_selector("#feedback[data-state='confirmed']")
+    assert "earlier answer was replaced" in page.inner_text("#feedback-status")
+    screenshot(page, "web-feedback.png")
+
+    live = httpx.get(f"{server.url}/live", timeout=30).json()
+    page.goto(f"{server.url}/model-card")
+    page.wait_for_selector("body[data-state='ready']")
+    page.get_by_role("tab", name="Live").click()
+    page.wait_for_selector("body[data-live='ready']")
+    total = page.locator("#live-table tfoot td")
+    assert int(total.nth(0).inner_text()) == live["total"]["requests"] >= 2
+    assert int(total.nth(4).inner_text()) == live["total"]["reviewed"] >= 1
+    assert page.locator("#panel-card").is_hidden()
+    screenshot(page, "web-live.png")

@@ -1,0 +1,236 @@
+"""The `monitor` flow: a recent window of the prediction log against the validation reference.
+
+Reads the window from the store (retried: the store may be restarting), compares it with
+``models/reference.parquet`` (pneumo/monitor/drift.py), saves Evidently's HTML report under
+``monitor.report_dir`` (self-contained: it loads nothing from the internet), logs it and the
+figures to MLflow, records the verdict in the store (what `pneumo monitor status` prints) and
+publishes a markdown artifact that links the report and says why. On ``alert`` with
+``monitor.retrain_on_alert`` it starts the `retrain` deployment.
+
+Run once:        python -m flows.monitor [--workspace .] [--since ISO] [--until ISO]
+On a schedule:   pneumo schedule monitor --cron "0 * * * *"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+# isort: off
+import pneumo  # noqa: F401  (switches telemetry off before prefect is imported)
+
+# isort: on
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.retrain import DEPLOYMENT_NAME as RETRAIN_DEPLOYMENT
+from flows.retrain import retry_only_transient
+from pneumo.config import Settings, load_settings
+from pneumo.errors import PneumoError
+from pneumo.monitor.store import PredictionStore, resolve_url, utcnow
+from pneumo.workspace import Workspace, atomic_path
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "pneumo-monitor"
+RETRAIN_TAG = "monitor-alert"
+
+
+def _store(settings: Settings, root: Path) -> PredictionStore:
+    return PredictionStore(
+        resolve_url(settings.monitor.store_url, root), settings.monitor.store_schema
+    )
+
+
+@task(name="read-window", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_only_transient)
+def read_window(root: Path, params: Path, start: datetime, end: datetime) -> Any:
+    """The window's predictions with their feedback (a DataFrame)."""
+    settings = load_settings(params)
+    return _store(settings, root).predictions_between(start, end)
+
+
+@task(name="assess")
+def assess_window(root: Path, params: Path, window: Any, start: datetime, end: datetime) -> Any:
+    from pneumo.monitor.drift import assess
+    from pneumo.monitor.reference import load_reference
+
+    settings = load_settings(params)
+    reference, about = load_reference(Workspace(root))
+    return assess(window, reference, about, settings, start, end)
+
+
+def save_report(snapshot: Any, settings: Settings, root: Path, end: datetime) -> Path | None:
+    """Evidently's HTML report, saved under monitor.report_dir (None without one)."""
+    if snapshot is None:
+        return None
+    folder = root / settings.monitor.report_dir
+    path = folder / f"monitor-{end:%Y%m%dT%H%M%S}.html"
+    with atomic_path(path) as tmp:
+        snapshot.save_html(str(tmp))
+    return path
+
+
+def log_to_mlflow(
+    settings: Settings, root: Path, summary: dict[str, Any], report: Path | None
+) -> str | None:
+    """A `monitor` run with the figures and the report; a failure is reported, never fatal."""
+    from pneumo import tracking
+
+    figures = {"monitor/n": summary["n"]}
+    if "input_drift_share" in summary:
+        figures["monitor/input_drift_share"] = summary["input_drift_share"]
+        for name in ("ood_rate", "referral_rate"):
+            figures[f"monitor/{name}"] = summary[name]["window"]
+        figures["monitor/positive_rate"] = summary["prediction_drift"]["positive_rate"]["window"]
+        for metric, value in summary["live"].get("metrics", {}).items():
+            figures[f"monitor/live_{metric}"] = value
+    files = [report] if report else []
+    try:
+        return tracking.log_standalone_run(settings, Workspace(root), "monitor", files, figures)
+    except Exception as exc:  # noqa: BLE001 - monitoring must not fail because MLflow is down
+        log.warning("monitor: not logged to MLflow: %s", exc)
+        return None
+
+
+def start_retrain(reasons: list[str]) -> str:
+    """Start the retrain deployment; returns what happened, in words."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    name = f"retrain/{RETRAIN_DEPLOYMENT}"
+    try:
+        run = run_deployment(name, timeout=0, tags=[RETRAIN_TAG])
+    except ObjectNotFound:
+        return (
+            f"retrain not started: no deployment {name} on this Prefect API "
+            "(`pneumo schedule` or `prefect deploy --all` registers it)"
+        )
+    log.warning(
+        "monitor alert: started %s as flow run %s because %s", name, run.name, "; ".join(reasons)
+    )
+    return f"retrain started: flow run {run.name} ({run.id}) of {name}"
+
+
+def verdict_markdown(summary: dict[str, Any], report: Path | None) -> str:
+    """The verdict in one page: status, why, the figures, the report's link."""
+    lines = ["# pneumo monitor", "", f"**Verdict: {summary['status']}**", ""]
+    window = summary["window"]
+    lines += [
+        f"Window {window['start']} to {window['end']}: {summary['n']} images "
+        f"({summary['requests']} requests).",
+        "",
+    ]
+    lines += ["Why:", *[f"- {reason}" for reason in summary["reasons"]], ""]
+    if "input_drift" in summary:
+        lines += ["| statistic | drift score | threshold | drifted |", "|---|---|---|---|"]
+        for column, values in {
+            **summary["input_drift"],
+            "probability": summary["prediction_drift"]["probability"],
+        }.items():
+            lines.append(
+                f"| {column} | {values['score']:.4g} | {values['threshold']} | "
+                f"{'yes' if values['drifted'] else 'no'} |"
+            )
+        lines += ["", "| rate | window | reference |", "|---|---|---|"]
+        for name, values in (
+            ("positive", summary["prediction_drift"]["positive_rate"]),
+            ("out of distribution", summary["ood_rate"]),
+            ("referred", summary["referral_rate"]),
+        ):
+            lines.append(f"| {name} | {values['window']:.1%} | {values['reference']:.1%} |")
+        lines += ["", _live_line(summary["live"])]
+    if summary.get("retrain"):
+        lines += ["", f"Retrain: {summary['retrain']}"]
+    if report is not None:
+        lines += ["", f"Report (Evidently, works offline): [{report}]({report.resolve().as_uri()})"]
+    return "\n".join(lines) + "\n"
+
+
+def _live_line(live: dict[str, Any]) -> str:
+    if "metrics" not in live:
+        return f"Live performance: {live.get('note', 'no feedback')}."
+    parts = []
+    for name, value in live["metrics"].items():
+        low, high = live["intervals"].get(name) or [float("nan")] * 2
+        parts.append(f"{name} {value:.1%} ({low:.1%}-{high:.1%})")
+    return f"Live performance on {live['n']} reviewed images: " + ", ".join(parts) + "."
+
+
+@flow(name="monitor", log_prints=True)
+def monitor(
+    workspace: str = ".",
+    params: str = "params.yaml",
+    since: str | None = None,
+    until: str | None = None,
+) -> dict[str, Any]:
+    """Compare the last ``monitor.window_hours`` (or [since, until), naive UTC ISO times) of
+    the prediction log with the reference; record and publish the verdict."""
+    root = Path(workspace).resolve()
+    params_path = (root / params).resolve()
+    settings = load_settings(params_path)
+    end = datetime.fromisoformat(until) if until else utcnow()
+    start = (
+        datetime.fromisoformat(since)
+        if since
+        else end - timedelta(hours=settings.monitor.window_hours)
+    )
+    window = read_window(root, params_path, start, end)
+    assessment = assess_window(root, params_path, window, start, end)
+    summary = assessment.summary
+    report = save_report(assessment.snapshot, settings, root, end)
+    summary["report"] = str(report) if report else None
+    summary["mlflow_run_id"] = log_to_mlflow(settings, root, summary, report)
+    if summary["status"] == "alert":
+        summary["retrain"] = (
+            start_retrain(summary["reasons"])
+            if settings.monitor.retrain_on_alert
+            else "not started: monitor.retrain_on_alert is off"
+        )
+    _store(settings, root).add_verdict(summary)
+    create_markdown_artifact(
+        key="monitor-verdict",
+        markdown=verdict_markdown(summary, report),
+        description="the monitor's verdict, its reasons and figures",
+    )
+    print(f"monitor: {summary['status']}: " + "; ".join(summary["reasons"]))
+    return summary
+
+
+def serve(workspace: str, cron: str, params: str = "params.yaml") -> None:
+    """Register a cron deployment of `monitor` and run its scheduled runs in this process."""
+    monitor.serve(
+        name=DEPLOYMENT_NAME,
+        cron=cron,
+        parameters={"workspace": str(Path(workspace).resolve()), "params": params},
+        description="Compare the recent prediction log with the validation reference",
+        tags=["pneumo"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workspace", default=".", help="project folder (default: %(default)s)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--since", help="window start, UTC ISO time (default: window_hours ago)")
+    parser.add_argument("--until", help="window end, UTC ISO time (default: now)")
+    args = parser.parse_args(argv)
+    try:
+        summary = monitor(
+            workspace=args.workspace, params=args.params, since=args.since, until=args.until
+        )
+    except PneumoError as exc:
+        print(f"monitor: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: summary[k] for k in ("status", "reasons", "n", "report")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""A window of the prediction log against the reference: drift, rates, live performance, verdict.
+
+Drift is Evidently's (one ``ValueDrift`` per input statistic and for the probability, with
+``monitor.drift_method``), rates are counts, live sensitivity/specificity/accuracy and their
+bootstrap intervals come from :mod:`pneumo.metrics`. ``monitor.*`` thresholds turn the figures
+into ``ok`` / ``warn`` / ``alert``, each reason in words; a window with fewer than
+``monitor.min_predictions`` distinct images is ``insufficient``: "not enough data (N < min)".
+
+Requests for the same image (the web page asks /predict and /explain for each file) count once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pneumo.data.kermany import LABEL_INDEX
+from pneumo.metrics import binary_metrics, bootstrap_intervals
+from pneumo.monitor.stats import STAT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SEVERITY = {"ok": 0, "warn": 1, "alert": 2}
+LIVE_METRICS = ("sensitivity", "specificity", "accuracy")
+
+
+@dataclass
+class Assessment:
+    """The verdict's figures (JSON-ready) and Evidently's snapshot (its HTML report)."""
+
+    summary: dict[str, Any]
+    snapshot: Any | None
+
+
+def evidently() -> Any:
+    """Import Evidently 0.7 under pandas 3.
+
+    Its legacy test module imports ``infer_dtype_from_object`` from pandas' internals at import
+    time, a helper pandas 3 removed; only its column-type test (unused here) calls it. The
+    stand-in below is defined only when pandas lacks the name.
+    """
+    from pandas.core.dtypes import common
+
+    if not hasattr(common, "infer_dtype_from_object"):
+        common.infer_dtype_from_object = lambda dtype: pd.api.types.pandas_dtype(dtype).type  # type: ignore[attr-defined]
+    import evidently
+
+    return evidently
+
+
+def distinct_images(window: pd.DataFrame) -> pd.DataFrame:
+    """One row per image (the first request that sent it), with its latest review."""
+    return window.drop_duplicates("image_sha256", keep="first").reset_index(drop=True)
+
+
+def drift_report(
+    current: pd.DataFrame, reference: pd.DataFrame, method: str, threshold: float | None
+) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Evidently's drift per input statistic and for the probability, and its snapshot."""
+    evidently()
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    numeric = [*STAT_COLUMNS, "probability"]
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=["label"])
+    metrics = [ValueDrift(column=c, method=method, threshold=threshold) for c in numeric]
+    report = Report([*metrics, ValueDrift(column="label")], include_tests=True)
+    columns = [*numeric, "label"]
+    snapshot = report.run(
+        Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
+        Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
+    )
+    results: dict[str, dict[str, Any]] = {}
+    for result in snapshot.metric_results.values():
+        params = result.metric_value_location.metric.params
+        results[params["column"]] = {
+            "score": float(result.value),
+            "method": params.get("method"),
+            "threshold": params.get("threshold"),
+            "drifted": any(test.status.name == "FAIL" for test in result.tests),
+        }
+    return results, snapshot
+
+
+def _rate(values: pd.Series) -> float:
+    return float(values.astype(bool).mean()) if len(values) else float("nan")
+
+
+def live_performance(window: pd.DataFrame, evaluate: Any, min_feedback: int) -> dict[str, Any]:
+    """Sensitivity, specificity and accuracy on the reviewed images, with bootstrap intervals
+    (each image resampled on its own: the log knows no patients)."""
+    reviewed = window[window["reviewed_label"].notna()]
+    out: dict[str, Any] = {"n": len(reviewed), "min": min_feedback}
+    if len(reviewed) < min_feedback:
+        out["note"] = f"not enough feedback ({len(reviewed)} < {min_feedback})"
+        return out
+    truth = reviewed["reviewed_label"].map(LABEL_INDEX).to_numpy()
+    thresholds = reviewed["threshold"].unique()
+    if len(thresholds) == 1:
+        p, threshold = reviewed["probability"].to_numpy(float), float(thresholds[0])
+    else:  # several models in the window: score their calls, not their probabilities
+        p, threshold = reviewed["label"].map(LABEL_INDEX).to_numpy(float), 0.5
+    values = binary_metrics(truth, p, threshold)
+    intervals = bootstrap_intervals(
+        truth,
+        p,
+        reviewed["request_id"].to_numpy(),
+        threshold,
+        evaluate.bootstrap_samples,
+        evaluate.ci_level,
+        evaluate.seed,
+    )
+    out["metrics"] = {name: values[name] for name in LIVE_METRICS}
+    out["intervals"] = {name: intervals.get(name) for name in LIVE_METRICS}
+    out["agreement"] = float((reviewed["reviewed_label"] == reviewed["label"]).mean())
+    return out
+
+
+def assess(
+    window: pd.DataFrame,
+    reference: pd.DataFrame,
+    about: dict[str, Any],
+    settings: Any,
+    start: datetime,
+    end: datetime,
+) -> Assessment:
+    """The monitor's verdict on a window of the log (``settings``: the whole Settings)."""
+    monitor = settings.monitor
+    current = distinct_images(window)
+    summary: dict[str, Any] = {
+        "window": {"start": start.isoformat(), "end": end.isoformat()},
+        "n": len(current),
+        "requests": len(window),
+        "reference": about,
+        "models": sorted(set(window.get("model_version", pd.Series(dtype=str)).dropna())),
+    }
+    if len(current) < monitor.min_predictions:
+        reason = f"not enough data ({len(current)} < {monitor.min_predictions})"
+        return Assessment({**summary, "status": "insufficient", "reasons": [reason]}, None)
+    drift, snapshot = drift_report(
+        current, reference, monitor.drift_method, monitor.drift_threshold
+    )
+    summary["input_drift"] = {c: drift[c] for c in STAT_COLUMNS}
+    summary["input_drift_share"] = float(np.mean([drift[c]["drifted"] for c in STAT_COLUMNS]))
+    summary["prediction_drift"] = {
+        "probability": drift["probability"],
+        "label": drift["label"],
+        "positive_rate": {
+            "window": _rate(current["label"] == "PNEUMONIA"),
+            "reference": _rate(reference["label"] == "PNEUMONIA"),
+        },
+    }
+    summary["ood_rate"] = {
+        "window": _rate(current["out_of_distribution"]),
+        "reference": _rate(reference["out_of_distribution"]),
+    }
+    summary["referral_rate"] = {
+        "window": _rate(current["refer_to_radiologist"]),
+        "reference": _rate(reference["refer_to_radiologist"]),
+    }
+    summary["live"] = live_performance(current, settings.evaluate, monitor.min_feedback)
+    shas = set(window["model_sha256"].dropna())
+    summary["reference_model_matches"] = shas <= {about.get("model_sha256")}
+    status, reasons = verdict(summary, settings)
+    return Assessment({**summary, "status": status, "reasons": reasons}, snapshot)
+
+
+def verdict(summary: dict[str, Any], settings: Any) -> tuple[str, list[str]]:
+    """ok / warn / alert and every reason that raised it, in words."""
+    monitor, registry = settings.monitor, settings.registry
+    findings: list[tuple[str, str]] = []
+
+    def check(value: float, warn: float, alert: float, text: str) -> None:
+        if value > alert:
+            findings.append(("alert", f"{text} (alert above {alert:g})"))
+        elif value > warn:
+            findings.append(("warn", f"{text} (warn above {warn:g})"))
+
+    drifted = [c for c, v in summary["input_drift"].items() if v["drifted"]]
+    share = summary["input_drift_share"]
+    check(
+        share,
+        monitor.input_drift_warn_share - 1e-9,
+        monitor.input_drift_alert_share - 1e-9,
+        f"input drift in {len(drifted)} of {len(STAT_COLUMNS)} statistics: {', '.join(drifted)}",
+    )
+    rates = summary["prediction_drift"]["positive_rate"]
+    check(
+        abs(rates["window"] - rates["reference"]),
+        monitor.positive_rate_warn,
+        monitor.positive_rate_alert,
+        f"positive rate {rates['window']:.1%} vs {rates['reference']:.1%} on the validation split",
+    )
+    probability = summary["prediction_drift"]["probability"]
+    if probability["drifted"]:
+        findings.append(
+            (
+                "warn",
+                f"the probabilities drifted ({probability['method']} "
+                f"{probability['score']:.3g}, threshold {probability['threshold']:g})",
+            )
+        )
+    limits = {
+        "ood_rate": (monitor.ood_rate_warn, monitor.ood_rate_alert),
+        "referral_rate": (monitor.referral_rate_warn, monitor.referral_rate_alert),
+    }
+    for name, (warn, alert) in limits.items():
+        rate = summary[name]
+        text = f"{name.replace('_', ' ')} {rate['window']:.1%} vs {rate['reference']:.1%}"
+        check(rate["window"] - rate["reference"], warn, alert, text + " on the validation split")
+    live = summary["live"]
+    for metric, floor in (
+        ("sensitivity", registry.min_sensitivity),
+        ("specificity", registry.min_specificity),
+    ):
+        value = live.get("metrics", {}).get(metric)
+        interval = (live.get("intervals") or {}).get(metric) or [value, value]
+        if value is None or np.isnan(value):
+            continue
+        if interval[1] is not None and interval[1] < floor:
+            findings.append(
+                (
+                    "alert",
+                    f"live {metric} {value:.1%} (interval up to {interval[1]:.1%}) "
+                    f"below the gate's floor {floor:.0%}",
+                )
+            )
+        elif value < floor:
+            findings.append(
+                ("warn", f"live {metric} {value:.1%} below the gate's floor {floor:.0%}")
+            )
+    if not summary.get("reference_model_matches", True):
+        findings.append(
+            (
+                "warn",
+                "the window holds another model than the reference's: "
+                "prediction drift compares different models",
+            )
+        )
+    if not findings:
+        return "ok", ["no drift, rates within limits"]
+    status = max((level for level, _ in findings), key=SEVERITY.__getitem__)
+    return status, [f"{level}: {text}" for level, text in findings]
