@@ -26,6 +26,7 @@ from pneumo.config import ValidateSettings
 from pneumo.data.ingest import ingest
 from pneumo.data.validate import validate
 from pneumo.plots import evaluation_curves
+from pneumo.stress import SHIFTS
 from pneumo.web_assets import WebAssetsError, vendor
 from pneumo.workspace import Workspace
 from tests.serving.browser_support import OfflineBrowser, offline_browser, screenshot
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.slow
 PAGE_TIMEOUT_MS = 60_000
 # The Vega plots of dvc.yaml, by the element ids `dvc plots show` gives them.
 CHARTS = ("ROC__test_", "Precision-recall__test_", "Calibration__test_", "Confusion__test_",
-          "Training_curves")  # fmt: skip
+          "Training_curves", "Stress_ROC-AUC__validation_under_acquisition_shifts_")  # fmt: skip
 # The page's stylesheets with a file name, and how many rules each brought.
 STYLESHEETS = """() => [...document.styleSheets].filter(s => s.href)
   .map(s => [s.href.split("/").pop(), s.cssRules.length])"""
@@ -85,9 +86,14 @@ def _write_plot_data(root: Path) -> None:
         root / "plots" / "evaluate" / "test_predictions.csv", index=False
     )
     history = {"epoch": range(1, 9), "train_loss": 0.7 * 0.8 ** np.arange(8)}
-    history["val_loss"] = history["train_loss"] + 0.05
+    history["val_log_loss"] = history["train_loss"] + 0.05
     (root / "reports").mkdir(exist_ok=True)
     pd.DataFrame(history).to_csv(root / "reports" / "train_history.csv", index=False)
+    shifts = [s.name for s in SHIFTS]
+    (root / "plots" / "stress").mkdir(parents=True)
+    pd.DataFrame({"shift": shifts * 2, "severity": [1] * len(shifts) + [2] * len(shifts),
+                  "roc_auc": rng.uniform(0.9, 1.0, 2 * len(shifts))}).to_csv(
+        root / "plots" / "stress" / "stress.csv", index=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
