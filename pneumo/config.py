@@ -140,12 +140,14 @@ class AugmentSettings(_Section):
     jpeg_p: float = Field(0.0, ge=0.0, le=1.0, description="re-compressed as JPEG")
     jpeg_quality_min: int = Field(30, ge=1, le=100)
     jpeg_quality_max: int = Field(90, ge=1, le=100)
+    border_p: float = Field(0.0, ge=0.0, le=1.0, description="black bars on the image's sides")
+    border_max: float = Field(0.1, gt=0.0, le=0.3, description="widest bar, fraction of the side")
 
     @model_validator(mode="after")
     def _engine_supports(self) -> AugmentSettings:
         if self.jpeg_quality_min > self.jpeg_quality_max:
             raise ValueError("jpeg_quality_min must not exceed jpeg_quality_max")
-        batched_only = {"aspect_max": 1.0, "resample_p": 0.0, "jpeg_p": 0.0}
+        batched_only = {"aspect_max": 1.0, "resample_p": 0.0, "jpeg_p": 0.0, "border_p": 0.0}
         used = [k for k, off in batched_only.items() if getattr(self, k) != off]
         if self.engine == "per_image" and used:
             raise ValueError(f"{', '.join(used)} need engine: batched")

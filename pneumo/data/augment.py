@@ -48,7 +48,26 @@ class BatchAugmentation:
         x = self._geometry(x, generator)
         x = self._tone(x, generator)
         x = self._degrade(x, generator)
-        return self._erase(x, generator)
+        x = self._erase(x, generator)
+        return self._borders(x, generator)
+
+    def _borders(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Collimator shadows: black bars of independent random thickness on each side.
+
+        In the Kermany release dark borders are more common on pneumonia films; bars drawn for
+        both classes alike keep the network from reading the diagnosis off the frame.
+        """
+        cfg, n = self.cfg, len(x)
+        chosen = _chosen(n, cfg.border_p, g)
+        thickness = (torch.rand(n, 4, generator=g) * cfg.border_max * x.shape[-1]).long()
+        if not chosen.any():
+            return x
+        side = x.shape[-1]
+        index = torch.arange(side)
+        top, bottom, left, right = (thickness[:, k].view(n, 1, 1) for k in range(4))
+        rows, cols = index.view(1, side, 1), index.view(1, 1, side)
+        bars = (rows < top) | (rows >= side - bottom) | (cols < left) | (cols >= side - right)
+        return x.masked_fill((bars & chosen.view(n, 1, 1)).unsqueeze(1), 0.0)
 
     def _gamma(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """uint8 -> float in [0, 1] through a per-image gamma curve (a 256-entry lookup table).

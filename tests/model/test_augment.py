@@ -119,3 +119,16 @@ def test_aspect_stretches_width_and_height_within_the_range() -> None:
     ratios = (widths / heights).numpy()
     assert ratios.min() >= 1 / 1.4 - 0.1 and ratios.max() <= 1.4 + 0.1
     assert ratios.max() - ratios.min() > 0.4  # really drawn over the range, both ways
+
+
+def test_borders_blacken_each_side_up_to_the_stated_width() -> None:
+    bright = torch.full((64, 1, SIDE, SIDE), 200, dtype=torch.uint8)
+    out = BatchAugmentation(_only(border_p=1.0, border_max=0.2))(bright, torch.Generator())
+    dark = out.squeeze(1) == 0
+    middle = SIDE // 2
+    left = (~dark[:, middle, :]).int().argmax(dim=1)  # dark columns before the first bright one
+    top = (~dark[:, :, middle]).int().argmax(dim=1)
+    assert left.max() <= round(0.2 * SIDE) and top.max() <= round(0.2 * SIDE)
+    assert len(set(left.tolist())) > 5  # drawn anew for every image
+    assert dark[:, SIDE // 2, SIDE // 2].sum() == 0  # the centre stays
+    assert dark.float().mean() > 0.05  # bars were drawn
