@@ -1,15 +1,24 @@
-"""Benchmark: /predict requests/s and latency of the BentoML service, next to in-process inference.
+"""Benchmark: /predict latency and requests/s of the BentoML service, and where the time goes.
 
-Serves a model with `bentoml serve` on a free 127.0.0.1 port, once with adaptive batching on and
-once off, and sends the full-size JPEGs of ../shared/data/originals at concurrency 1, 8 and 32.
-Every level is bounded in requests and seconds, and the whole run in time; servers are stopped by
-PID. The in-process row decodes (the service's own upload path) and predicts the same images in
-this process, in one batch. Prints one JSON object.
+Prints one JSON object with:
+- ``runtimes``: the network in torch, OpenVINO and ONNX Runtime at batch 1 and 32, with and
+  without test-time augmentation, on the decoded originals (bench/runtimes.py);
+- ``in_process``: the service's decode path and the served predictor (same runtime, precision
+  and TTA) in this process, all images in one call: the ceiling the server is compared with;
+- ``server``: `bentoml serve` on a free 127.0.0.1 port for each configuration of CONFIGS, sent
+  the full-size JPEGs of ../shared/data/originals at concurrency 1, 8 and 32. Each level has
+  the latency percentiles, their split from the Server-Timing header (serving/timing.py: upload
+  / decode / hop / model / total, medians, and ``outside``: what the client waited beyond the
+  server's total: HTTP server, client, scheduling), the mean model batch, CPU milliseconds per
+  request of the front service, the model worker processes and the client, and the load average;
+- ``targets``: issue 11's targets, for the default configuration.
 
-By default the model is an untrained network of the architecture and image size in params.yaml
-(the same arithmetic as a trained one); --from-workspace DIR serves the evaluated model of DIR.
-Client and server share this machine's cores: on a small machine the client's own work counts.
-Usage: python bench/serve.py [--requests 240] [--seconds 30] [--time-limit 900]
+Client and servers share this machine's cores, and so do other users: the load average says how
+busy it was. Every level is bounded in requests and seconds, and the whole run in time; servers
+are stopped by PID. By default the model is an untrained network of the architecture and image
+size in params.yaml (the same arithmetic as a trained one); --from-workspace DIR serves DIR's
+evaluated model.
+Usage: python bench/serve.py [--configs batching_on,tta_on] [--requests 400] [--time-limit 900]
 """
 
 from __future__ import annotations
@@ -31,52 +40,74 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # serving/ is a folder of the repository, not an installed package
 
-from pneumo.config import load_settings  # noqa: E402
+from bench import runtimes  # noqa: E402
+from pneumo.config import Settings, load_settings  # noqa: E402
 from pneumo.params_file import set_param  # noqa: E402
 from pneumo.workspace import Workspace  # noqa: E402
+from serving import timing as server_timing  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+# name -> (params.yaml overrides, TTA on); the first is the default configuration.
+CONFIGS: dict[str, tuple[dict[str, str], bool]] = {
+    "batching_on": ({}, False),
+    "batching_off": ({"serve.adaptive_batching": "false"}, False),
+    "batching_on_tta": ({}, True),
+    "batching_on_torch": ({"model.runtime": "torch"}, False),
+    "batching_on_model_workers": ({"serve.workers": "2"}, False),  # the front->model HTTP hop
+}
+TARGETS = {"p50_ms_at_1": 20.0, "p99_ms_at_8": 100.0, "throughput_ratio_at_32": 0.8}
 
 
-def make_workspace(root: Path, params: Path) -> Workspace:
-    """An untrained model of the configured architecture, with a decision and metrics."""
+def bench_workspace(
+    root: Path, settings: Settings, source: Workspace | None, tta: bool
+) -> Workspace:
+    """A workspace with the model to serve and a decision with ``tta`` as asked."""
     import torch
 
     from pneumo.models import build_model, save_model
 
-    settings = load_settings(params)
     workspace = Workspace(root)
-    torch.manual_seed(0)
-    size, arch, options = (
-        settings.preprocess.image_size,
-        settings.model.arch,
-        settings.model.options(),
-    )
-    model = build_model(arch, size, **options)
-    save_model(model, workspace.model, {"arch": arch, "image_size": size, "options": options})
-    workspace.decision.write_text(json.dumps({"threshold": 0.5, "rule": "fixed", "tta": False}))
+    workspace.model.parent.mkdir(parents=True, exist_ok=True)
     workspace.eval_metrics.parent.mkdir(parents=True, exist_ok=True)
-    workspace.eval_metrics.write_text(json.dumps({"test": {"note": "untrained benchmark model"}}))
+    decision = {"threshold": 0.5, "rule": "fixed"}
+    if source is not None:
+        shutil.copyfile(source.model, workspace.model)
+        shutil.copyfile(source.eval_metrics, workspace.eval_metrics)
+        decision = json.loads(source.decision.read_text())
+    else:
+        torch.manual_seed(0)
+        size, arch, options = (
+            settings.preprocess.image_size,
+            settings.model.arch,
+            settings.model.options(),
+        )
+        model = build_model(arch, size, **options)
+        metadata = {"arch": arch, "image_size": size, "options": options}
+        save_model(model, workspace.model, metadata)
+        workspace.eval_metrics.write_text(json.dumps({"test": {"note": "untrained model"}}))
+    workspace.decision.write_text(json.dumps({**decision, "tta": tta}))
     return workspace
 
 
-def in_process(images: list[bytes], workspace: Workspace, settings: Any) -> dict[str, Any]:
+def in_process(images: list[bytes], workspace: Workspace, settings: Settings) -> dict[str, Any]:
     """Decode with the service's upload path and predict all images in one call, here."""
     from pneumo.accel import configure_threads
     from pneumo.predict import Predictor
     from serving.inputs import read_radiograph
 
-    predictor = Predictor.from_workspace(workspace)
-    threads = configure_threads(0)
-    serve = settings.serve
-    predictor.probabilities(np.zeros((1, predictor.image_size, predictor.image_size), np.uint8))
+    threads = configure_threads(settings.model.threads)
+    model = settings.model
+    predictor = Predictor.from_workspace(workspace, model.accelerator(), model.runtime)
+    side, serve = predictor.image_size, settings.serve
+    predictor.probabilities(np.zeros((2, side, side), np.uint8))
     start = time.perf_counter()
     decoded = [
-        read_radiograph(data, "image/jpeg", predictor.image_size, serve.max_pixels, serve.min_side)
+        read_radiograph(data, "image/jpeg", side, serve.max_pixels, serve.min_side)
         for data in images
     ]
     decode_s = time.perf_counter() - start
@@ -86,7 +117,8 @@ def in_process(images: list[bytes], workspace: Workspace, settings: Any) -> dict
     infer_s = time.perf_counter() - start
     n = len(images)
     return {
-        "torch_threads": threads,
+        "network": str(predictor.network) if predictor.network is not predictor.model else "torch",
+        "threads": threads,
         "decode_images_per_s": round(n / decode_s, 1),
         "inference_images_per_s": round(n / infer_s, 1),
         "decode_plus_inference_images_per_s": round(n / (decode_s + infer_s), 1),
@@ -115,7 +147,7 @@ def start_server(
 
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:PneumoniaService"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO)]
-    command += ServiceArguments.command_line(load_settings(params).serve)  # batching on or off
+    command += ServiceArguments.command_line(load_settings(params).serve)  # workers, batching
     with log.open("wb") as handle:
         process = subprocess.Popen(
             command,
@@ -141,6 +173,8 @@ def start_server(
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """Stop `bentoml serve` and every worker it started (workers may leave its process group)."""
+    workers = _tree(process.pid)
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -148,6 +182,49 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    for worker in alive:
+        worker.kill()
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's processes, by role, and by this client."""
+    roles: dict[str, float] = {"front": 0.0, "model_workers": 0.0, "arbiter": 0.0}
+    for proc in [psutil.Process(pid), *_tree(pid)]:
+        try:
+            command, times = " ".join(proc.cmdline()), proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = (
+            "model_workers"
+            if "pneumonia-model" in command
+            else "front"
+            if "pneumonia-service" in command
+            else "arbiter"
+        )
+        roles[role] += times.user + times.system
+    mine = psutil.Process().cpu_times()
+    return {**roles, "client": mine.user + mine.system}
+
+
+def latency_split(client_ms: np.ndarray, phases: list[dict[str, float]]) -> dict[str, float]:
+    """Medians of the server's phases and of what it did not see (client latency - total)."""
+    if not phases or any("total" not in p for p in phases):
+        return {}
+    split = {
+        name: round(float(np.median([p.get(name, 0.0) for p in phases])), 2)
+        for name in server_timing.PHASES
+    }
+    split["outside"] = round(float(np.median(client_ms - [p["total"] for p in phases])), 2)
+    split["mean_batch"] = round(float(np.mean([p.get("batch", 0.0) for p in phases])), 1)
+    return split
 
 
 async def load(
@@ -155,6 +232,7 @@ async def load(
 ) -> dict[str, Any]:
     """``requests`` POST /predict at ``concurrency``, stopping early after ``seconds``."""
     latencies: list[float] = []
+    phases: list[dict[str, float]] = []
     errors: dict[str, int] = {}
     next_index = 0
     deadline = time.monotonic() + seconds
@@ -175,6 +253,7 @@ async def load(
                 key = type(exc).__name__
             if key is None:
                 latencies.append(time.perf_counter() - start)
+                phases.append(server_timing.parse(response.headers.get("server-timing", "")))
             else:
                 errors[key] = errors.get(key, 0) + 1
 
@@ -183,16 +262,101 @@ async def load(
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000
+    pct = {q: round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}
     return {
         "concurrency": concurrency,
         "requests_ok": len(latencies),
         "errors": errors,
         "requests_per_s": round(len(latencies) / wall, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-        "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
-        "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+        "p50_ms": pct[50],
+        "p95_ms": pct[95],
+        "p99_ms": pct[99],
         "seconds": round(wall, 1),
+        "split_p50_ms": latency_split(ms, phases),
     }
+
+
+def measure_levels(
+    url: str, pid: int, images: list[bytes], args: argparse.Namespace, deadline: float
+) -> list[dict[str, Any]]:
+    """Each concurrency level with its CPU milliseconds per request and the load average."""
+    asyncio.run(load(url, images, 4, 16, 20))  # warm-up: connections, batching, the runtime
+    levels: list[dict[str, Any]] = []
+    for concurrency in CONCURRENCY:
+        left = deadline - time.monotonic()
+        if left < 5:
+            levels.append({"concurrency": concurrency, "skipped": "time limit reached"})
+            continue
+        before = cpu_seconds(pid)
+        level = asyncio.run(
+            load(url, images, concurrency, args.requests, min(args.seconds, left - 5))
+        )
+        after = cpu_seconds(pid)
+        done = max(1, level["requests_ok"])
+        level["cpu_ms_per_request"] = {
+            role: round(1000 * (after[role] - before[role]) / done, 2) for role in after
+        }
+        level["loadavg_1min"] = round(os.getloadavg()[0], 2)
+        levels.append(level)
+    return levels
+
+
+def run_config(
+    name: str, root: Path, images: list[bytes], args: argparse.Namespace, deadline: float
+) -> dict[str, Any]:
+    """Serve the model under one configuration of CONFIGS and load it at every level."""
+    from pneumo.package import import_champion
+
+    overrides, tta = CONFIGS[name]
+    folder = root / name
+    folder.mkdir()
+    params = folder / "params.yaml"
+    shutil.copyfile(args.params, params)
+    set_param(params, "serve.bentoml_home", str(root / ".bentoml"))
+    for key, value in overrides.items():
+        set_param(params, key, value)
+    settings = load_settings(params)
+    source = Workspace(args.from_workspace) if args.from_workspace else None
+    workspace = bench_workspace(folder / "ws", settings, source, tta)
+    model_tag, _, _ = import_champion(settings, workspace, from_workspace=True)
+    baseline = in_process(images, workspace, settings)
+    process, url = start_server(params, root / ".bentoml", model_tag, folder / "log", 240)
+    try:
+        levels = measure_levels(url, process.pid, images, args, deadline)
+    finally:
+        stop_server(process)
+    model, serve = settings.model, settings.serve
+    top = next((lv for lv in levels if lv["concurrency"] == 32 and "requests_per_s" in lv), None)
+    ratio = top["requests_per_s"] / baseline["decode_plus_inference_images_per_s"] if top else None
+    return {
+        "settings": {
+            "runtime": model.runtime,
+            "precision": model.accelerator().precision,
+            "tta": tta,
+            "workers": serve.workers,
+            "adaptive_batching": serve.adaptive_batching,
+            "max_batch_size": serve.max_batch_size,
+        },
+        "in_process": baseline,
+        "levels": levels,
+        "throughput_ratio_at_32": round(ratio, 2) if ratio else None,
+    }
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Issue 11's three serving targets for one configuration's result."""
+    by_level = {lv["concurrency"]: lv for lv in result.get("levels", []) if "p50_ms" in lv}
+    got = {
+        "p50_ms_at_1": by_level.get(1, {}).get("p50_ms"),
+        "p99_ms_at_8": by_level.get(8, {}).get("p99_ms"),
+        "throughput_ratio_at_32": result.get("throughput_ratio_at_32"),
+    }
+    out = {}
+    for key, limit in TARGETS.items():
+        value = got[key]
+        met = None if value is None else value >= limit if "ratio" in key else value <= limit
+        out[key] = {"value": value, "target": limit, "met": met}
+    return out
 
 
 def main() -> None:
@@ -204,54 +368,38 @@ def main() -> None:
     )
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--from-workspace", type=Path, help="serve this workspace's model")
-    parser.add_argument("--requests", type=int, default=240, help="per concurrency level")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated")
+    parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
     parser.add_argument("--seconds", type=float, default=30.0, help="per concurrency level")
     parser.add_argument("--time-limit", type=float, default=900.0, help="whole run, seconds")
+    parser.add_argument("--skip-runtimes", action="store_true", help="no runtime comparison")
     args = parser.parse_args()
+    unknown = set(args.configs.split(",")) - set(CONFIGS)
+    if unknown:
+        sys.exit(f"unknown configs {sorted(unknown)}: choose from {', '.join(CONFIGS)}")
     os.environ.setdefault("TQDM_DISABLE", "1")
     started = time.monotonic()
+    deadline = started + args.time_limit
     images = [p.read_bytes() for p in sorted(args.images.rglob("*.jpeg"))]
     if not images:
         sys.exit(f"no .jpeg files under {args.images}")
-
-    from pneumo.package import import_champion
-
+    load_before = os.getloadavg()
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-serve-") as tmp:
         root = Path(tmp)
-        params = root / "params.yaml"
-        shutil.copyfile(args.params, params)
-        set_param(params, "serve.bentoml_home", str(root / ".bentoml"))
-        workspace = (
-            Workspace(args.from_workspace) if args.from_workspace else make_workspace(root, params)
-        )
-        settings = load_settings(params)
-        model_tag, metadata, _ = import_champion(settings, workspace, from_workspace=True)
-        baseline = in_process(images, workspace, settings)
+        settings = load_settings(args.params)
+        source = Workspace(args.from_workspace) if args.from_workspace else None
+        model_ws = bench_workspace(root / "runtimes", settings, source, False)
+        if not args.skip_runtimes:
+            decoded = runtimes.decode_originals(args.images, settings.preprocess.image_size)
+            out["runtimes"] = runtimes.compare(model_ws.model, decoded, settings.model.threads)
         servers: dict[str, Any] = {}
-        for batching in (True, False):
-            name = "adaptive_batching_on" if batching else "adaptive_batching_off"
-            set_param(params, "serve.adaptive_batching", str(batching).lower())
-            remaining = args.time_limit - (time.monotonic() - started)
-            if remaining < 60:
+        for name in args.configs.split(","):
+            if deadline - time.monotonic() < 60:
                 servers[name] = {"skipped": "time limit reached"}
                 continue
-            log = root / f"{name}.log"
-            process, url = start_server(params, root / ".bentoml", model_tag, log, timeout=180)
-            try:
-                asyncio.run(load(url, images, 4, 16, 20))  # warm-up: the batcher learns its costs
-                levels = []
-                for concurrency in CONCURRENCY:
-                    left = args.time_limit - (time.monotonic() - started)
-                    if left < 5:
-                        levels.append({"concurrency": concurrency, "skipped": "time limit reached"})
-                        continue
-                    seconds = min(args.seconds, left - 5)
-                    levels.append(
-                        asyncio.run(load(url, images, concurrency, args.requests, seconds))
-                    )
-                servers[name] = {"levels": levels}
-            finally:
-                stop_server(process)
+            servers[name] = run_config(name, root, images, args, deadline)
+    default = next(iter(servers))
     print(
         json.dumps(
             {
@@ -259,19 +407,16 @@ def main() -> None:
                 "images": len(images),
                 "mean_jpeg_kb": round(sum(map(len, images)) / len(images) / 1024, 1),
                 "model": {
-                    "arch": metadata["arch"],
-                    "image_size": metadata["image_size"],
+                    "arch": settings.model.arch,
+                    "image_size": settings.preprocess.image_size,
                     "trained": bool(args.from_workspace),
                 },
                 "cpu_cores": len(os.sched_getaffinity(0)),
                 "machine": platform.machine(),
-                "serve": {
-                    "workers": settings.serve.workers,
-                    "max_batch_size": settings.serve.max_batch_size,
-                    "max_latency_ms": settings.serve.max_latency_ms,
-                },
-                "in_process": baseline,
+                "loadavg_before": [round(x, 2) for x in load_before],
+                **out,
                 "server": servers,
+                "targets": {"config": default, **targets(servers[default])},
                 "wall_seconds": round(time.monotonic() - started, 1),
             },
             indent=2,

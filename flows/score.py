@@ -5,7 +5,8 @@ Each chunk of ``score.chunk_size`` images is one Prefect task that calls
 (``score.n_workers`` processes) or on any Dask scheduler (``score.dask_address``). A chunk's rows
 are kept in ``score.work_dir`` under a key made of its files (path, size, modification time) and
 of the model and threshold files, so a rerun after an interruption or a crash scores only the
-chunks not done yet; the output is assembled from the chunk files in folder order.
+chunks not done yet; the output is assembled from the chunk files in folder order. The network
+runs in ``model.runtime`` (pneumo/runtime.py; OpenVINO on a CPU, equal to torch fp32 to 1e-4).
 
     pneumo score FOLDER [--output scores.parquet]
     python -m flows.score FOLDER [--output scores.csv] [--workspace .]
@@ -89,11 +90,12 @@ def chunk_result(work_dir: Path, chunk: Chunk) -> Path:
 
 
 @lru_cache(maxsize=2)
-def _predictor(model_path: str, decision_path: str, scorer_key: str) -> Any:
-    """One model load per Dask worker process and model, not one per chunk."""
+def _predictor(model_path: str, decision_path: str, scorer_key: str, runtime: str) -> Any:
+    """One model load (and export to ``model.runtime``) per Dask worker process and model."""
+    from pneumo.inference import CPU_FP32
     from pneumo.predict import Predictor
 
-    return Predictor.from_files(Path(model_path), Path(decision_path))
+    return Predictor.from_files(Path(model_path), Path(decision_path), CPU_FP32, runtime)
 
 
 @task(name="score-chunk", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -105,13 +107,14 @@ def score_chunk(
     scorer_key: str,
     batch_size: int,
     threads: int,
+    runtime: str = "torch",
 ) -> dict[str, int]:
     """Predict one chunk with `predict_paths` and keep its rows (written atomically)."""
     from pneumo.accel import configure_threads
     from pneumo.predict import predict_paths
 
     configure_threads(threads)  # one Dask worker thread = this many torch threads
-    predictor = _predictor(model_path, decision_path, scorer_key)
+    predictor = _predictor(model_path, decision_path, scorer_key, runtime)
     # workers=1: decode in this worker; Dask already runs one task per core.
     frame = predict_paths(
         [Path(p) for p in chunk.paths], predictor, workers=1, batch_size=batch_size
@@ -151,6 +154,7 @@ def _submit_all(
     scorer_key: str,
     settings: ScoreSettings,
     total: int,
+    runtime: str,
 ) -> None:
     """One task per chunk not scored yet; progress (log + artifact) as they finish."""
     logger = get_run_logger()
@@ -167,6 +171,7 @@ def _submit_all(
             scorer_key,
             settings.batch_size,
             settings.threads_per_worker,
+            runtime,
         )
         for chunk, result in todo
     ]
@@ -203,7 +208,8 @@ def score_on_dask(
     logger = get_run_logger()
     root = Path(workspace).resolve()
     ws = Workspace(root)
-    settings = load_settings(root / params).score
+    full_settings = load_settings(root / params)
+    settings, runtime = full_settings.score, full_settings.model.runtime
     out = Path(output) if output else settings.output
     out = out if out.is_absolute() else root / out
     if out.suffix.lower() not in (".parquet", ".csv"):
@@ -213,7 +219,8 @@ def score_on_dask(
     decision_path = Path(decision) if decision else ws.decision
     from pneumo.predict import Predictor, collect_images
 
-    Predictor.from_files(model_path, decision_path)  # a missing or broken model fails here, once
+    # A missing or broken model, or a runtime that cannot run it, fails here, once.
+    Predictor.from_files(model_path, decision_path, runtime=runtime)
     scorer_key = model_key(model_path, decision_path)
     files = collect_images([Path(folder)])
     chunks = plan_chunks(files, settings.chunk_size, scorer_key)
@@ -224,7 +231,7 @@ def score_on_dask(
         len(files), len(chunks), settings.chunk_size, len(chunks) - len(todo), len(todo),
     )  # fmt: skip
     if todo:
-        _submit_all(todo, model_path, decision_path, scorer_key, settings, len(chunks))
+        _submit_all(todo, model_path, decision_path, scorer_key, settings, len(chunks), runtime)
     frame = pd.concat([pd.read_parquet(r) for r in results], ignore_index=True)
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".csv":

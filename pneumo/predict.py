@@ -37,6 +37,12 @@ class Predictor:
     decision: Decision
     model_id: str
     accel: Accelerator = CPU_FP32
+    # What runs the forward pass: the model itself, or its export (pneumo/runtime.py).
+    network: Any = None
+
+    def __post_init__(self) -> None:
+        if self.network is None:
+            self.network = self.model
 
     @property
     def image_size(self) -> int:
@@ -48,25 +54,35 @@ class Predictor:
 
     @classmethod
     def from_files(
-        cls, model_path: Path, decision_path: Path, accel: Accelerator = CPU_FP32
+        cls,
+        model_path: Path,
+        decision_path: Path,
+        accel: Accelerator = CPU_FP32,
+        runtime: str = "torch",
     ) -> Predictor:
+        """Load the model and its decision; ``runtime`` is ``model.runtime`` (torch: as is)."""
         from pneumo.models import load_model
+        from pneumo.runtime import compile_network
 
         decision = Decision.load(decision_path)
         model, metadata = load_model(model_path)
         model_id = f"{metadata['arch']}@{sha256_file(Path(model_path))[:12]}"
-        return cls(model, metadata, decision, model_id, accel)
+        network = compile_network(model, runtime, accel)
+        return cls(model, metadata, decision, model_id, accel, network)
 
     @classmethod
     def from_workspace(
-        cls, workspace: Workspace = Workspace(), accel: Accelerator = CPU_FP32
+        cls,
+        workspace: Workspace = Workspace(),
+        accel: Accelerator = CPU_FP32,
+        runtime: str = "torch",
     ) -> Predictor:
-        return cls.from_files(workspace.model, workspace.decision, accel)
+        return cls.from_files(workspace.model, workspace.decision, accel, runtime)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         from pneumo.inference import predict_proba
 
-        raw = predict_proba(self.model, images, batch_size, self.decision.tta, self.accel)
+        raw = predict_proba(self.network, images, batch_size, self.decision.tta, self.accel)
         return self.decision.adjust(raw)
 
     def label(self, probability: float) -> str:

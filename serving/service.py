@@ -2,9 +2,11 @@
 
 ``PneumoniaService`` (what `bentoml serve` and the Bento start) owns the public routes of
 serving/api.py: it streams and validates uploads and decodes them with the project's one
-preprocessing function. ``PneumoniaModel`` loads the packaged champion once and answers through
-a batchable API, so concurrent requests are grouped into one model call (adaptive batching);
-under `bentoml serve` it runs in its own worker processes.
+preprocessing function. The packaged champion is loaded once and concurrent requests are grouped
+into one model call (adaptive batching): with ``serve.workers: 1`` inside the front service's own
+process (serving/model_host.py: no second HTTP hop), with more in ``PneumoniaModel`` worker
+processes behind a batchable BentoML API. Every answer carries a ``Server-Timing`` header
+(serving/timing.py).
 
 Importing this module reads no file and no store. BentoML needs four settings when the classes
 are decorated (model workers and batching): they are Bento arguments (``bentoml.use_arguments``),
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +37,11 @@ from pydantic import BaseModel
 
 from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
-from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE, MODEL_FILE
+from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE
+from serving import timing
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
+from serving.model_host import ModelHost, ModelQueueTimeout, classify_batch, load_predictor
 from serving.web import read_model_card
 
 log = logging.getLogger("pneumo.serving")
@@ -67,6 +72,8 @@ class ServiceArguments(BaseModel):
 
 
 ARGUMENTS = bentoml.use_arguments(ServiceArguments)
+# More than one worker: the model runs in PneumoniaModel worker processes; else in the front's.
+MODEL_WORKERS = ARGUMENTS.workers > 1
 
 
 def read_settings() -> Settings:
@@ -130,31 +137,18 @@ def _model_info(stored: Any) -> dict[str, Any]:
 @bentoml.service(
     name="pneumonia-model",
     workers=ARGUMENTS.workers,
-    threads=1,  # one model call at a time per worker: torch already uses every thread it has
+    threads=1,  # one model call at a time per worker: the runtime already uses every thread
     traffic={"timeout": 300},
+    logging={"access": {"enabled": False}},  # the front service logs every request already
 )
 class PneumoniaModel:
-    """The champion network and its decision threshold, loaded once per worker."""
+    """The champion network in its own worker processes, when ``serve.workers`` is above 1
+    (with one worker the front service holds the model itself: serving/model_host.py)."""
 
     def __init__(self) -> None:
-        from pneumo.accel import available_cores, configure_threads
-        from pneumo.predict import Predictor
-
         show_info_logs()
-        settings = read_settings()
-        threads = configure_threads(max(1, available_cores() // ARGUMENTS.workers))
-        stored = champion()
-        # Predictor.from_files loads weights with torch.load(weights_only=True): never unpickles.
-        self.predictor = Predictor.from_files(
-            Path(stored.path_of(MODEL_FILE)),
-            Path(stored.path_of(DECISION_FILE)),
-            settings.model.accelerator(),
-        )
-        side = self.predictor.image_size
-        # One warm-up call: the first real request should not pay for oneDNN's set-up.
-        self.predictor.probabilities(np.zeros((1, side, side), dtype=np.uint8))
+        self.predictor = load_predictor(read_settings(), champion(), ARGUMENTS.workers)
         self.ready = True
-        log.info("model %s loaded (%d torch threads)", stored.tag, threads)
         log_code_origin("the model service")
 
     def __is_ready__(self) -> bool:
@@ -166,10 +160,8 @@ class PneumoniaModel:
         max_latency_ms=ARGUMENTS.max_latency_ms,
     )
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """uint8 images (N, S, S) -> one {probability} per image, in one model call."""
-        images = np.require(images, np.uint8, ["C", "W"])  # arrives read-only when unpickled
-        probabilities = self.predictor.probabilities(images, batch_size=max(1, len(images)))
-        return [{"probability": float(p)} for p in probabilities]
+        """uint8 images (N, S, S) -> one {probability, model_ms, batch} per image, one call."""
+        return classify_batch(self.predictor, images)
 
     @bentoml.api
     def gradcam(self, images: np.ndarray) -> np.ndarray:
@@ -194,14 +186,17 @@ class PneumoniaService:
     /metrics answer first, and /readyz waits for the model service's __is_ready__.
     """
 
-    model = bentoml.depends(PneumoniaModel)
+    if MODEL_WORKERS:
+        model = bentoml.depends(PneumoniaModel)
+    host: ModelHost | None = None  # the model in this process, when there are no model workers
 
     def __init__(self) -> None:
         from pneumo.accel import available_cores
 
         show_info_logs()
         stored = champion()
-        self.serve = read_settings().serve
+        settings = read_settings()
+        self.serve = settings.serve
         self.model_info = _model_info(stored)
         self.image_size = int(stored.info.metadata["image_size"])
         self.decision = Decision.load(Path(stored.path_of(DECISION_FILE)))
@@ -210,7 +205,10 @@ class PneumoniaService:
         self.decode_limiter = anyio.CapacityLimiter(available_cores())
         self.admission = anyio.CapacityLimiter(self.serve.max_concurrency)
         self.uploads = anyio.CapacityLimiter(self.serve.max_uploads)
-        _ = self.model  # in-process (tests, to_asgi) this loads the model now, not on a request
+        if MODEL_WORKERS:
+            _ = self.model  # in-process (tests, to_asgi) this loads the model now
+        else:
+            self.host = ModelHost(load_predictor(settings, stored, 1), self.serve)
         self.ready = True
         log_code_origin("the front service")
 
@@ -218,7 +216,10 @@ class PneumoniaService:
         return getattr(self, "ready", False)
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
-        return await self._call_model("classify", images)
+        start = time.perf_counter()
+        results = await self._call_model("classify", images)
+        timing.model_call(time.perf_counter() - start, results)
+        return results
 
     async def heatmaps(self, images: np.ndarray) -> np.ndarray:
         return await self._call_model("gradcam", images)
@@ -231,6 +232,11 @@ class PneumoniaService:
         these transient failures become :class:`ModelUnavailableError` (503, retry); anything
         else is a bug and reaches the client as a 500.
         """
+        if self.host is not None:
+            try:
+                return await getattr(self.host, method)(images)
+            except ModelQueueTimeout as exc:
+                raise ModelUnavailableError(f"{method}: {exc}") from exc
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
                 return await getattr(self.model.to_async, method)(images)
@@ -242,6 +248,12 @@ class PneumoniaService:
                 raise ModelUnavailableError(f"{method}: {exc!r}") from exc
         raise AssertionError("unreachable")  # the loop returns or raises
 
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        if self.host is not None:
+            self.host.close()
+
 
 # BentoML's own answers (unknown routes, wrong methods on /livez and /readyz) in our JSON format.
 PneumoniaService.add_asgi_middleware(JsonErrors)
+PneumoniaService.add_asgi_middleware(timing.ServerTiming)
