@@ -10,15 +10,17 @@ Prints one JSON object with:
   the latency percentiles, their split from the Server-Timing header (serving/timing.py: upload
   / decode / hop / model / total, medians, and ``outside``: what the client waited beyond the
   server's total: HTTP server, client, scheduling), the mean model batch, CPU milliseconds per
-  request of the front service, the model worker processes and the client, and the load average;
+  request of the front service, the model worker processes and the client, what the cores could
+  serve at that CPU cost if nothing else ran, and the load average; per configuration the
+  requests/s at 32 clients over the in-process rate, measured and estimated for idle cores;
 - ``targets``: issue 11's targets, for the default configuration.
 
 Client and servers share this machine's cores, and so do other users: the load average says how
-busy it was. Every level is bounded in requests and seconds, and the whole run in time; servers
-are stopped by PID. By default the model is an untrained network of the architecture and image
-size in params.yaml (the same arithmetic as a trained one); --from-workspace DIR serves DIR's
-evaluated model.
-Usage: python bench/serve.py [--configs batching_on,tta_on] [--requests 400] [--time-limit 900]
+busy it was; CPU milliseconds per request depend much less on that than latencies do. Every
+level is bounded in requests and seconds, and the whole run in time; servers are stopped by PID.
+By default the model is an untrained network of the architecture and image size in params.yaml
+(the same arithmetic as a trained one); --from-workspace DIR serves DIR's evaluated model.
+Usage: python bench/serve.py [--configs batching_on,batching_on_tta] [--requests 400]
 """
 
 from __future__ import annotations
@@ -29,9 +31,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # serving/ is a folder of the repository, not an installed package
 
 from bench import runtimes  # noqa: E402
+from bench.servers import cpu_seconds, start_server, stop_server  # noqa: E402
 from pneumo.config import Settings, load_settings  # noqa: E402
 from pneumo.params_file import set_param  # noqa: E402
+from pneumo.runtime import resolve_runtime  # noqa: E402
 from pneumo.workspace import Workspace  # noqa: E402
 from serving import timing as server_timing  # noqa: E402
 
@@ -60,6 +61,7 @@ CONFIGS: dict[str, tuple[dict[str, str], bool]] = {
     "batching_on_torch": ({"model.runtime": "torch"}, False),
     "batching_on_model_workers": ({"serve.workers": "2"}, False),  # the front->model HTTP hop
 }
+CORES = len(os.sched_getaffinity(0))
 TARGETS = {"p50_ms_at_1": 20.0, "p99_ms_at_8": 100.0, "throughput_ratio_at_32": 0.8}
 
 
@@ -94,8 +96,11 @@ def bench_workspace(
     return workspace
 
 
-def in_process(images: list[bytes], workspace: Workspace, settings: Settings) -> dict[str, Any]:
-    """Decode with the service's upload path and predict all images in one call, here."""
+def in_process(
+    images: list[bytes], workspace: Workspace, settings: Settings, rounds: int = 3
+) -> dict[str, Any]:
+    """Decode with the service's upload path and predict all images in one call, here: the
+    median of ``rounds``, in wall time and in CPU time (this process, all threads)."""
     from pneumo.accel import configure_threads
     from pneumo.predict import Predictor
     from serving.inputs import read_radiograph
@@ -105,17 +110,20 @@ def in_process(images: list[bytes], workspace: Workspace, settings: Settings) ->
     predictor = Predictor.from_workspace(workspace, model.accelerator(), model.runtime)
     side, serve = predictor.image_size, settings.serve
     predictor.probabilities(np.zeros((2, side, side), np.uint8))
-    start = time.perf_counter()
-    decoded = [
-        read_radiograph(data, "image/jpeg", side, serve.max_pixels, serve.min_side)
-        for data in images
-    ]
-    decode_s = time.perf_counter() - start
-    pixels = np.stack([d.pixels for d in decoded])
-    start = time.perf_counter()
-    predictor.probabilities(pixels, batch_size=len(pixels))
-    infer_s = time.perf_counter() - start
-    n = len(images)
+    decode, infer, cpu = [], [], []
+    for _ in range(rounds):
+        cpu_start, start = psutil.Process().cpu_times(), time.perf_counter()
+        decoded = [
+            read_radiograph(data, "image/jpeg", side, serve.max_pixels, serve.min_side)
+            for data in images
+        ]
+        middle = time.perf_counter()
+        predictor.probabilities(np.stack([d.pixels for d in decoded]), batch_size=len(decoded))
+        end, cpu_end = time.perf_counter(), psutil.Process().cpu_times()
+        decode.append(middle - start)
+        infer.append(end - middle)
+        cpu.append(sum(cpu_end[:2]) - sum(cpu_start[:2]))
+    n, decode_s, infer_s = len(images), float(np.median(decode)), float(np.median(infer))
     return {
         "network": str(predictor.network) if predictor.network is not predictor.model else "torch",
         "threads": threads,
@@ -123,95 +131,8 @@ def in_process(images: list[bytes], workspace: Workspace, settings: Settings) ->
         "inference_images_per_s": round(n / infer_s, 1),
         "decode_plus_inference_images_per_s": round(n / (decode_s + infer_s), 1),
         "ms_per_image": round(1000 * (decode_s + infer_s) / n, 2),
+        "cpu_ms_per_image": round(1000 * float(np.median(cpu)) / n, 2),
     }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(
-    params: Path, home: Path, model_tag: str, log: Path, timeout: float
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(home),
-        "PNEUMO_PARAMS": str(params),
-        "PNEUMO_MODEL_TAG": model_tag,
-        "BENTOML_DO_NOT_TRACK": "true",
-    }
-    from serving.service import ServiceArguments
-
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:PneumoniaService"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO)]
-    command += ServiceArguments.command_line(load_settings(params).serve)  # workers, batching
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop_server(process)
-    raise RuntimeError(f"bentoml serve not ready after {timeout:.0f} s; see {log}")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    """Stop `bentoml serve` and every worker it started (workers may leave its process group)."""
-    workers = _tree(process.pid)
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    _, alive = psutil.wait_procs(workers, timeout=10)
-    for worker in alive:
-        worker.kill()
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the server's processes, by role, and by this client."""
-    roles: dict[str, float] = {"front": 0.0, "model_workers": 0.0, "arbiter": 0.0}
-    for proc in [psutil.Process(pid), *_tree(pid)]:
-        try:
-            command, times = " ".join(proc.cmdline()), proc.cpu_times()
-        except psutil.Error:
-            continue
-        role = (
-            "model_workers"
-            if "pneumonia-model" in command
-            else "front"
-            if "pneumonia-service" in command
-            else "arbiter"
-        )
-        roles[role] += times.user + times.system
-    mine = psutil.Process().cpu_times()
-    return {**roles, "client": mine.user + mine.system}
 
 
 def latency_split(client_ms: np.ndarray, phases: list[dict[str, float]]) -> dict[str, float]:
@@ -293,9 +214,10 @@ def measure_levels(
         )
         after = cpu_seconds(pid)
         done = max(1, level["requests_ok"])
-        level["cpu_ms_per_request"] = {
-            role: round(1000 * (after[role] - before[role]) / done, 2) for role in after
-        }
+        cpu = {role: 1000 * (after[role] - before[role]) / done for role in after}
+        level["cpu_ms_per_request"] = {role: round(ms, 2) for role, ms in cpu.items()}
+        # What the cores could serve if nothing else ran: less sensitive to a busy machine.
+        level["capacity_per_s_on_idle_cores"] = round(CORES * 1000 / sum(cpu.values()), 1)
         level["loadavg_1min"] = round(os.getloadavg()[0], 2)
         levels.append(level)
     return levels
@@ -326,12 +248,18 @@ def run_config(
     finally:
         stop_server(process)
     model, serve = settings.model, settings.serve
+    runtime = resolve_runtime(model.runtime, model.accelerator())
     top = next((lv for lv in levels if lv["concurrency"] == 32 and "requests_per_s" in lv), None)
     ratio = top["requests_per_s"] / baseline["decode_plus_inference_images_per_s"] if top else None
+    # The same ratio from CPU time: served capacity on idle cores over the in-process loop's
+    # rate on one idle core (it decodes on one thread).
+    estimate = (
+        top["capacity_per_s_on_idle_cores"] * baseline["cpu_ms_per_image"] / 1000 if top else None
+    )
     return {
         "settings": {
-            "runtime": model.runtime,
-            "precision": model.accelerator().precision,
+            "runtime": runtime,
+            "precision": model.accelerator().precision if runtime == "torch" else "fp32",
             "tta": tta,
             "workers": serve.workers,
             "adaptive_batching": serve.adaptive_batching,
@@ -340,6 +268,7 @@ def run_config(
         "in_process": baseline,
         "levels": levels,
         "throughput_ratio_at_32": round(ratio, 2) if ratio else None,
+        "throughput_ratio_at_32_on_idle_cores_estimate": round(estimate, 2) if estimate else None,
     }
 
 
@@ -411,7 +340,7 @@ def main() -> None:
                     "image_size": settings.preprocess.image_size,
                     "trained": bool(args.from_workspace),
                 },
-                "cpu_cores": len(os.sched_getaffinity(0)),
+                "cpu_cores": CORES,
                 "machine": platform.machine(),
                 "loadavg_before": [round(x, 2) for x in load_before],
                 **out,
