@@ -16,12 +16,13 @@ test_runtime.py, bench/runtimes.py). At the batch sizes a service sees (1-8), Op
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -39,6 +40,7 @@ EXPORTED = ("openvino", "onnxruntime")
 TOLERANCE = 1e-4
 FP32 = Accelerator("cpu", "fp32")
 PROBE_IMAGES = 8
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
 INSTALL_HINT = "pip install openvino==2026.4.1 onnxruntime==1.32.0 onnx==1.23.2 onnxscript==0.7.2"
 
 
@@ -89,7 +91,7 @@ def export_onnx(model: nn.Module, image_size: int) -> bytes:
     network = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 1, image_size, image_size)
     batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet(EXPORTER_LOGGERS):
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         program = torch.onnx.export(
             network,
@@ -101,6 +103,20 @@ def export_onnx(model: nn.Module, image_size: int) -> bytes:
             verbose=False,
         )
     return program.model_proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """The exporter's optimiser logs a dozen INFO lines per export: keep them to warnings."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _openvino(onnx: bytes, threads: int, precision: str) -> Callable[[np.ndarray], np.ndarray]:
