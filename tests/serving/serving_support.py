@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,6 +108,18 @@ def start_server(
         command += ["--working-dir", str(REPO)]
         command += ServiceArguments.command_line(load_settings(params or lab.params).serve)
     return launch(command, REPO, env, log, timeout)
+
+
+def start_source_server(lab: ServingLab, folder: Path, **overrides: str) -> Server:
+    """`bentoml serve` of the source tree with the lab's params.yaml changed by ``overrides``
+    (dotted keys), written to ``folder``; the log goes there too."""
+    from pneumo.params_file import set_param
+
+    params = folder / "params.yaml"
+    shutil.copyfile(lab.params, params)
+    for key, value in overrides.items():
+        set_param(params, key, value)
+    return start_server("serving.service:PneumoniaService", lab, folder / "log", params=params)
 
 
 def launch(command: list[str], cwd: Path, env: dict[str, str], log: Path, timeout: float) -> Server:

@@ -3,7 +3,6 @@ adaptive batching, instead of inside the front service; answers stay those of `p
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,22 +11,17 @@ import httpx
 import numpy as np
 import pytest
 
-from pneumo.params_file import set_param
 from pneumo.predict import Predictor, predict_paths
 from serving import timing
-from tests.serving.serving_support import Server, ServingLab, start_server
+from tests.serving.serving_support import Server, ServingLab, start_source_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(serving_lab: ServingLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("workers")
-    params = folder / "params.yaml"
-    shutil.copyfile(serving_lab.params, params)
-    set_param(params, "serve.workers", "2")
-    running = start_server(
-        "serving.service:PneumoniaService", serving_lab, folder / "bentoml.log", params=params
+    running = start_source_server(
+        serving_lab, tmp_path_factory.mktemp("workers"), **{"serve.workers": "2"}
     )
     try:
         yield running
