@@ -222,7 +222,10 @@ class PneumoniaService:
         return results
 
     async def heatmaps(self, images: np.ndarray) -> np.ndarray:
-        return await self._call_model("gradcam", images)
+        start = time.perf_counter()
+        maps = await self._call_model("gradcam", images)
+        timing.model_call(time.perf_counter() - start, [])
+        return maps
 
     async def _call_model(self, method: str, images: np.ndarray) -> Any:
         """Call the model service, again on a fresh connection if a kept-alive one was closed.

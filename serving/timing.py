@@ -8,7 +8,8 @@ developer tools and `bench/serve.py` read them from the header. Nothing is store
   decoding to the model's pixels (waiting for a decode thread included) and the JSON answer;
 - ``hop``: calling the model service minus the model's own time: serialisation, the local
   HTTP call, and the adaptive-batching queue;
-- ``model``: the model service's call of the network, for the whole batch the image was in;
+- ``model``: the model's call of the network, for the whole batch the image was in (Grad-CAM
+  calls count whole);
 - ``total``: from the request's arrival at the front service until its answer starts.
 """
 
@@ -68,6 +69,8 @@ def model_call(seconds: float, results: list[dict[str, Any]]) -> None:
     if results and MODEL_MS in results[0]:
         timing.model += results[0][MODEL_MS] / 1000
         timing.batch = max(timing.batch, int(results[0].get(BATCH, 0)))
+    else:  # the model did not say (Grad-CAM): the whole call counts as the model's
+        timing.model += seconds
 
 
 def model_fields(seconds: float, batch: int) -> dict[str, float | int]:

@@ -162,3 +162,21 @@ def test_every_answer_says_where_its_time_went(
     refused = asgi_client.post("/predict", content=b"nope", headers=headers)
     assert refused.status_code == 415
     assert timing.parse(refused.headers["server-timing"])["model"] == 0  # never reached it
+
+
+def test_grad_cam_time_counts_as_the_model_s(
+    asgi_client: TestClient, jpeg_paths: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pneumo.explain
+
+    def slow_gradcam(model: Any, images: np.ndarray, **_: Any) -> np.ndarray:
+        time.sleep(0.08)
+        return np.zeros(images.shape, np.float32)
+
+    monkeypatch.setattr(pneumo.explain, "gradcam", slow_gradcam)
+    headers = {"content-type": "image/jpeg"}
+    data = jpeg_paths[2].read_bytes()
+    response = asgi_client.post("/explain?format=json", content=data, headers=headers)
+    assert response.status_code == 200, response.text
+    phases = timing.parse(response.headers["server-timing"])
+    assert phases["model"] >= 80 and phases["hop"] < 80
