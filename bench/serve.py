@@ -1,19 +1,29 @@
-"""Benchmark: /predict requests/s and latency of the BentoML service, next to in-process inference.
+"""Benchmark: /predict latency and requests/s of the BentoML service, and where the time goes.
 
-Serves a model with `bentoml serve` on a free 127.0.0.1 port, once with adaptive batching on and
-once off, and sends the full-size JPEGs of ../shared/data/originals at concurrency 1, 8 and 32.
-Every level is bounded in requests and seconds, and the whole run in time; servers are stopped by
-PID. The in-process row decodes (the service's own upload path) and predicts the same images in
-this process, in one batch. Prints one JSON object.
+Prints one JSON object with:
+- ``runtimes``: the network in torch, OpenVINO and ONNX Runtime at batch 1 and 32, with and
+  without test-time augmentation, on the decoded originals (bench/runtimes.py);
+- ``in_process``: the service's decode path and the served predictor (same runtime, precision
+  and TTA) in this process, all images in one call: the ceiling the server is compared with;
+- ``server``: `bentoml serve` on a free 127.0.0.1 port for each configuration of CONFIGS, sent
+  the full-size JPEGs of ../shared/data/originals at concurrency 1, 8 and 32. Each level has
+  the latency percentiles, their split from the Server-Timing header (serving/timing.py: upload
+  / decode / hop / model / total, medians, and ``outside``: what the client waited beyond the
+  server's total: HTTP server, client, scheduling), the mean model batch, CPU milliseconds per
+  request of the front service, the model worker processes and the client, what the cores could
+  serve at that CPU cost if nothing else ran, and the load average; per configuration the
+  requests/s at 32 clients over the in-process rate, measured and estimated for idle cores;
+- ``targets``: issue 11's targets, for the default configuration.
 
+Client and servers share this machine's cores, and so do other users: the load average says how
+busy it was; CPU milliseconds per request depend much less on that than latencies do. Every
+level is bounded in requests and seconds, and the whole run in time; servers are stopped by PID.
 By default the model is an untrained network of the architecture and image size in params.yaml
-(the same arithmetic as a trained one); --from-workspace DIR serves the evaluated model of DIR.
-Client and server share this machine's cores: on a small machine the client's own work counts.
-Usage: python bench/serve.py [--requests 240] [--seconds 30] [--time-limit 900]
+(the same arithmetic as a trained one); --from-workspace DIR serves DIR's evaluated model.
+Usage: python bench/serve.py [--configs batching_on,batching_on_tta] [--requests 400]
 
---prediction-log adds the cost of the prediction log (monitor.enabled on vs off, everything else
-equal): servers with and without it, alternated over --log-rounds rounds at concurrency 8, and
-the throughput lost in per cent (the target is at most 5 %).
+The prediction log's cost (the target is at most 5 %) is the default configuration, which logs,
+against ``batching_on_log_off`` (monitor.enabled false), at each concurrency level.
 """
 
 from __future__ import annotations
@@ -24,9 +34,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,123 +42,114 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # serving/ is a folder of the repository, not an installed package
 
-from pneumo.config import load_settings  # noqa: E402
+from bench import runtimes  # noqa: E402
+from bench.servers import cpu_seconds, start_server, stop_server  # noqa: E402
+from pneumo.config import Settings, load_settings  # noqa: E402
 from pneumo.params_file import set_param  # noqa: E402
+from pneumo.runtime import resolve_runtime  # noqa: E402
 from pneumo.workspace import Workspace  # noqa: E402
+from serving import timing as server_timing  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+# name -> (params.yaml overrides, TTA on); the first is the default configuration.
+CONFIGS: dict[str, tuple[dict[str, str], bool]] = {
+    "batching_on": ({}, False),
+    "batching_off": ({"serve.adaptive_batching": "false"}, False),
+    "batching_on_tta": ({}, True),
+    "batching_on_torch": ({"model.runtime": "torch"}, False),
+    "batching_on_model_workers": ({"serve.workers": "2"}, False),  # the front->model HTTP hop
+    "batching_on_log_off": ({"monitor.enabled": "false"}, False),  # the prediction log's cost
+}
+CORES = len(os.sched_getaffinity(0))
+TARGETS = {"p50_ms_at_1": 20.0, "p99_ms_at_8": 100.0, "throughput_ratio_at_32": 0.8}
 
 
-def make_workspace(root: Path, params: Path) -> Workspace:
-    """An untrained model of the configured architecture, with a decision and metrics."""
+def bench_workspace(
+    root: Path, settings: Settings, source: Workspace | None, tta: bool
+) -> Workspace:
+    """A workspace with the model to serve and a decision with ``tta`` as asked."""
     import torch
 
     from pneumo.models import build_model, save_model
 
-    settings = load_settings(params)
     workspace = Workspace(root)
-    torch.manual_seed(0)
-    size, arch, options = (
-        settings.preprocess.image_size,
-        settings.model.arch,
-        settings.model.options(),
-    )
-    model = build_model(arch, size, **options)
-    save_model(model, workspace.model, {"arch": arch, "image_size": size, "options": options})
-    workspace.decision.write_text(json.dumps({"threshold": 0.5, "rule": "fixed", "tta": False}))
+    workspace.model.parent.mkdir(parents=True, exist_ok=True)
     workspace.eval_metrics.parent.mkdir(parents=True, exist_ok=True)
-    workspace.eval_metrics.write_text(json.dumps({"test": {"note": "untrained benchmark model"}}))
+    decision = {"threshold": 0.5, "rule": "fixed"}
+    if source is not None:
+        shutil.copyfile(source.model, workspace.model)
+        shutil.copyfile(source.eval_metrics, workspace.eval_metrics)
+        decision = json.loads(source.decision.read_text())
+    else:
+        torch.manual_seed(0)
+        size, arch, options = (
+            settings.preprocess.image_size,
+            settings.model.arch,
+            settings.model.options(),
+        )
+        model = build_model(arch, size, **options)
+        metadata = {"arch": arch, "image_size": size, "options": options}
+        save_model(model, workspace.model, metadata)
+        workspace.eval_metrics.write_text(json.dumps({"test": {"note": "untrained model"}}))
+    workspace.decision.write_text(json.dumps({**decision, "tta": tta}))
     return workspace
 
 
-def in_process(images: list[bytes], workspace: Workspace, settings: Any) -> dict[str, Any]:
-    """Decode with the service's upload path and predict all images in one call, here."""
+def in_process(
+    images: list[bytes], workspace: Workspace, settings: Settings, rounds: int = 3
+) -> dict[str, Any]:
+    """Decode with the service's upload path and predict all images in one call, here: the
+    median of ``rounds``, in wall time and in CPU time (this process, all threads)."""
     from pneumo.accel import configure_threads
     from pneumo.predict import Predictor
     from serving.inputs import read_radiograph
 
-    predictor = Predictor.from_workspace(workspace)
-    threads = configure_threads(0)
-    serve = settings.serve
-    predictor.probabilities(np.zeros((1, predictor.image_size, predictor.image_size), np.uint8))
-    start = time.perf_counter()
-    decoded = [
-        read_radiograph(data, "image/jpeg", predictor.image_size, serve.max_pixels, serve.min_side)
-        for data in images
-    ]
-    decode_s = time.perf_counter() - start
-    pixels = np.stack([d.pixels for d in decoded])
-    start = time.perf_counter()
-    predictor.probabilities(pixels, batch_size=len(pixels))
-    infer_s = time.perf_counter() - start
-    n = len(images)
+    threads = configure_threads(settings.model.threads)
+    model = settings.model
+    predictor = Predictor.from_workspace(workspace, model.accelerator(), model.runtime)
+    side, serve = predictor.image_size, settings.serve
+    predictor.probabilities(np.zeros((2, side, side), np.uint8))
+    decode, infer, cpu = [], [], []
+    for _ in range(rounds):
+        cpu_start, start = psutil.Process().cpu_times(), time.perf_counter()
+        decoded = [
+            read_radiograph(data, "image/jpeg", side, serve.max_pixels, serve.min_side)
+            for data in images
+        ]
+        middle = time.perf_counter()
+        predictor.probabilities(np.stack([d.pixels for d in decoded]), batch_size=len(decoded))
+        end, cpu_end = time.perf_counter(), psutil.Process().cpu_times()
+        decode.append(middle - start)
+        infer.append(end - middle)
+        cpu.append(sum(cpu_end[:2]) - sum(cpu_start[:2]))
+    n, decode_s, infer_s = len(images), float(np.median(decode)), float(np.median(infer))
     return {
-        "torch_threads": threads,
+        "network": str(predictor.network) if predictor.network is not predictor.model else "torch",
+        "threads": threads,
         "decode_images_per_s": round(n / decode_s, 1),
         "inference_images_per_s": round(n / infer_s, 1),
         "decode_plus_inference_images_per_s": round(n / (decode_s + infer_s), 1),
         "ms_per_image": round(1000 * (decode_s + infer_s) / n, 2),
+        "cpu_ms_per_image": round(1000 * float(np.median(cpu)) / n, 2),
     }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(
-    params: Path, home: Path, model_tag: str, log: Path, timeout: float
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(home),
-        "PNEUMO_PARAMS": str(params),
-        "PNEUMO_MODEL_TAG": model_tag,
-        "BENTOML_DO_NOT_TRACK": "true",
+def latency_split(client_ms: np.ndarray, phases: list[dict[str, float]]) -> dict[str, float]:
+    """Medians of the server's phases and of what it did not see (client latency - total)."""
+    if not phases or any("total" not in p for p in phases):
+        return {}
+    split = {
+        name: round(float(np.median([p.get(name, 0.0) for p in phases])), 2)
+        for name in server_timing.PHASES
     }
-    from serving.service import ServiceArguments
-
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:PneumoniaService"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO)]
-    command += ServiceArguments.command_line(load_settings(params).serve)  # batching on or off
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop_server(process)
-    raise RuntimeError(f"bentoml serve not ready after {timeout:.0f} s; see {log}")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    split["outside"] = round(float(np.median(client_ms - [p["total"] for p in phases])), 2)
+    split["mean_batch"] = round(float(np.mean([p.get("batch", 0.0) for p in phases])), 1)
+    return split
 
 
 async def load(
@@ -159,6 +157,7 @@ async def load(
 ) -> dict[str, Any]:
     """``requests`` POST /predict at ``concurrency``, stopping early after ``seconds``."""
     latencies: list[float] = []
+    phases: list[dict[str, float]] = []
     errors: dict[str, int] = {}
     next_index = 0
     deadline = time.monotonic() + seconds
@@ -179,6 +178,7 @@ async def load(
                 key = type(exc).__name__
             if key is None:
                 latencies.append(time.perf_counter() - start)
+                phases.append(server_timing.parse(response.headers.get("server-timing", "")))
             else:
                 errors[key] = errors.get(key, 0) + 1
 
@@ -187,43 +187,126 @@ async def load(
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000
+    pct = {q: round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}
     return {
         "concurrency": concurrency,
         "requests_ok": len(latencies),
         "errors": errors,
         "requests_per_s": round(len(latencies) / wall, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-        "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
-        "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+        "p50_ms": pct[50],
+        "p95_ms": pct[95],
+        "p99_ms": pct[99],
         "seconds": round(wall, 1),
+        "split_p50_ms": latency_split(ms, phases),
     }
 
 
-def prediction_log_cost(
-    params: Path, home: Path, model_tag: str, images: list[bytes], args: argparse.Namespace
+def measure_levels(
+    url: str, pid: int, images: list[bytes], args: argparse.Namespace, deadline: float
+) -> list[dict[str, Any]]:
+    """Each concurrency level with its CPU milliseconds per request and the load average."""
+    asyncio.run(load(url, images, 4, 16, 20))  # warm-up: connections, batching, the runtime
+    levels: list[dict[str, Any]] = []
+    for concurrency in CONCURRENCY:
+        left = deadline - time.monotonic()
+        if left < 5:
+            levels.append({"concurrency": concurrency, "skipped": "time limit reached"})
+            continue
+        before = cpu_seconds(pid)
+        level = asyncio.run(
+            load(url, images, concurrency, args.requests, min(args.seconds, left - 5))
+        )
+        after = cpu_seconds(pid)
+        done = max(1, level["requests_ok"])
+        cpu = {role: 1000 * (after[role] - before[role]) / done for role in after}
+        level["cpu_ms_per_request"] = {role: round(ms, 2) for role, ms in cpu.items()}
+        # What the cores could serve if nothing else ran: less sensitive to a busy machine.
+        level["capacity_per_s_on_idle_cores"] = round(CORES * 1000 / sum(cpu.values()), 1)
+        level["loadavg_1min"] = round(os.getloadavg()[0], 2)
+        levels.append(level)
+    return levels
+
+
+def run_config(
+    name: str, root: Path, images: list[bytes], args: argparse.Namespace, deadline: float
 ) -> dict[str, Any]:
-    """/predict requests/s with the prediction log on and off, alternated to share the noise."""
-    rates: dict[str, list[float]] = {"on": [], "off": []}
-    for round_index in range(args.log_rounds):
-        for state in ("on", "off") if round_index % 2 == 0 else ("off", "on"):
-            set_param(params, "monitor.enabled", "true" if state == "on" else "false")
-            log = params.parent / f"prediction-log-{state}-{round_index}.log"
-            process, url = start_server(params, home, model_tag, log, timeout=180)
-            try:
-                asyncio.run(load(url, images, 4, 16, 20))
-                level = asyncio.run(load(url, images, 8, args.requests, args.seconds))
-                rates[state].append(level["requests_per_s"])
-            finally:
-                stop_server(process)
-    on, off = float(np.median(rates["on"])), float(np.median(rates["off"]))
+    """Serve the model under one configuration of CONFIGS and load it at every level."""
+    from pneumo.package import import_champion
+
+    overrides, tta = CONFIGS[name]
+    folder = root / name
+    folder.mkdir()
+    params = folder / "params.yaml"
+    shutil.copyfile(args.params, params)
+    set_param(params, "serve.bentoml_home", str(root / ".bentoml"))
+    for key, value in overrides.items():
+        set_param(params, key, value)
+    settings = load_settings(params)
+    source = Workspace(args.from_workspace) if args.from_workspace else None
+    workspace = bench_workspace(folder / "ws", settings, source, tta)
+    model_tag, _, _ = import_champion(settings, workspace, from_workspace=True)
+    baseline = in_process(images, workspace, settings)
+    process, url = start_server(params, root / ".bentoml", model_tag, folder / "log", 240)
+    try:
+        levels = measure_levels(url, process.pid, images, args, deadline)
+    finally:
+        stop_server(process)
+    model, serve = settings.model, settings.serve
+    runtime = resolve_runtime(model.runtime, model.accelerator())
+    top = next((lv for lv in levels if lv["concurrency"] == 32 and "requests_per_s" in lv), None)
+    ratio = top["requests_per_s"] / baseline["decode_plus_inference_images_per_s"] if top else None
+    # The same ratio from CPU time: served capacity on idle cores over the in-process loop's
+    # rate on one idle core (it decodes on one thread).
+    estimate = (
+        top["capacity_per_s_on_idle_cores"] * baseline["cpu_ms_per_image"] / 1000 if top else None
+    )
     return {
-        "concurrency": 8,
-        "requests_per_s_log_on": rates["on"],
-        "requests_per_s_log_off": rates["off"],
-        "median_on": on,
-        "median_off": off,
-        "cost_percent": round(100 * (off - on) / off, 1) if off else None,
+        "settings": {
+            "runtime": runtime,
+            "precision": model.accelerator().precision if runtime == "torch" else "fp32",
+            "tta": tta,
+            "workers": serve.workers,
+            "adaptive_batching": serve.adaptive_batching,
+            "max_batch_size": serve.max_batch_size,
+        },
+        "in_process": baseline,
+        "levels": levels,
+        "throughput_ratio_at_32": round(ratio, 2) if ratio else None,
+        "throughput_ratio_at_32_on_idle_cores_estimate": round(estimate, 2) if estimate else None,
     }
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Issue 11's three serving targets for one configuration's result."""
+    by_level = {lv["concurrency"]: lv for lv in result.get("levels", []) if "p50_ms" in lv}
+    got = {
+        "p50_ms_at_1": by_level.get(1, {}).get("p50_ms"),
+        "p99_ms_at_8": by_level.get(8, {}).get("p99_ms"),
+        "throughput_ratio_at_32": result.get("throughput_ratio_at_32"),
+    }
+    out = {}
+    for key, limit in TARGETS.items():
+        value = got[key]
+        met = None if value is None else value >= limit if "ratio" in key else value <= limit
+        out[key] = {"value": value, "target": limit, "met": met}
+    return out
+
+
+def prediction_log_cost(servers: dict[str, Any]) -> dict[str, Any] | None:
+    """Requests/s with the prediction log (the default) against the same server without it."""
+    on, off = servers.get("batching_on", {}), servers.get("batching_on_log_off", {})
+    rates = {}
+    for name, result in (("on", on), ("off", off)):
+        rates[name] = {lv["concurrency"]: lv["requests_per_s"] for lv in result.get("levels", [])
+                       if "requests_per_s" in lv}  # fmt: skip
+    shared = sorted(set(rates["on"]) & set(rates["off"]))
+    if not shared:
+        return None
+    return {
+        f"c{c}": {"log_on": rates["on"][c], "log_off": rates["off"][c],
+                  "cost_percent": round(100 * (rates["off"][c] - rates["on"][c]) / rates["off"][c], 1)}
+        for c in shared
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -235,63 +318,38 @@ def main() -> None:
     )
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--from-workspace", type=Path, help="serve this workspace's model")
-    parser.add_argument("--requests", type=int, default=240, help="per concurrency level")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated")
+    parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
     parser.add_argument("--seconds", type=float, default=30.0, help="per concurrency level")
     parser.add_argument("--time-limit", type=float, default=900.0, help="whole run, seconds")
-    parser.add_argument(
-        "--prediction-log", action="store_true", help="also: throughput with the log on and off"
-    )
-    parser.add_argument("--log-rounds", type=int, default=2, help="on/off pairs (--prediction-log)")
+    parser.add_argument("--skip-runtimes", action="store_true", help="no runtime comparison")
     args = parser.parse_args()
+    unknown = set(args.configs.split(",")) - set(CONFIGS)
+    if unknown:
+        sys.exit(f"unknown configs {sorted(unknown)}: choose from {', '.join(CONFIGS)}")
     os.environ.setdefault("TQDM_DISABLE", "1")
     started = time.monotonic()
+    deadline = started + args.time_limit
     images = [p.read_bytes() for p in sorted(args.images.rglob("*.jpeg"))]
     if not images:
         sys.exit(f"no .jpeg files under {args.images}")
-
-    from pneumo.package import import_champion
-
+    load_before = os.getloadavg()
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-serve-") as tmp:
         root = Path(tmp)
-        params = root / "params.yaml"
-        shutil.copyfile(args.params, params)
-        set_param(params, "serve.bentoml_home", str(root / ".bentoml"))
-        workspace = (
-            Workspace(args.from_workspace) if args.from_workspace else make_workspace(root, params)
-        )
-        settings = load_settings(params)
-        model_tag, metadata, _ = import_champion(settings, workspace, from_workspace=True)
-        baseline = in_process(images, workspace, settings)
+        settings = load_settings(args.params)
+        source = Workspace(args.from_workspace) if args.from_workspace else None
+        model_ws = bench_workspace(root / "runtimes", settings, source, False)
+        if not args.skip_runtimes:
+            decoded = runtimes.decode_originals(args.images, settings.preprocess.image_size)
+            out["runtimes"] = runtimes.compare(model_ws.model, decoded, settings.model.threads)
         servers: dict[str, Any] = {}
-        for batching in (True, False):
-            name = "adaptive_batching_on" if batching else "adaptive_batching_off"
-            set_param(params, "serve.adaptive_batching", str(batching).lower())
-            remaining = args.time_limit - (time.monotonic() - started)
-            if remaining < 60:
+        for name in args.configs.split(","):
+            if deadline - time.monotonic() < 60:
                 servers[name] = {"skipped": "time limit reached"}
                 continue
-            log = root / f"{name}.log"
-            process, url = start_server(params, root / ".bentoml", model_tag, log, timeout=180)
-            try:
-                asyncio.run(load(url, images, 4, 16, 20))  # warm-up: the batcher learns its costs
-                levels = []
-                for concurrency in CONCURRENCY:
-                    left = args.time_limit - (time.monotonic() - started)
-                    if left < 5:
-                        levels.append({"concurrency": concurrency, "skipped": "time limit reached"})
-                        continue
-                    seconds = min(args.seconds, left - 5)
-                    levels.append(
-                        asyncio.run(load(url, images, concurrency, args.requests, seconds))
-                    )
-                servers[name] = {"levels": levels}
-            finally:
-                stop_server(process)
-        if args.prediction_log:
-            set_param(params, "serve.adaptive_batching", "true")
-            servers["prediction_log"] = prediction_log_cost(
-                params, root / ".bentoml", model_tag, images, args
-            )
+            servers[name] = run_config(name, root, images, args, deadline)
+    default = next(iter(servers))
     print(
         json.dumps(
             {
@@ -299,19 +357,17 @@ def main() -> None:
                 "images": len(images),
                 "mean_jpeg_kb": round(sum(map(len, images)) / len(images) / 1024, 1),
                 "model": {
-                    "arch": metadata["arch"],
-                    "image_size": metadata["image_size"],
+                    "arch": settings.model.arch,
+                    "image_size": settings.preprocess.image_size,
                     "trained": bool(args.from_workspace),
                 },
-                "cpu_cores": len(os.sched_getaffinity(0)),
+                "cpu_cores": CORES,
                 "machine": platform.machine(),
-                "serve": {
-                    "workers": settings.serve.workers,
-                    "max_batch_size": settings.serve.max_batch_size,
-                    "max_latency_ms": settings.serve.max_latency_ms,
-                },
-                "in_process": baseline,
+                "loadavg_before": [round(x, 2) for x in load_before],
+                **out,
                 "server": servers,
+                "targets": {"config": default, **targets(servers[default])},
+                "prediction_log_cost": prediction_log_cost(servers),
                 "wall_seconds": round(time.monotonic() - started, 1),
             },
             indent=2,

@@ -5,7 +5,8 @@ Each chunk of ``score.chunk_size`` images is one Prefect task that calls
 (``score.n_workers`` processes) or on any Dask scheduler (``score.dask_address``). A chunk's rows
 are kept in ``score.work_dir`` under a key made of its files (path, size, modification time) and
 of the model and threshold files, so a rerun after an interruption or a crash scores only the
-chunks not done yet; the output is assembled from the chunk files in folder order.
+chunks not done yet; the output is assembled from the chunk files in folder order. The network
+runs in ``model.runtime`` (pneumo/runtime.py; OpenVINO on a CPU, equal to torch fp32 to 1e-4).
 
     pneumo score FOLDER [--output scores.parquet]
     python -m flows.score FOLDER [--output scores.csv] [--workspace .]
@@ -98,7 +99,8 @@ def _predictor(
     """
     from pneumo.predict import Predictor
 
-    return Predictor.from_files(Path(model_path), Path(decision_path), inference.accelerator())
+    return Predictor.from_files(Path(model_path), Path(decision_path), inference.accelerator(),
+                                runtime=inference.runtime)  # fmt: skip
 
 
 @task(name="score-chunk", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -223,7 +225,8 @@ def score_on_dask(
     from pneumo.predict import Predictor, collect_images
 
     # A missing or broken model (or an unavailable model.device) fails here, once.
-    Predictor.from_files(model_path, decision_path, inference.accelerator())
+    Predictor.from_files(model_path, decision_path, inference.accelerator(),
+                         runtime=inference.runtime)  # fmt: skip
     scorer_key = model_key(model_path, decision_path)
     files = collect_images([Path(folder)])
     chunks = plan_chunks(files, settings.chunk_size, scorer_key)

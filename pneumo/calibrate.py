@@ -153,7 +153,7 @@ def calibrate(
         source, adapted_dir = Path(tmp) / "source", Path(tmp) / "adapted"
         info = download_version(settings, workspace, alias_or_version, source)
         reference = Predictor.from_files(source / MODEL_FILE, source / DECISION_FILE, accel,
-                                         source / GUARD_FILE)  # fmt: skip
+                                         settings.model.runtime, source / GUARD_FILE)  # fmt: skip
         pixels = decode_many(list(images.frame["path"]), reference.image_size,
                              settings.preprocess.workers, "site sample")  # fmt: skip
         weights = source / MODEL_FILE

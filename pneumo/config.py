@@ -97,6 +97,11 @@ class ModelSettings(_Section):
     tta: bool = Field(True, description="average predictions over small shifts at inference")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="for inference")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="for inference")
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="engine of serving and batch scoring (pneumo/runtime.py); auto: "
+        "openvino on a CPU, torch on a GPU",
+    )
     threads: int = Field(0, ge=0, description="torch threads for inference; 0 = one per core")
     batch_size: int = Field(128, ge=1, le=4096, description="images per inference call")
 

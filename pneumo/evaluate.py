@@ -69,7 +69,11 @@ def evaluate(settings: Settings, workspace: Workspace = Workspace()) -> dict[str
     from pneumo.models import load_model
 
     configure_threads(settings.model.threads)
+    from pneumo.runtime import compile_network
+
     model, _ = load_model(workspace.model)
+    # The runtime serving uses (model.runtime): the threshold is chosen on the same numbers.
+    model = compile_network(model, settings.model.runtime, settings.model.accelerator())
     accel = settings.model.accelerator()
     tta, batch = settings.model.tta, settings.model.batch_size
     val = load_arrays(workspace.arrays("val"))

@@ -402,7 +402,9 @@ def explain_workspace(settings: Settings, workspace: Workspace = Workspace()) ->
     from pneumo.predict import Predictor
 
     configure_threads(settings.model.threads)
-    predictor = Predictor.from_workspace(workspace, settings.model.accelerator())
+    predictor = Predictor.from_workspace(
+        workspace, settings.model.accelerator(), settings.model.runtime
+    )
     test = load_arrays(workspace.arrays("test"))
     probabilities = predictor.probabilities(test["images"], settings.model.batch_size)
     written = explain(

@@ -179,13 +179,14 @@ def _predictor(
 
     accel = settings.model.accelerator()
     if alias_or_version is None:
-        predictor = Predictor.from_workspace(workspace, accel)
+        predictor = Predictor.from_workspace(workspace, accel, settings.model.runtime)
         run_id = workspace.run_id.read_text().strip() if workspace.run_id.is_file() else None
         return predictor, {"source": "workspace", "model": predictor.model_id, "run_id": run_id}
     from pneumo.registry import download_version
 
     info = download_version(settings, workspace, alias_or_version, tmp)
-    predictor = Predictor.from_files(tmp / MODEL_FILE, tmp / DECISION_FILE, accel, tmp / GUARD_FILE)
+    predictor = Predictor.from_files(tmp / MODEL_FILE, tmp / DECISION_FILE, accel,
+                                     settings.model.runtime, tmp / GUARD_FILE)  # fmt: skip
     return predictor, {"source": "registry", "name": info["name"], "version": info["version"],
                        "run_id": info.get("run_id"), "model": predictor.model_id}  # fmt: skip
 

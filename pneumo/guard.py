@@ -190,7 +190,12 @@ def guard_stage(settings: Any, workspace: Any) -> dict[str, Any]:
     from pneumo.models import load_model
 
     configure_threads(settings.model.threads)
+    from pneumo.runtime import compile_network
+
     model, metadata = load_model(workspace.model)
+    # Fitted on the features the served network computes (model.runtime), so the cut-off holds.
+    model = compile_network(model, settings.model.runtime, settings.model.accelerator(),
+                            features=True)  # fmt: skip
     size, accel, batch = (
         int(metadata["image_size"]),
         settings.model.accelerator(),

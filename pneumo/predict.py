@@ -46,7 +46,7 @@ class Assessment:
 
 @dataclass
 class Predictor:
-    """A trained network with its decision: everything needed to call a radiograph."""
+    """A trained network with its decision and guard: everything needed to call a radiograph."""
 
     model: Any
     metadata: dict[str, Any]
@@ -54,6 +54,12 @@ class Predictor:
     model_id: str
     accel: Accelerator = CPU_FP32
     guard: Guard | None = None  # shipped with the model; None for models packaged without one
+    # What runs the forward pass: the model itself, or its export (pneumo/runtime.py).
+    network: Any = None
+
+    def __post_init__(self) -> None:
+        if self.network is None:
+            self.network = self.model
 
     @property
     def image_size(self) -> int:
@@ -69,22 +75,29 @@ class Predictor:
         model_path: Path,
         decision_path: Path,
         accel: Accelerator = CPU_FP32,
+        runtime: str = "torch",
         guard_path: Path | None = None,
     ) -> Predictor:
-        """The model, its decision and, when ``guard_path`` exists, its input guard."""
+        """The model, its decision and (when ``guard_path`` exists) its input guard; ``runtime``
+        is ``model.runtime`` (torch: the model as is; else exported once, here, and checked)."""
         from pneumo.models import load_model
+        from pneumo.runtime import compile_network
 
         decision = Decision.load(decision_path)
         model, metadata = load_model(model_path)
         model_id = f"{metadata['arch']}@{sha256_file(Path(model_path))[:12]}"
         guard = Guard.load(guard_path) if guard_path and Path(guard_path).is_file() else None
-        return cls(model, metadata, decision, model_id, accel, guard)
+        network = compile_network(model, runtime, accel, features=guard is not None)
+        return cls(model, metadata, decision, model_id, accel, guard, network)
 
     @classmethod
     def from_workspace(
-        cls, workspace: Workspace = Workspace(), accel: Accelerator = CPU_FP32
+        cls,
+        workspace: Workspace = Workspace(),
+        accel: Accelerator = CPU_FP32,
+        runtime: str = "torch",
     ) -> Predictor:
-        return cls.from_files(workspace.model, workspace.decision, accel, workspace.guard)
+        return cls.from_files(workspace.model, workspace.decision, accel, runtime, workspace.guard)
 
     def assess(
         self, images: np.ndarray, screened: list[str | None] | None = None, batch_size: int = 64
@@ -95,7 +108,7 @@ class Predictor:
         screened = screened if screened is not None else [None] * len(images)
         screened = [s or Screening(self.image_size, self.image_size, 0.0).reason(p)
                     for s, p in zip(screened, images, strict=True)]  # fmt: skip
-        result = predict(self.model, images, batch_size, self.decision.tta, self.accel,
+        result = predict(self.network, images, batch_size, self.decision.tta, self.accel,
                          features=self.guard is not None)  # fmt: skip
         scores = np.full(len(images), np.nan)
         if self.guard is not None and len(images):
@@ -106,7 +119,7 @@ class Predictor:
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         from pneumo.inference import predict_proba
 
-        raw = predict_proba(self.model, images, batch_size, self.decision.tta, self.accel)
+        raw = predict_proba(self.network, images, batch_size, self.decision.tta, self.accel)
         return self.decision.adjust(raw)
 
     def label(self, probability: float) -> str:

@@ -271,7 +271,9 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
     from pneumo.predict import Predictor
 
     configure_threads(settings.model.threads)
-    predictor = Predictor.from_workspace(workspace, settings.model.accelerator())
+    predictor = Predictor.from_workspace(
+        workspace, settings.model.accelerator(), settings.model.runtime
+    )
     val = load_arrays(workspace.arrays("val"))
     root = Path(settings.data.root)
     root = root if root.is_absolute() else workspace.root / root

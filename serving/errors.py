@@ -2,16 +2,22 @@
 
 The routes of serving/api.py answer in this format themselves; BentoML's own answers (an unknown
 route, POST on /livez or /readyz, its request timeout) are plain text or lack a code, so the
-:class:`JsonErrors` middleware rewrites them on the way out.
+:class:`JsonErrors` middleware rewrites them on the way out. An exception that escapes below it
+without an answer (BentoML's /readyz raises TimeoutError while a model worker is still loading)
+is answered here: BentoML's request timeout would otherwise hold the request, and a shutdown that
+waits for it, for ``traffic.timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 # A stable code per HTTP status, for answers that do not name their own.
 STATUS_CODES = {
@@ -83,9 +89,11 @@ class JsonErrors:
             return
         start: Message | None = None
         chunks: list[bytes] = []
+        answered = False
 
         async def send_json_errors(message: Message) -> None:
-            nonlocal start
+            nonlocal start, answered
+            answered = True
             if message["type"] == "http.response.start" and message["status"] >= 400:
                 start = message
                 return
@@ -109,4 +117,28 @@ class JsonErrors:
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
-        await self.app(scope, receive, send_json_errors)
+        try:
+            await self.app(scope, receive, send_json_errors)
+        except Exception as exc:
+            if answered:
+                raise
+            await _answer_unhandled(scope, send, exc)
+
+
+async def _answer_unhandled(scope: Scope, send: Send, exc: Exception) -> None:
+    """The answer to an exception that left the app before any answer: 503 for a timeout or a
+    lost connection (the client may retry), else 500, logged once with its traceback (a bug)."""
+    transient = isinstance(exc, TimeoutError | ConnectionError)
+    status = 503 if transient else 500
+    route = f"{scope.get('method')} {scope.get('path')}"
+    if transient:
+        log.warning("%s answered 503: %r", route, exc)
+    else:
+        log.error("%s raised before answering", route, exc_info=exc)
+    message = "the service is not ready: retry shortly" if transient else "internal error"
+    body = json.dumps(error_body(status, message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if transient:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

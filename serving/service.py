@@ -2,9 +2,11 @@
 
 ``PneumoniaService`` (what `bentoml serve` and the Bento start) owns the public routes of
 serving/api.py: it streams and validates uploads and decodes them with the project's one
-preprocessing function. ``PneumoniaModel`` loads the packaged champion once and answers through
-a batchable API, so concurrent requests are grouped into one model call (adaptive batching);
-under `bentoml serve` it runs in its own worker processes.
+preprocessing function. The packaged champion is loaded once and concurrent requests are grouped
+into one model call (adaptive batching): with ``serve.workers: 1`` inside the front service's own
+process (serving/model_host.py: no second HTTP hop), with more in ``PneumoniaModel`` worker
+processes behind a batchable BentoML API. Every answer carries a ``Server-Timing`` header
+(serving/timing.py).
 
 Importing this module reads no file and no store. BentoML needs four settings when the classes
 are decorated (model workers and batching): they are Bento arguments (``bentoml.use_arguments``),
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +41,12 @@ from starlette.responses import Response
 from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
 from pneumo.package import SERVE_ARGS_ENV
-from pneumo.stored_model import (
-    CHAMPION_ALIAS,
-    DECISION_FILE,
-    GUARD_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-)
+from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE
 from serving import api as routes
+from serving import timing
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
+from serving.model_host import ModelHost, ModelQueueTimeout, classify_batch, load_predictor
 from serving.monitoring import Monitoring, workspace_root
 from serving.openapi import openapi_document
 from serving.schema import (
@@ -98,6 +97,8 @@ def _arguments() -> ServiceArguments:
 
 
 ARGUMENTS = _arguments()
+# More than one worker: the model runs in PneumoniaModel worker processes; else in the front's.
+MODEL_WORKERS = ARGUMENTS.workers > 1
 
 
 def read_settings() -> Settings:
@@ -161,32 +162,18 @@ def _model_info(stored: Any) -> dict[str, Any]:
 @bentoml.service(
     name="pneumonia-model",
     workers=ARGUMENTS.workers,
-    threads=1,  # one model call at a time per worker: torch already uses every thread it has
+    threads=1,  # one model call at a time per worker: the runtime already uses every thread
     traffic={"timeout": 300},
+    logging={"access": {"enabled": False}},  # the front service logs every request already
 )
 class PneumoniaModel:
-    """The champion network and its decision threshold, loaded once per worker."""
+    """The champion network in its own worker processes, when ``serve.workers`` is above 1
+    (with one worker the front service holds the model itself: serving/model_host.py)."""
 
     def __init__(self) -> None:
-        from pneumo.accel import available_cores, configure_threads
-        from pneumo.predict import Predictor
-
         show_info_logs()
-        settings = read_settings()
-        threads = configure_threads(max(1, available_cores() // ARGUMENTS.workers))
-        stored = champion()
-        # Predictor.from_files loads weights with torch.load(weights_only=True): never unpickles.
-        self.predictor = Predictor.from_files(
-            Path(stored.path_of(MODEL_FILE)),
-            Path(stored.path_of(DECISION_FILE)),
-            settings.model.accelerator(),
-            Path(stored.path_of(GUARD_FILE)),  # absent for models packaged before the guard
-        )
-        side = self.predictor.image_size
-        # One warm-up call: the first real request should not pay for oneDNN's set-up.
-        self.predictor.probabilities(np.zeros((1, side, side), dtype=np.uint8))
+        self.predictor = load_predictor(read_settings(), champion(), ARGUMENTS.workers)
         self.ready = True
-        log.info("model %s loaded (%d torch threads)", stored.tag, threads)
         log_code_origin("the model service")
 
     def __is_ready__(self) -> bool:
@@ -198,16 +185,9 @@ class PneumoniaModel:
         max_latency_ms=ARGUMENTS.max_latency_ms,
     )
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """uint8 images (N, S, S) -> one {probability, ood_score, ood_reason} per image, in one
-        model call (the guard reads the same forward pass's features)."""
-        images = np.require(images, np.uint8, ["C", "W"])  # arrives read-only when unpickled
-        assessed = self.predictor.assess(images, batch_size=max(1, len(images)))
-        return [
-            {"probability": float(p), "ood_score": None if np.isnan(s) else float(s),
-             "ood_reason": reason}
-            for p, s, reason in zip(assessed.probabilities, assessed.ood_scores,
-                                    assessed.ood_reasons, strict=True)
-        ]  # fmt: skip
+        """uint8 images (N, S, S) -> one {probability, ood_score, ood_reason, model_ms, batch}
+        per image, in one call (the guard reads the same forward pass's features)."""
+        return classify_batch(self.predictor, images)
 
     @bentoml.api
     def gradcam(self, images: np.ndarray) -> np.ndarray:
@@ -238,7 +218,9 @@ class PneumoniaService:
     /livez, /readyz and /metrics answer first; /readyz waits for the model's __is_ready__.
     """
 
-    model = bentoml.depends(PneumoniaModel)
+    if MODEL_WORKERS:
+        model = bentoml.depends(PneumoniaModel)
+    host: ModelHost | None = None  # the model in this process, when there are no model workers
 
     def __init__(self) -> None:
         from pneumo.accel import available_cores
@@ -256,7 +238,10 @@ class PneumoniaService:
         self.admission = anyio.CapacityLimiter(self.serve.max_concurrency)
         self.uploads = anyio.CapacityLimiter(self.serve.max_uploads)
         self.monitoring = Monitoring(settings.monitor, workspace_root(), self.model_info)
-        _ = self.model  # in-process (tests, to_asgi) this loads the model now, not on a request
+        if MODEL_WORKERS:
+            _ = self.model  # in-process (tests, to_asgi) this loads the model now
+        else:
+            self.host = ModelHost(load_predictor(settings, stored, 1), self.serve)
         self.ready = True
         log_code_origin("the front service")
 
@@ -295,10 +280,16 @@ class PneumoniaService:
         self.monitoring.close()
 
     async def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
-        return await self._call_model("classify", images)
+        start = time.perf_counter()
+        results = await self._call_model("classify", images)
+        timing.model_call(time.perf_counter() - start, results)
+        return results
 
     async def heatmaps(self, images: np.ndarray) -> np.ndarray:
-        return await self._call_model("gradcam", images)
+        start = time.perf_counter()
+        maps = await self._call_model("gradcam", images)
+        timing.model_call(time.perf_counter() - start, [])
+        return maps
 
     async def _call_model(self, method: str, images: np.ndarray) -> Any:
         """Call the model service, again on a fresh connection if a kept-alive one was closed.
@@ -308,6 +299,11 @@ class PneumoniaService:
         these transient failures become :class:`ModelUnavailableError` (503, retry); anything
         else is a bug and reaches the client as a 500.
         """
+        if self.host is not None:
+            try:
+                return await getattr(self.host, method)(images)
+            except ModelQueueTimeout as exc:
+                raise ModelUnavailableError(f"{method}: {exc}") from exc
         for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
             try:
                 return await getattr(self.model.to_async, method)(images)
@@ -319,6 +315,12 @@ class PneumoniaService:
                 raise ModelUnavailableError(f"{method}: {exc!r}") from exc
         raise AssertionError("unreachable")  # the loop returns or raises
 
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        if self.host is not None:
+            self.host.close()
+
 
 # BentoML's own answers (unknown routes, wrong methods on /livez and /readyz) in our JSON format.
 PneumoniaService.add_asgi_middleware(JsonErrors)
+PneumoniaService.add_asgi_middleware(timing.ServerTiming)

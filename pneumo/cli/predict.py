@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
             args.model or workspace.model,
             args.decision or workspace.decision,
             settings.model.accelerator(),
+            settings.model.runtime,
+            None if args.model else workspace.guard,  # the guard belongs to the workspace's model
         )
     frame = predict(
         args.paths, args.output, predictor, settings.preprocess.workers, args.batch_size

@@ -55,7 +55,9 @@ def reference_stage(settings: Any, workspace: Workspace) -> dict[str, Any]:
     from pneumo.predict import Predictor
 
     configure_threads(settings.model.threads)
-    predictor = Predictor.from_workspace(workspace, settings.model.accelerator())
+    predictor = Predictor.from_workspace(
+        workspace, settings.model.accelerator(), settings.model.runtime
+    )
     val = load_arrays(workspace.arrays("val"))
     frame = reference_frame(predictor, val["images"], val["labels"], settings.model.batch_size)
     about = {

@@ -37,7 +37,8 @@ def rescore(
     accel = settings.model.accelerator()
     with tempfile.TemporaryDirectory(prefix="pneumo-rescore-") as tmp:
         files = registry.version_files(version, Path(tmp))
-        predictor = Predictor.from_files(files["model"], files["decision"], accel)
+        predictor = Predictor.from_files(files["model"], files["decision"], accel,
+                                         settings.model.runtime)  # fmt: skip
     images = test["images"]
     if images.shape[-1] != predictor.image_size:
         images = _decode_test_split(test["paths"], predictor.image_size, settings, workspace)

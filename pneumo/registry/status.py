@@ -101,7 +101,8 @@ def champion_predictor(settings: Settings, workspace: Workspace = Workspace()) -
         info = download_version(settings, workspace, CHAMPION, Path(tmp))
         folder = Path(tmp)
         predictor = Predictor.from_files(folder / MODEL_FILE, folder / DECISION_FILE,
-                                         settings.model.accelerator(), folder / GUARD_FILE)  # fmt: skip
+                                         settings.model.accelerator(), settings.model.runtime,
+                                         folder / GUARD_FILE)  # fmt: skip
     return replace(predictor, model_id=f"{info['name']}/v{info['version']}:{predictor.model_id}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,6 +122,18 @@ def serving(
         yield running
     finally:
         running.stop()
+
+
+def start_source_server(lab: ServingLab, folder: Path, **overrides: str) -> Server:
+    """`bentoml serve` of the source tree with the lab's params.yaml changed by ``overrides``
+    (dotted keys), written to ``folder``; the log goes there too."""
+    from pneumo.params_file import set_param
+
+    params = folder / "params.yaml"
+    shutil.copyfile(lab.params, params)
+    for key, value in overrides.items():
+        set_param(params, key, value)
+    return start_server("serving.service:PneumoniaService", lab, folder / "log", params=params)
 
 
 def launch(command: list[str], cwd: Path, env: dict[str, str], log: Path, timeout: float) -> Server:

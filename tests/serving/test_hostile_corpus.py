@@ -9,7 +9,6 @@ ready and answering a real radiograph afterwards, with no traceback in its log.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.params_file import set_param
 from tests.serving.hostile_corpus import (
     Hostile,
     dicom_cases,
@@ -29,7 +27,7 @@ from tests.serving.hostile_corpus import (
     jpeg_damage,
     png_cases,
 )
-from tests.serving.serving_support import Server, ServingLab, start_server
+from tests.serving.serving_support import Server, ServingLab, start_source_server
 
 pytestmark = pytest.mark.slow
 READ_TIMEOUT_S = 2  # serve.read_timeout_s of this server: slow bodies are cut quickly
@@ -39,11 +37,8 @@ STALLED = 70
 @pytest.fixture(scope="module")
 def server(serving_lab: ServingLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("hostile")
-    params = folder / "params.yaml"
-    shutil.copyfile(serving_lab.params, params)
-    set_param(params, "serve.read_timeout_s", str(READ_TIMEOUT_S))
-    running = start_server(
-        "serving.service:PneumoniaService", serving_lab, folder / "log", params=params
+    running = start_source_server(
+        serving_lab, folder, **{"serve.read_timeout_s": str(READ_TIMEOUT_S)}
     )
     try:
         yield running

@@ -30,7 +30,8 @@ def client(asgi_client: TestClient) -> TestClient:
 
 @pytest.fixture(scope="module")
 def predictor(serving_lab: ServingLab) -> Predictor:
-    return Predictor.from_workspace(serving_lab.workspace, serving_lab.settings.model.accelerator())
+    model = serving_lab.settings.model  # the service's device, precision and runtime
+    return Predictor.from_workspace(serving_lab.workspace, model.accelerator(), model.runtime)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,8 @@ def server(serving_lab: ServingLab, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def predictor(serving_lab: ServingLab) -> Predictor:
-    return Predictor.from_workspace(serving_lab.workspace, serving_lab.settings.model.accelerator())
+    model = serving_lab.settings.model  # the service's device, precision and runtime
+    return Predictor.from_workspace(serving_lab.workspace, model.accelerator(), model.runtime)
 
 
 @pytest.fixture(scope="module")

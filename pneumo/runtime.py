@@ -1,0 +1,249 @@
+"""The engine that runs the network's forward pass at inference: torch, OpenVINO or ONNX Runtime.
+
+The model file (weights + metadata, pneumo/models) stays the only source of truth: when a model
+is loaded for serving or batch scoring, the network is exported to ONNX in memory (a second or
+two) and compiled by the chosen runtime, then checked against torch on probe images before it
+is used. The result is called like the torch module, standardised pixels (N, 1, S, S) ->
+logits (N,), so :func:`pneumo.inference.predict_proba` stays the one way to probabilities.
+
+``model.runtime: auto`` is OpenVINO on a CPU and torch on a GPU. An exported network always
+computes in fp32 and equals torch fp32 to 1e-4 (checked at load, tested on real radiographs),
+whatever ``model.precision`` says: OpenVINO's bf16 mode is 3x faster at batch 32 but drifted up
+to 1.6e-2 from fp32 on real images, where torch's bf16 autocast drifts 5e-3 (tests/model/
+test_runtime.py, bench/runtimes.py). At the batch sizes a service sees (1-8), OpenVINO fp32 is
+2-3x faster than torch bf16 on this 2-core CPU. Grad-CAM needs gradients and runs in torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumo.accel import Accelerator
+from pneumo.errors import ConfigError, PneumoError
+
+log = logging.getLogger(__name__)
+
+RuntimeSetting = Literal["auto", "torch", "openvino", "onnxruntime"]
+EXPORTED = ("openvino", "onnxruntime")
+# Largest gap allowed between the exported network's probabilities and torch fp32's.
+TOLERANCE = 1e-4
+FP32 = Accelerator("cpu", "fp32")
+PROBE_IMAGES = 8
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
+INSTALL_HINT = "pip install openvino==2026.4.1 onnxruntime==1.32.0 onnx==1.23.2 onnxscript==0.7.2"
+
+
+class RuntimeMismatchError(PneumoError):
+    """The exported network does not compute what the torch network computes."""
+
+
+class ExportedNetwork(nn.Module):
+    """A network compiled by another runtime, called like the torch module it came from."""
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], list[np.ndarray]],
+        image_size: int,
+        describe: str,
+        features: bool = False,
+    ) -> None:
+        super().__init__()
+        self.run = run
+        self.image_size = image_size  # predict_proba checks images against it
+        self.description = describe
+        self.features = features  # exported with the guard's features as a second output
+
+    def _outputs(self, pixels: torch.Tensor) -> list[np.ndarray]:
+        # One grey channel: channels_last and contiguous are the same bytes, so no copy here.
+        array = np.ascontiguousarray(pixels.detach().to("cpu", torch.float32).numpy())
+        return self.run(array)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = self._outputs(pixels)[0]
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32).reshape(-1))
+
+    def with_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled block features) from the one forward pass (pneumo.models.WithFeatures)."""
+        if not self.features:
+            raise RuntimeError("this network was exported without features: compile_network(...,"
+                               " features=True)")  # fmt: skip
+        logits, pooled = self._outputs(pixels)[:2]
+        return (torch.from_numpy(np.asarray(logits, dtype=np.float32).reshape(-1)),
+                torch.from_numpy(np.asarray(pooled, dtype=np.float32)))  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return self.description
+
+
+def resolve_runtime(setting: str, accel: Accelerator) -> str:
+    """``auto`` -> openvino on a CPU, torch elsewhere; an exported runtime needs the CPU."""
+    if setting == "auto":
+        return "openvino" if accel.device_type == "cpu" else "torch"
+    if setting in EXPORTED and accel.device_type != "cpu":
+        raise ConfigError(
+            f"model.runtime {setting} runs on the CPU, but model.device resolved to "
+            f"{accel.device}: set model.runtime to torch (or auto) for a GPU"
+        )
+    if setting not in ("torch", *EXPORTED):
+        raise ConfigError(f"unknown model.runtime '{setting}': choose auto, torch, {EXPORTED}")
+    return setting
+
+
+def export_onnx(model: nn.Module, image_size: int, features: bool = False) -> bytes:
+    """The network as an ONNX model with a dynamic batch dimension (torch's dynamo exporter);
+    with ``features``, its pooled block features are a second output (the input guard's)."""
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it; a clear message if missing)
+    except ImportError as exc:
+        raise ConfigError(f"exporting to ONNX needs onnx and onnxscript: {INSTALL_HINT}") from exc
+    network = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+    if features:
+        from pneumo.models import with_features
+
+        network = with_features(network)
+    example = torch.zeros(2, 1, image_size, image_size)
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings(), _quiet(EXPORTER_LOGGERS):
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+        program = torch.onnx.export(
+            network,
+            (example,),
+            dynamo=True,
+            input_names=["pixels"],
+            output_names=["logits", "features"] if features else ["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    return program.model_proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """The exporter's optimiser logs a dozen INFO lines per export: keep them to warnings."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _openvino(onnx: bytes, threads: int, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ConfigError(f"model.runtime openvino needs OpenVINO: {INSTALL_HINT}") from exc
+    config = {
+        # OpenVINO defaults to bf16 on a CPU that has it: fp32 must be asked for.
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",  # one stream: one request at a time uses every thread
+        "ENABLE_CPU_PINNING": False,  # the cores are shared with decoding and other processes
+    }
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(onnx, b""), "CPU", config)
+    local = threading.local()  # an infer request serves one thread at a time
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        request = getattr(local, "request", None)
+        if request is None:
+            request = local.request = compiled.create_infer_request()
+        result = request.infer({0: pixels}, share_inputs=True)
+        return [result[i] for i in range(len(result))]
+
+    return run
+
+
+def _onnxruntime(onnx: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ConfigError(f"model.runtime onnxruntime needs ONNX Runtime: {INSTALL_HINT}") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+    return lambda pixels: session.run(None, {"pixels": pixels})
+
+
+def export_network(
+    model: nn.Module,
+    runtime: str,
+    precision: str = "fp32",
+    threads: int = 0,
+    features: bool = False,
+) -> ExportedNetwork:
+    """``model`` exported to ONNX and compiled by ``runtime`` (openvino or onnxruntime), not
+    checked: bf16 is for measuring only (bench/runtimes.py); serving uses compile_network."""
+    if precision == "bf16" and runtime != "openvino":
+        raise ConfigError(f"{runtime} has no bf16 CPU kernels here: use fp32")
+    image_size = int(model.image_size)
+    threads = threads or torch.get_num_threads()
+    onnx = export_onnx(model, image_size, features)
+    if runtime == "openvino":
+        run = _openvino(onnx, threads, precision)
+    else:
+        run = _onnxruntime(onnx, threads)
+    described = f"{runtime} {precision}, {threads} threads" + (" (+ features)" if features else "")
+    return ExportedNetwork(run, image_size, described, features)
+
+
+def compile_network(
+    model: nn.Module, runtime: str, accel: Accelerator, threads: int = 0, features: bool = False
+) -> nn.Module:
+    """What runs ``model``'s forward pass: the model itself (torch) or its fp32 export, checked
+    against torch. ``threads`` 0 uses torch's thread count (:func:`pneumo.accel.configure_threads`).
+    """
+    chosen = resolve_runtime(runtime, accel)
+    if chosen == "torch":
+        return model
+    network = export_network(model, chosen, "fp32", threads, features)
+    check_network(model, network)
+    if accel.precision != "fp32":
+        log.info("model.precision %s: the exported network computes in fp32", accel.precision)
+    log.info("the network runs in %s", network.description)
+    return network
+
+
+@functools.cache
+def probe_images(image_size: int) -> np.ndarray:
+    """Fixed radiograph-like uint8 images: a bright blob on a dark field, with noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
+    images = []
+    for i in range(PROBE_IMAGES):
+        cx, cy, width = 0.3 + 0.05 * i, 0.6 - 0.04 * i, 2.0 + i
+        blob = 40 + 150 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) * width)
+        images.append(blob + rng.normal(0, 12, (image_size, image_size)))
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def check_network(model: nn.Module, network: nn.Module) -> float:
+    """The largest probability gap between ``network`` and torch fp32 on the probe images;
+    raises :class:`RuntimeMismatchError` past :data:`TOLERANCE`."""
+    from pneumo.inference import predict_proba
+
+    images = probe_images(int(model.image_size))
+    expected = predict_proba(model, images, accel=FP32)
+    got = predict_proba(network, images)
+    gap = float(np.max(np.abs(expected - got)))
+    if not gap <= TOLERANCE:
+        raise RuntimeMismatchError(
+            f"the exported network ({network}) differs from torch by {gap:.2e} on the probe "
+            f"images (allowed {TOLERANCE:g}): set model.runtime: torch"
+        )
+    return gap

@@ -1,0 +1,156 @@
+"""The inference runtimes (pneumo/runtime.py): OpenVINO and ONNX Runtime compute what torch does.
+
+On a briefly trained model and real radiographs (the 48 full-size originals and validation
+images, decoded by ``decode_radiograph``), with and without test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pneumo.accel import Accelerator
+from pneumo.config import Settings
+from pneumo.data.preprocess import decode_radiograph, load_arrays
+from pneumo.errors import ConfigError
+from pneumo.inference import predict_proba, tta_views
+from pneumo.models import build_model, load_model
+from pneumo.predict import Predictor
+from pneumo.runtime import (
+    ExportedNetwork,
+    RuntimeMismatchError,
+    check_network,
+    compile_network,
+    resolve_runtime,
+)
+from pneumo.workspace import Workspace
+
+FP32 = Accelerator("cpu", "fp32")
+BF16 = Accelerator("cpu", "bf16")
+EQUAL = 1e-4  # the contract: an exported fp32 network answers as torch fp32 does
+
+
+@pytest.fixture(scope="module")
+def trained(briefly_trained: tuple[Workspace, Settings]) -> torch.nn.Module:
+    model, _ = load_model(briefly_trained[0].model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def untrained_twin(briefly_trained: tuple[Workspace, Settings]) -> torch.nn.Module:
+    """The same architecture with other weights."""
+    _, metadata = load_model(briefly_trained[0].model)
+    torch.manual_seed(1)
+    return build_model(metadata["arch"], metadata["image_size"], **metadata["options"])
+
+
+@pytest.fixture(scope="module")
+def real_images(briefly_trained: tuple[Workspace, Settings], originals_root: Path) -> np.ndarray:
+    """The originals (never trained on) and 32 validation images, at the model's 64 px."""
+    workspace, settings = briefly_trained
+    size = settings.preprocess.image_size
+    originals = [decode_radiograph(p, size) for p in sorted(originals_root.rglob("*.jpeg"))]
+    val = load_arrays(workspace.arrays("val"))["images"][:32]
+    return np.concatenate([np.stack(originals), val])
+
+
+@pytest.fixture(scope="module")
+def exported(trained: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    return {
+        "openvino": compile_network(trained, "openvino", FP32),
+        "onnxruntime": compile_network(trained, "onnxruntime", FP32),
+    }
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("tta", [False, True])
+def test_exported_fp32_equals_torch_on_real_images(
+    trained: torch.nn.Module,
+    exported: dict[str, torch.nn.Module],
+    real_images: np.ndarray,
+    runtime: str,
+    tta: bool,
+) -> None:
+    expected = predict_proba(trained, real_images, 64, tta, FP32)
+    got = predict_proba(exported[runtime], real_images, 64, tta, FP32)
+    assert np.ptp(expected) > 0.3, "the model must tell these images apart for the test to bite"
+    np.testing.assert_allclose(got, expected, rtol=0, atol=EQUAL)
+
+
+def test_exported_answers_do_not_depend_on_the_batch(
+    exported: dict[str, torch.nn.Module], real_images: np.ndarray
+) -> None:
+    network = exported["openvino"]
+    together = predict_proba(network, real_images[:12], 12)
+    alone = np.concatenate([predict_proba(network, real_images[i : i + 1], 1) for i in range(12)])
+    np.testing.assert_allclose(alone, together, rtol=0, atol=1e-6)
+
+
+def test_the_export_computes_in_fp32_when_bf16_is_asked(
+    trained: torch.nn.Module, real_images: np.ndarray
+) -> None:
+    """OpenVINO's bf16 mode drifts further from fp32 than torch's autocast on real images
+    (bench/runtimes.py), so a served export stays fp32 whatever model.precision says."""
+    reference = predict_proba(trained, real_images, 64, False, FP32)
+    served = compile_network(trained, "openvino", BF16)
+    got = predict_proba(served, real_images, 64, False, BF16)
+    np.testing.assert_allclose(got, reference, rtol=0, atol=EQUAL)
+    assert "fp32" in str(served)
+
+
+def test_a_wrong_export_is_refused(
+    trained: torch.nn.Module, untrained_twin: torch.nn.Module
+) -> None:
+    network = compile_network(untrained_twin, "onnxruntime", FP32)
+    with pytest.raises(RuntimeMismatchError, match="model.runtime: torch"):
+        check_network(trained, network)
+
+
+def test_predictor_runs_the_export_and_keeps_torch_for_gradients(
+    briefly_trained: tuple[Workspace, Settings], real_images: np.ndarray, tmp_path: Path
+) -> None:
+    model_path, decision = briefly_trained[0].model, tmp_path / "decision.json"
+    decision.write_text(json.dumps({"threshold": 0.5, "rule": "fixed", "tta": True}))
+    exported = Predictor.from_files(model_path, decision, FP32, "openvino")
+    plain = Predictor.from_files(model_path, decision, FP32)
+    assert isinstance(exported.network, ExportedNetwork) and plain.network is plain.model
+    assert isinstance(exported.model, torch.nn.Module)  # Grad-CAM needs the torch module
+    np.testing.assert_allclose(
+        exported.probabilities(real_images[:8]), plain.probabilities(real_images[:8]), atol=EQUAL
+    )
+
+
+def test_runtime_choice() -> None:
+    assert resolve_runtime("auto", FP32) == "openvino"
+    assert resolve_runtime("auto", Accelerator("cuda", "bf16")) == "torch"
+    assert resolve_runtime("onnxruntime", BF16) == "onnxruntime"
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        resolve_runtime("openvino", Accelerator("cuda", "fp32"))
+    with pytest.raises(ConfigError, match="unknown model.runtime"):
+        resolve_runtime("tensorrt", FP32)
+
+
+def test_a_missing_runtime_package_says_what_to_install(
+    trained: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails
+    with pytest.raises(ConfigError, match="pip install openvino=="):
+        compile_network(trained, "openvino", FP32)
+
+
+def test_tta_views_warp_each_image_by_each_view(real_images: np.ndarray) -> None:
+    """The batched views equal warping every image on its own, view-major; the first view
+    (no rotation, shift or zoom) is the image itself."""
+    pixels = torch.from_numpy(real_images[:5]).unsqueeze(1).float() / 255
+    views = tta_views(pixels)
+    count = len(views) // len(pixels)
+    alone = [tta_views(pixels[i : i + 1]) for i in range(len(pixels))]
+    for view in range(count):
+        for i in range(len(pixels)):
+            assert torch.equal(views[view * len(pixels) + i], alone[i][view])
+    assert torch.allclose(views[: len(pixels)], pixels, atol=1e-6)
