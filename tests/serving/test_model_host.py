@@ -17,6 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from pneumo.config import ServeSettings
+from pneumo.predict import Assessment
 from serving import timing
 from serving.api import ModelUnavailableError
 from serving.model_host import ModelHost, ModelQueueTimeout
@@ -43,6 +44,11 @@ class SlowPredictor:
         if self.failure is not None:
             raise self.failure
         return images.reshape(len(images), -1).mean(axis=1) / 255
+
+    def assess(self, images: np.ndarray, batch_size: int = 64) -> Assessment:
+        """As Predictor.assess: the probabilities, no guard (NaN scores, no reasons)."""
+        probabilities = self.probabilities(images, batch_size)
+        return Assessment(probabilities, np.full(len(images), np.nan), [None] * len(images))
 
 
 def _images(*levels: int) -> np.ndarray:
