@@ -148,7 +148,8 @@ def test_make_run_trains_registers_and_is_then_a_no_op_that_leaves_git_clean(
         decision = latest_artifact(api_url, "retrain-decision")["data"]
         assert f"**Decision:** unchanged: v{champion} kept" in decision
         run_id = (workspace / "models" / "run_id.txt").read_text().strip()
-        assert f"/runs/{run_id})" in decision and "reports/data_docs/index.html)" in decision
+        assert f"/runs/{run_id}?workflowType=machine_learning)" in decision
+        assert "reports/data_docs/index.html)" in decision
     assert git(workspace, "status", "--porcelain") == ""
 
     # Deterministic reruns of stages that mint no new MLflow run change no tracked file either.
@@ -219,7 +220,7 @@ def test_make_run_against_shared_mlflow_and_prefect_servers(
         assert version["run_id"] == run_id
         logged = httpx.get(f"{mlflow_api}/runs/get", params={"run_id": run_id}, timeout=30)
         metric_names = {m["key"] for m in logged.json()["run"]["data"]["metrics"]}
-        assert {"test_roc_auc", "test_accuracy"} <= metric_names  # evaluation reopened the run
+        assert {"test/roc_auc", "test/accuracy"} <= metric_names  # evaluation reopened the run
         assert completed_runs(api_url)
         decision = latest_artifact(api_url, "retrain-decision")["data"]
         assert f"]({tracking_uri}/#/experiments/" in decision  # the run, on the team server
