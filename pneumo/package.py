@@ -86,13 +86,13 @@ def bentoml_env(home: Path) -> dict[str, str]:
 
 
 def _run(
-    home: Path, command: list[str], stdin: str | None = None
+    home: Path, command: list[str], stdin: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     home.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [sys.executable, *command],
         input=stdin,
-        env=bentoml_env(home),
+        env={**bentoml_env(home), **(env or {})},
         cwd=SOURCE_ROOT,
         capture_output=True,
         text=True,
@@ -347,7 +347,12 @@ def build_bento(
         bentofile = Path(tmp) / "bentofile.yaml"
         bentofile.write_text(yaml.safe_dump(config, sort_keys=False))
         command = ["-m", "bentoml", "build", "-f", str(bentofile), "--version", version]
-        result = _run(home, [*command, "-o", "tag", str(SOURCE_ROOT)])
+        # The Bento records the services it was built with, and `bentoml serve` refuses a service
+        # it has no record of: build with model workers so that `pneumo serve --workers N` (which
+        # adds the PneumoniaModel service) serves the same Bento. The recorded args keep
+        # params.yaml's workers, so a plain serve still holds the model in the front process.
+        graph = {SERVE_ARGS_ENV: json.dumps({"workers": max(2, settings.serve.workers)})}
+        result = _run(home, [*command, "-o", "tag", str(SOURCE_ROOT)], env=graph)
     if result.returncode != 0:
         raise _failure("bentoml build", result)
     built = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")

@@ -64,8 +64,10 @@ def resolve_uri(uri: str, workspace: Workspace) -> str:
 
 
 def client_for(settings: TrackingSettings, workspace: Workspace) -> MlflowClient:
-    """A client bound to the configured store (nothing process-wide is changed)."""
-    return MlflowClient(tracking_uri=resolve_uri(settings.uri, workspace))
+    """A client bound to the configured store, registry included (nothing process-wide is
+    changed, and a stray MLFLOW_REGISTRY_URI does not send versions elsewhere)."""
+    uri = resolve_uri(settings.uri, workspace)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @contextmanager

@@ -81,19 +81,22 @@ def _params(tmp: Path, experiment: str, model_name: str, uri: str | None = None)
 
 @pytest.fixture(autouse=True)
 def _restore_mlflow_globals() -> Iterator[None]:
-    """This test sets MLflow's process-wide URIs (copied into the environment): undo that."""
+    """This test sets MLflow's process-wide URIs, which MLflow copies into MLFLOW_TRACKING_URI and
+    MLFLOW_REGISTRY_URI: undo all four, or later tests talk to this module's stopped server."""
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    variables = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in variables}
     saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     yield
     mlflow.set_tracking_uri(saved[0])
     registry_utils._registry_uri = saved[1]
-    if saved_env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _trained_workspace(root: Path, settings: Settings) -> tuple[Workspace, str]:

@@ -45,8 +45,9 @@ def _folder(real_root: Path, dest: Path, per_class: int) -> Path:
 
 
 # bf16 is not the CPU default of a Predictor (fp32): scores that match it prove that the chunks
-# ran with the workspace's model.* inference settings (emulated where the CPU lacks bf16).
-INFERENCE = {"device": "cpu", "precision": "bf16"}
+# ran with the workspace's model.* inference settings (emulated where the CPU lacks bf16); torch's
+# runtime, as model.runtime auto would pick OpenVINO, which computes bf16 its own way.
+INFERENCE = {"device": "cpu", "precision": "bf16", "runtime": "torch"}
 
 
 def _workspace(tmp_path: Path, **score: object) -> Path:

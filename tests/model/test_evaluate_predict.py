@@ -145,7 +145,8 @@ def test_predict_folder_matches_evaluation_and_survives_bad_files(
         shutil.copy(root / rel, folder / Path(rel).name)
     (folder / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "predictions.csv"
-    predictor = Predictor.from_workspace(ws, settings.model.accelerator())
+    # As `pneumo predict` and `pneumo evaluate` build it: the same runtime and precision.
+    predictor = Predictor.from_workspace(ws, settings.model.accelerator(), settings.model.runtime)
     frame = predict([tmp_path / "incoming"], out, predictor, workers=1)
     assert len(frame) == 7 and out.is_file()
     bad = frame[frame["path"].str.endswith("broken.jpeg")].iloc[0]
