@@ -31,9 +31,10 @@ ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("train", "recipe.minutes", "default recipe: training minutes (all epochs)", "min"),
     ("preprocess", "full_size.speedup", "preprocess, full-size images, vs a naive PIL loop", "x"),
     ("preprocess", "full_size.speedup_idle_estimate", "  estimated on idle cores (CPU seconds)", "x"),
-    ("serve", "latency.c1.p50_ms", "serving /predict p50, 1 client", "ms"),
-    ("serve", "latency.c8.p99_ms", "serving /predict p99, 8 clients", "ms"),
-    ("serve", "throughput.c32_of_in_process", "serving throughput at 32 clients / in-process", ""),
+    ("serve", "targets.p50_ms_at_1.value", "serving /predict p50, 1 client (target 20)", "ms"),
+    ("serve", "targets.p99_ms_at_8.value", "serving /predict p99, 8 clients (target 100)", "ms"),
+    ("serve", "targets.throughput_ratio_at_32.value",
+     "serving throughput at 32 clients / in-process (target 0.8)", ""),
 )  # fmt: skip
 
 
