@@ -143,5 +143,8 @@ def test_an_ensemble_trains_each_member_and_predicts_their_mean(tmp_path: Path) 
     assert np.allclose(first.probabilities, again.probabilities, atol=1e-6)
     single = build_model("resnet", 64, **options)
     single_features = predict(single, images, features=True).features
-    assert first.features.shape[1] == 3 * single_features.shape[1]  # every member's blocks
+    # The guard reads the first member's blocks (pneumo/models/features.py: guard_view).
+    assert first.features.shape[1] == single_features.shape[1]
+    member_features = predict(ensemble.members[0], images, features=True).features
+    assert np.allclose(first.features, member_features, atol=1e-5)
     assert gradcam(loaded, images).shape == (2, 64, 64)
