@@ -95,8 +95,9 @@ def _experiments(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
             path: (m or {}).get("data", {}) for path, m in (data.get("metrics") or {}).items()
         }
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data", {})
-        if name and metrics:
-            found.append({"name": name, "params": params, "metrics": metrics})
+        # A running experiment shows the workspace's files (rev "workspace"): not its own yet.
+        if name and metrics and data.get("rev") not in (None, "workspace"):
+            found.append({"name": name, "rev": data["rev"], "params": params, "metrics": metrics})
         for child in entry.get("experiments") or []:
             for revision in child.get("revs", [child]):
                 visit(revision)
@@ -104,6 +105,13 @@ def _experiments(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in shown:
         visit(entry)
     return found
+
+
+def _committed_json(root: Path, rev: str, path: str) -> dict[str, Any]:
+    """A JSON file as the experiment's commit holds it ({} when it has none)."""
+    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    return json.loads(shown.stdout) if shown.returncode == 0 else {}
 
 
 def _minutes(settings_params: dict[str, Any], root: Path) -> float:
@@ -137,6 +145,10 @@ def report(root: Path, recipes_file: Path | None = None) -> pd.DataFrame:
         if experiment["name"] not in recipes:
             continue
         test = experiment["metrics"].get("metrics/metrics.json", {}).get("test", {})
+        # `dvc exp show` leaves out list values, the intervals among them: read the experiment's
+        # committed metrics file for those.
+        test = {**test, "ci": _committed_json(root, experiment["rev"], "metrics/metrics.json")
+                .get("test", {}).get("ci", {})}  # fmt: skip
         stress = experiment["metrics"].get("metrics/stress.json", {}).get("summary", {})
         row: dict[str, Any] = {
             "recipe": experiment["name"],
