@@ -114,23 +114,21 @@ def _committed_json(root: Path, rev: str, path: str) -> dict[str, Any]:
     return json.loads(shown.stdout) if shown.returncode == 0 else {}
 
 
-def _minutes(settings_params: dict[str, Any], root: Path) -> float:
-    """Training minutes of the experiment's MLflow run (found by its run name)."""
+def _minutes(settings_params: dict[str, Any], root: Path, rev: str) -> float:
+    """Training minutes of the MLflow run whose id the experiment's commit holds (a training the
+    run cache restored keeps the id, and the minutes, of the run that trained it)."""
     from mlflow import MlflowClient
 
     from pneumo.config import Settings
-    from pneumo.tracking import run_name
 
+    shown = subprocess.run(["git", "show", f"{rev}:models/run_id.txt"], cwd=root,
+                           capture_output=True, text=True, check=False)  # fmt: skip
     try:
         settings = Settings.model_validate(settings_params)
-        client = MlflowClient(settings.tracking.uri)
-        experiment = client.get_experiment_by_name(settings.tracking.experiment)
-        runs = client.search_runs([experiment.experiment_id],
-                                  f"attributes.run_name = '{run_name(settings)}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
-        return float(runs[0].data.metrics["train/minutes"])
+        run = MlflowClient(settings.tracking.uri).get_run(shown.stdout.strip())
+        return float(run.data.metrics["train/minutes"])
     except Exception as exc:  # noqa: BLE001 - a missing figure is shown as such, not fatal
-        log.warning("no training minutes for an experiment: %s", exc)
+        log.warning("no training minutes for the experiment at %s: %s", rev[:7], exc)
         return math.nan
 
 
@@ -164,7 +162,7 @@ def report(root: Path, recipes_file: Path | None = None) -> pd.DataFrame:
         for name in STRESS_COLUMNS:
             row[f"stress_{name}"] = stress.get(name, math.nan)
         row["worst_shift"] = stress.get("worst_specificity_shift", "")
-        row["train_minutes"] = _minutes(experiment["params"], root)
+        row["train_minutes"] = _minutes(experiment["params"], root, experiment["rev"])
         rows.append(row)
     table = pd.DataFrame(rows).drop_duplicates("recipe", keep="first")
     _write(root, table)

@@ -52,7 +52,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     _run("git", "commit", "-qm", "baseline", cwd=tmp_path)
     _run(sys.executable, "-m", "dvc", "exp", "run", "-q", "-n", "two", "-S", "knob=2", cwd=tmp_path)
     # Training minutes come from the experiment's MLflow run, which this pipeline has not.
-    monkeypatch.setattr(ablation, "_minutes", lambda params, root: 4.5)
+    monkeypatch.setattr(ablation, "_minutes", lambda params, root, rev: 4.5)
     return tmp_path
 
 
