@@ -107,11 +107,16 @@ def _experiments(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
-def _committed_json(root: Path, rev: str, path: str) -> dict[str, Any]:
-    """A JSON file as the experiment's commit holds it ({} when it has none)."""
+def _committed(root: Path, rev: str, path: str) -> str | None:
+    """A file as the experiment's commit holds it (None when it has none)."""
     shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
                            text=True, check=False)  # fmt: skip
-    return json.loads(shown.stdout) if shown.returncode == 0 else {}
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def _committed_json(root: Path, rev: str, path: str) -> dict[str, Any]:
+    text = _committed(root, rev, path)
+    return json.loads(text) if text is not None else {}
 
 
 def _minutes(settings_params: dict[str, Any], root: Path, rev: str) -> float:
@@ -121,11 +126,10 @@ def _minutes(settings_params: dict[str, Any], root: Path, rev: str) -> float:
 
     from pneumo.config import Settings
 
-    shown = subprocess.run(["git", "show", f"{rev}:models/run_id.txt"], cwd=root,
-                           capture_output=True, text=True, check=False)  # fmt: skip
     try:
         settings = Settings.model_validate(settings_params)
-        run = MlflowClient(settings.tracking.uri).get_run(shown.stdout.strip())
+        run_id = (_committed(root, rev, "models/run_id.txt") or "").strip()
+        run = MlflowClient(settings.tracking.uri).get_run(run_id)
         return float(run.data.metrics["train/minutes"])
     except Exception as exc:  # noqa: BLE001 - a missing figure is shown as such, not fatal
         log.warning("no training minutes for the experiment at %s: %s", rev[:7], exc)
