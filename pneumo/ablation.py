@@ -51,8 +51,11 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)  # fmt: skip
 
 
-def queue(root: Path, settings: Any, names: list[str] | None = None) -> list[str]:
-    """Queue the recipes (all, or ``names``) as DVC experiments; returns the queued names."""
+def queue(
+    root: Path, settings: Any, names: list[str] | None = None, until: str | None = None
+) -> list[str]:
+    """Queue the recipes (all, or ``names``) as DVC experiments; returns the queued names.
+    ``until`` names the last stage to run (e.g. ``stress``: what the report reads)."""
     from pneumo.config import load_settings
     from pneumo.tracking import resolve_uri
     from pneumo.workspace import Workspace
@@ -75,7 +78,8 @@ def queue(root: Path, settings: Any, names: list[str] | None = None) -> list[str
         load_settings(root / "params.yaml", overrides)  # a typo fails here, not in the queue
         assignments = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                        for k, v in overrides.items()]  # fmt: skip
-        args = ["exp", "run", "--queue", "-n", name, *[a for kv in assignments for a in ("-S", kv)]]
+        args = ["exp", "run", "--queue", "-n", name, *[a for kv in assignments for a in ("-S", kv)],
+                *([until] if until else [])]  # fmt: skip
         done = _dvc(root, *args)
         if done.returncode != 0:
             raise PneumoError(f"dvc could not queue {name}: {done.stderr.strip()[-500:]}")

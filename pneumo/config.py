@@ -47,6 +47,14 @@ class ValidateSettings(_Section):
     max_side: int = Field(8192, ge=1)
     min_pneumonia_fraction: float = Field(0.2, ge=0.0, le=1.0)
     max_pneumonia_fraction: float = Field(0.9, ge=0.0, le=1.0)
+    shortcut_warn_auc: float = Field(
+        0.75, gt=0.5, le=1.0,
+        description="warn when acquisition cues alone (file size, sharpness, noise, resolution) "
+        "separate the classes with at least this patient-grouped ROC-AUC",
+    )
+    shortcut_sample: int = Field(
+        2000, ge=50, description="images per class the shortcut meter reads (a seeded sample)"
+    )
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateSettings:
@@ -134,6 +142,8 @@ class AugmentSettings(_Section):
     equalize_p: float = Field(0.1, ge=0.0, le=1.0)
     blur_p: float = Field(0.2, ge=0.0, le=1.0)
     blur_sigma_max: float = Field(1.0, ge=0.1, le=5.0)
+    sharpen_p: float = Field(0.0, ge=0.0, le=1.0, description="unsharp-masked (batched only)")
+    sharpen_max: float = Field(1.5, ge=0.0, le=5.0, description="largest unsharp-mask amount")
     noise_p: float = Field(0.2, ge=0.0, le=1.0)
     noise_sigma: float = Field(0.03, ge=0.0, le=0.5, description="fraction of the 0..255 range")
     erase_p: float = Field(0.0, ge=0.0, le=1.0)
@@ -152,7 +162,8 @@ class AugmentSettings(_Section):
     def _engine_supports(self) -> AugmentSettings:
         if self.jpeg_quality_min > self.jpeg_quality_max:
             raise ValueError("jpeg_quality_min must not exceed jpeg_quality_max")
-        batched_only = {"aspect_max": 1.0, "resample_p": 0.0, "jpeg_p": 0.0, "border_p": 0.0}
+        batched_only = {"aspect_max": 1.0, "resample_p": 0.0, "jpeg_p": 0.0, "border_p": 0.0,
+                        "sharpen_p": 0.0}
         used = [k for k, off in batched_only.items() if getattr(self, k) != off]
         if self.engine == "per_image" and used:
             raise ValueError(f"{', '.join(used)} need engine: batched")
@@ -276,6 +287,15 @@ class RegistrySettings(_Section):
     min_roc_auc: float = Field(0.90, ge=0.0, le=1.0, description="test ROC-AUC floor")
     min_sensitivity: float = Field(0.85, ge=0.0, le=1.0, description="test sensitivity floor")
     min_specificity: float = Field(0.70, ge=0.0, le=1.0, description="test specificity floor")
+    min_counterfactual_sensitivity: float = Field(
+        0.80, ge=0.0, lt=1.0,
+        description="sensitivity when pneumonia radiographs get the normal class's acquisition "
+        "look (metrics/stress.json counterfactual, validation split)",
+    )
+    min_counterfactual_specificity: float = Field(
+        0.70, ge=0.0, lt=1.0,
+        description="specificity when normal radiographs get the pneumonia class's look",
+    )
     margin: float = Field(
         0.01, ge=0.0, description="non-inferiority: how much worse than the champion is tolerated"
     )

@@ -19,6 +19,13 @@ from pneumo.accel import Accelerator
 from pneumo.data.transforms import standardize
 
 CPU_FP32 = Accelerator("cpu", "fp32")
+# Every probability leaves :func:`predict` rounded to this many decimals (1e-6). The same image
+# scored in another batch, by another route or with another thread count can differ in the last
+# float bits (kernels pick other blockings; bf16 and fp32 differ more); rounding here, before any
+# threshold or metric, is what makes "one image, one probability" hold at a documented precision,
+# and what every equality test compares (tests/model/test_one_probability.py).
+PROBABILITY_DECIMALS = 6
+PROBABILITY_PRECISION = 10.0**-PROBABILITY_DECIMALS
 # Test-time views (rotation degrees, horizontal shift as a fraction of the side, scale): small
 # changes of positioning that the network saw during training; their probabilities are averaged.
 TTA_VIEWS: tuple[tuple[float, float, float], ...] = (
@@ -136,6 +143,7 @@ def predict(
                     pooled.append(block_means[: len(batch)].float().cpu().numpy())
     finally:
         model.train(was_training)
+    out = np.round(out, PROBABILITY_DECIMALS)
     if not features:
         return Prediction(out)
     return Prediction(out, np.concatenate(pooled) if pooled else np.empty((0, 0), np.float32))

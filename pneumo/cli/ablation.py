@@ -11,7 +11,7 @@ def queue(args: argparse.Namespace) -> int:
     from pneumo.ablation import queue as queue_recipes
 
     workspace = workspace_of(args)
-    names = queue_recipes(workspace.root, load_settings_of(args), args.recipes or None)
+    names = queue_recipes(workspace.root, load_settings_of(args), args.recipes or None, args.until)
     print(f"queued {len(names)} experiments: {', '.join(names)}")
     print("run them one after the other with `dvc queue start -j 1` (progress: `dvc queue status`)")
     return 0
@@ -35,7 +35,9 @@ COMMAND = Command(
     "with intervals, training minutes (from each experiment's MLflow run).",
     actions=(
         Command("queue", help="queue every recipe (or those named)", handler=queue,
-                arguments=(arg("recipes", nargs="*", metavar="RECIPE", help="recipe names"),)),
+                arguments=(arg("recipes", nargs="*", metavar="RECIPE", help="recipe names"),
+                           arg("--until", metavar="STAGE", help="run each experiment only up "
+                               "to this dvc.yaml stage, e.g. stress (what the report reads)"))),
         Command("report", help="write reports/ablation.md from the finished experiments",
                 handler=report),
     ),

@@ -115,12 +115,14 @@ class BatchAugmentation:
         return x
 
     def _degrade(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """How the file was made: resampling, blur, noise, JPEG compression."""
+        """How the file was made: resampling, blur or sharpening, noise, JPEG compression."""
         cfg, n = self.cfg, len(x)
         resample = _chosen(n, cfg.resample_p, g)
         factor = _uniform(n, cfg.resample_scale_min, 1.0, g)
         blur = _chosen(n, cfg.blur_p, g)
         sigma = _uniform(n, 0.1, cfg.blur_sigma_max, g)
+        sharpen = _chosen(n, cfg.sharpen_p, g)
+        amount = _uniform(n, 0.0, cfg.sharpen_max, g)
         noise = _chosen(n, cfg.noise_p, g)
         noise_field = torch.randn((int(noise.sum()), *x.shape[1:]), generator=g)
         jpeg = _chosen(n, cfg.jpeg_p, g)
@@ -130,6 +132,10 @@ class BatchAugmentation:
             x[resample] = _resample(x[resample], factor[resample])
         if blur.any():
             x[blur] = _gaussian_blur(x[blur], sigma[blur])
+        if sharpen.any():  # unsharp mask: the sharper look of the other class, too
+            chosen = x[sharpen]
+            detail = chosen - _gaussian_blur(chosen, torch.full((len(chosen),), 1.0))
+            x[sharpen] = (chosen + amount[sharpen].view(-1, 1, 1, 1) * detail).clamp_(0, 1)
         if noise.any():
             x[noise] = (x[noise] + noise_field * cfg.noise_sigma).clamp_(0, 1)
         if jpeg.any():
