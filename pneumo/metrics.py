@@ -112,3 +112,26 @@ def bootstrap_intervals(
         name: [float(np.nanquantile(v, alpha)), float(np.nanquantile(v, 1 - alpha))]
         for name, v in drawn.items()
     }
+
+
+def precision_tolerance(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, precision: float
+) -> dict[str, float]:
+    """How far each metric can move when every probability may move by up to ``precision``.
+
+    Two routes that agree on every probability to ``precision`` (pneumo.inference rounds to
+    1e-6) can still break a tie one way and the other: a (pneumonia, normal) pair closer than
+    2 x ``precision`` may flip in ROC-AUC, an image that close to the threshold may change its
+    call. This bounds the difference, so equality tests say exactly what they tolerate.
+    """
+    y = np.asarray(labels).astype(bool)
+    p = np.asarray(probabilities, dtype=float)
+    near = np.abs(p - threshold) <= precision
+    positives, negatives = p[y], p[~y]
+    close_pairs = np.abs(positives[:, None] - negatives[None, :]) <= 2 * precision
+    return {
+        "accuracy": near.sum() / max(len(p), 1),
+        "sensitivity": near[y].sum() / max(y.sum(), 1),
+        "specificity": near[~y].sum() / max((~y).sum(), 1),
+        "roc_auc": close_pairs.sum() / max(close_pairs.size, 1),
+    }

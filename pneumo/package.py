@@ -35,7 +35,9 @@ from pneumo.stored_model import (
     METRICS_FILE,
     MODEL_FILE,
     ROC_FILE,
+    SHORTCUT_FILE,
     SPLIT_FILE,
+    STRESS_FILE,
     model_digest,
 )
 from pneumo.workspace import Workspace, sha256_file
@@ -173,6 +175,8 @@ def card_files(workspace: Workspace, weights: Path, from_workspace: bool) -> dic
         SPLIT_FILE: workspace.split_metrics,
         ROC_FILE: workspace.eval_plots / ROC_FILE,
         COMPARISON_FILE: workspace.comparison.with_suffix(".csv"),
+        STRESS_FILE: workspace.stress_metrics,
+        SHORTCUT_FILE: workspace.shortcut_metrics,
     }
     if not from_workspace:  # from a workspace, metrics.json already is the full report
         sources[EVALUATION_FILE] = workspace.eval_metrics

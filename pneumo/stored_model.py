@@ -20,6 +20,8 @@ METRICS_FILE = "metrics.json"  # the evaluation metrics (a registry model: its h
 SPLIT_FILE = "split.json"
 ROC_FILE = "roc.csv"
 COMPARISON_FILE = "comparison.csv"
+STRESS_FILE = "stress.json"  # the stress and counterfactual batteries (validation split)
+SHORTCUT_FILE = "shortcut.json"  # the data's shortcut meter (validate)
 # The full evaluation report (intervals, confusion) of a registry model.
 EVALUATION_FILE = "evaluation.json"
 # The alias under which a Bento names its model: the service loads the model of this alias.

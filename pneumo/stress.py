@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from pneumo.data.shortcut import edge_energy
 from pneumo.metrics import binary_metrics
 from pneumo.workspace import atomic_path
 
@@ -274,6 +275,8 @@ def write_outputs(report: dict[str, Any], metrics_path: Path, plots_dir: Path) -
     import pandas as pd
 
     frame = pd.DataFrame(rows)
+    # One label per bar: `dvc plots` would otherwise stack the two severities of a shift.
+    frame.insert(0, "case", frame["shift"] + "@" + frame["severity"].astype(str))
     plots_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(plots_dir / "stress.csv") as tmp:
         frame.to_csv(tmp, index=False)
@@ -291,13 +294,6 @@ COUNTERFACTUAL_DESCRIBES = {
     "pneumonia_as_normal": "pneumonia radiographs given the normal class's sharpness (sensitivity)",
     "swap": "both classes given the other class's sharpness (ROC-AUC)",
 }
-
-
-def edge_energy(image: np.ndarray) -> float:
-    """Mean absolute Laplacian per unit of contrast: how sharp the acquisition is (the cue)."""
-    a = np.asarray(image, dtype=np.float32)
-    laplacian = 4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]
-    return float(np.abs(laplacian).mean() / (a.std() + 1e-6))
 
 
 def _blurred(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -401,6 +397,17 @@ def counterfactual_report(
     return report
 
 
+def shortcut_metrics(workspace: Any) -> dict[str, float]:
+    """The data's shortcut meter (validate, reports/validation.json) for the run, beside the
+    counterfactual figures that say whether this network took the shortcut."""
+    if not workspace.validation.is_file():
+        return {}
+    meter = json.loads(workspace.validation.read_text()).get("shortcut") or {}
+    values = {"data/shortcut_roc_auc": meter.get("roc_auc")}
+    values |= {f"data/shortcut/{cue}": auc for cue, auc in (meter.get("per_cue") or {}).items()}
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+
+
 def stress(settings: Any, workspace: Any) -> dict[str, Any]:
     """The `stress` stage: this workspace's model on the shifted validation split."""
     from pneumo.accel import configure_threads
@@ -426,6 +433,7 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
 
         flat = {f"stress/{k}": v for k, v in report["summary"].items() if isinstance(v, float)}
         flat |= {f"counterfactual/{k}": v for k, v in report["counterfactual"]["summary"].items()}
+        flat |= shortcut_metrics(workspace)
         tracking.log_to_run(settings, workspace, workspace.run_id.read_text().strip(), flat,
                             files, "stress")  # fmt: skip
     s = report["summary"]

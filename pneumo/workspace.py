@@ -39,6 +39,11 @@ class Workspace:
         return self.root / "reports" / "validation.json"
 
     @property
+    def shortcut_metrics(self) -> Path:
+        """The shortcut meter alone (validate): how well acquisition cues separate the classes."""
+        return self.root / "metrics" / "shortcut.json"
+
+    @property
     def data_docs(self) -> Path:
         return self.root / "reports" / "data_docs"
 

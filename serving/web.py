@@ -24,7 +24,14 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pneumo.stored_model import COMPARISON_FILE, EVALUATION_FILE, ROC_FILE, SPLIT_FILE
+from pneumo.stored_model import (
+    COMPARISON_FILE,
+    EVALUATION_FILE,
+    ROC_FILE,
+    SHORTCUT_FILE,
+    SPLIT_FILE,
+    STRESS_FILE,
+)
 
 if TYPE_CHECKING:
     from bentoml import Model
@@ -97,9 +104,10 @@ def read_model_card(stored: Model, metrics: dict[str, Any]) -> dict[str, Any]:
         path = model_dir / name
         return path if path.is_file() else None
 
-    split, roc, comparison, evaluation = (
-        packaged(n) for n in (SPLIT_FILE, ROC_FILE, COMPARISON_FILE, EVALUATION_FILE)
-    )
+    split, roc, comparison, evaluation, stress, shortcut = (
+        packaged(n) for n in (SPLIT_FILE, ROC_FILE, COMPARISON_FILE, EVALUATION_FILE,
+                              STRESS_FILE, SHORTCUT_FILE)
+    )  # fmt: skip
     meta = stored.info.metadata
     return _finite(
         {
@@ -115,8 +123,26 @@ def read_model_card(stored: Model, metrics: dict[str, Any]) -> dict[str, Any]:
             "training_data": json.loads(split.read_text()) if split else None,
             "roc": _read_roc(roc) if roc else None,
             "comparison": _read_table(comparison) if comparison else None,
+            "new_site": _new_site(stress, shortcut),
         }
     )
+
+
+def _new_site(stress: Path | None, shortcut: Path | None) -> dict[str, Any] | None:
+    """What the card shows beside the carved test: the counterfactual battery (the classes trade
+    acquisition looks), the stress battery's summary, and the data's shortcut meter."""
+    if stress is None and shortcut is None:
+        return None
+    report = json.loads(stress.read_text()) if stress else {}
+    counterfactual = report.get("counterfactual") or {}
+    return {
+        "counterfactual": {k: counterfactual.get(k) for k in
+                           ("normal_as_pneumonia", "pneumonia_as_normal", "swap", "summary",
+                            "describes")} if counterfactual else None,
+        "stress": report.get("summary"),
+        "clean": report.get("clean"),
+        "shortcut": json.loads(shortcut.read_text()) if shortcut else None,
+    }  # fmt: skip
 
 
 async def model_card(request: Request) -> Response:

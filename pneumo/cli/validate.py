@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from pneumo.cli import Command, load_settings_of, workspace_of
+from pneumo.cli import Command, data_root_of, load_settings_of, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -12,14 +13,22 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings_of(args)
     workspace = workspace_of(args)
-    validate(workspace.manifest, settings.validate_, workspace)
+    outcome = validate(workspace.manifest, settings.validate_, workspace,
+                       data_root_of(args, settings))  # fmt: skip
+    meter = json.loads(workspace.validation.read_text()).get("shortcut") or {}
     print(f"data contract passed; Data Docs: {workspace.data_docs / 'index.html'}")
-    return 0
+    if meter.get("warning"):
+        print(f"warning: acquisition cues alone separate the classes (ROC-AUC "
+              f"{meter['roc_auc']:.3f}, strongest {meter['strongest_cue']}): see "
+              f"{workspace.validation}")  # fmt: skip
+    return 0 if outcome.success else 1
 
 
 COMMAND = Command(
     "validate",
     help="check the manifest against the Great Expectations data contract and build Data Docs",
-    description="Runs the GX checkpoint; exits non-zero with a summary of every failed expectation.",
+    description="Runs the GX checkpoint; exits non-zero with a summary of every failed expectation. "
+    "Also runs the shortcut meter (can acquisition cues alone, without anatomy, separate the "
+    "classes?) as a warning suite: validate.shortcut_warn_auc.",
     handler=run,
 )

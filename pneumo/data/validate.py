@@ -24,6 +24,7 @@ from pneumo.workspace import Workspace, atomic_path
 log = logging.getLogger(__name__)
 
 SUITE_NAME = "manifest_contract"
+SHORTCUT_SUITE = "acquisition_shortcut"
 DOCS_SITE = "pneumo_data_docs"
 
 
@@ -75,6 +76,29 @@ def build_suite(settings: ValidateSettings) -> Any:
         )
     )
     return suite
+
+
+def build_shortcut_suite(warn_auc: float) -> Any:
+    """The shortcut meter as a *warning*: one row per acquisition cue (and one for all of them)
+    whose ROC-AUC should stay below ``warn_auc`` (pneumo/data/shortcut.py)."""
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=SHORTCUT_SUITE)
+    suite.add_expectation(
+        gx.expectations.ExpectColumnValuesToBeBetween(
+            column="roc_auc", min_value=0.0, max_value=warn_auc, severity="warning",
+            description="acquisition cues alone should not separate NORMAL from PNEUMONIA "
+            "(patient-grouped ROC-AUC); above this a network can learn the scanner",
+        )
+    )  # fmt: skip
+    return suite
+
+
+def shortcut_frame(meter: dict[str, Any]) -> pd.DataFrame:
+    """The meter as rows GX can check and Data Docs can show: each cue, then all together."""
+    rows = [{"cue": name, "roc_auc": auc} for name, auc in meter.get("per_cue", {}).items()]
+    rows.append({"cue": "all cues (cross-validated)", "roc_auc": meter.get("roc_auc")})
+    return pd.DataFrame(rows).dropna()
 
 
 def _context(docs_dir: Path) -> Any:
@@ -133,9 +157,13 @@ def _localize_docs(docs_dir: Path) -> None:
 
 
 def validate_manifest(
-    manifest: pd.DataFrame, settings: ValidateSettings, docs_dir: Path
+    manifest: pd.DataFrame,
+    settings: ValidateSettings,
+    docs_dir: Path,
+    shortcut: dict[str, Any] | None = None,
 ) -> ValidationOutcome:
-    """Run the contract's checkpoint on a manifest and build Data Docs in ``docs_dir``."""
+    """Run the contract's checkpoint on a manifest and build Data Docs in ``docs_dir``; with a
+    ``shortcut`` meter (pneumo/data/shortcut.py), its warning suite runs in the same checkpoint."""
     import great_expectations as gx
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -157,6 +185,8 @@ def validate_manifest(
         )
     )
     run = checkpoint.run(batch_parameters={"dataframe": frame})
+    if shortcut is not None:  # its own checkpoint: another table, and only a warning
+        _check_shortcut(context, shortcut, settings.shortcut_warn_auc)
     _localize_docs(docs_dir)
     described = run.describe_dict()
     expectations = described["validation_results"][0]["expectations"]
@@ -167,18 +197,49 @@ def validate_manifest(
     return ValidationOutcome(success=bool(run.success), failures=failures, result=described)
 
 
+def _check_shortcut(context: Any, shortcut: dict[str, Any], warn_auc: float) -> bool:
+    """The shortcut meter's warning suite, in Data Docs beside the contract; never fails."""
+    import great_expectations as gx
+
+    asset = context.data_sources.add_pandas("shortcut").add_dataframe_asset("acquisition_cues")
+    definition = context.validation_definitions.add(gx.ValidationDefinition(
+        name="shortcut_meter", data=asset.add_batch_definition_whole_dataframe("cue_separability"),
+        suite=context.suites.add(build_shortcut_suite(warn_auc)),
+    ))  # fmt: skip
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="shortcut_checkpoint", validation_definitions=[definition],
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+        result_format={"result_format": "SUMMARY"},
+    ))  # fmt: skip
+    return bool(checkpoint.run(batch_parameters={"dataframe": shortcut_frame(shortcut)}).success)
+
+
 def validate(
-    manifest_path: Path, settings: ValidateSettings, workspace: Workspace = Workspace()
+    manifest_path: Path,
+    settings: ValidateSettings,
+    workspace: Workspace = Workspace(),
+    data_root: Path | None = None,
 ) -> ValidationOutcome:
-    """Validate the manifest on disk, write the JSON result and Data Docs; raise on any failure."""
+    """Validate the manifest on disk, write the JSON result and Data Docs; raise on any failure.
+    With ``data_root`` (where the manifest's paths live) the shortcut meter runs too."""
     if not Path(manifest_path).is_file():
         raise PipelineOrderError(f"{manifest_path} not found: run `pneumo ingest` first")
     manifest = pd.read_parquet(manifest_path)
     workspace.data_docs.mkdir(parents=True, exist_ok=True)
-    outcome = validate_manifest(manifest, settings, workspace.data_docs)
-    report = {"success": outcome.success, "failures": outcome.failures, **outcome.result}
+    meter = None
+    if data_root is not None:
+        from pneumo.data.shortcut import measure
+
+        meter = measure(manifest, data_root, settings.shortcut_warn_auc, settings.shortcut_sample)
+    outcome = validate_manifest(manifest, settings, workspace.data_docs, meter)
+    report = {"success": outcome.success, "failures": outcome.failures,
+              **({"shortcut": meter} if meter is not None else {}), **outcome.result}  # fmt: skip
     with atomic_path(workspace.validation) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if meter is not None:  # small, for `dvc metrics show` and the model card
+        workspace.shortcut_metrics.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(workspace.shortcut_metrics) as tmp:
+            tmp.write_text(json.dumps(meter, indent=2) + "\n")
     index = workspace.data_docs / "index.html"
     if not outcome.success:
         raise ContractError(

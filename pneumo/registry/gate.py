@@ -21,12 +21,20 @@ FLOOR_KEYS: dict[str, str] = {
     "sensitivity": "min_sensitivity",
     "specificity": "min_specificity",
 }
+# Floors on the counterfactual battery (metrics/stress.json, validation split): the classes
+# trade acquisition looks, and a network that reads the scanner loses these. A new network must
+# reach them; a site version (same weights as a registered one) is not measured again.
+COUNTERFACTUAL_FLOOR_KEYS: dict[str, str] = {
+    "counterfactual_sensitivity": "min_counterfactual_sensitivity",
+    "counterfactual_specificity": "min_counterfactual_specificity",
+}
 _FLOAT_NOISE = 1e-12  # identical models must not fail on rounding
 
 
-def floors(settings: RegistrySettings) -> dict[str, float]:
-    """metric -> the minimum a challenger must reach on the test split."""
-    return {metric: getattr(settings, key) for metric, key in FLOOR_KEYS.items()}
+def floors(settings: RegistrySettings, counterfactual: bool = False) -> dict[str, float]:
+    """metric -> the minimum a challenger must reach (test split; counterfactual: validation)."""
+    keys = {**FLOOR_KEYS, **(COUNTERFACTUAL_FLOOR_KEYS if counterfactual else {})}
+    return {metric: getattr(settings, key) for metric, key in keys.items()}
 
 
 def gate(
@@ -35,13 +43,16 @@ def gate(
     settings: RegistrySettings,
     champion_version: int | None = None,
     champion_problem: str | None = None,
+    counterfactual: bool = False,
 ) -> tuple[bool, list[str]]:
     """(passed, why): the failures when it fails, else what it passed.
 
     ``champion`` is None when there is no champion yet; ``champion_problem`` says why an existing
-    champion could not be re-scored, which keeps it whatever the challenger's metrics.
+    champion could not be re-scored, which keeps it whatever the challenger's metrics. With
+    ``counterfactual``, the challenger must also reach the counterfactual floors (a missing
+    figure fails: run `pneumo stress`).
     """
-    failures, notes = _check_floors(challenger, floors(settings))
+    failures, notes = _check_floors(challenger, floors(settings, counterfactual))
     if champion_problem:
         return False, [champion_problem, *failures]
     if champion is None:

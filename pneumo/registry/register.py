@@ -57,11 +57,12 @@ def register_and_gate(settings: Settings, workspace: Workspace = Workspace()) ->
     decision = Decision.load(workspace.decision)
     test = load_arrays(workspace.arrays("test"))
     _check_same_test_split(report, test["labels"], workspace)
-    challenger = point_metrics(report["test"], REPORTED_METRICS)
+    test_metrics = point_metrics(report["test"], REPORTED_METRICS)
+    challenger = {**test_metrics, **counterfactual_metrics(workspace)}
     data_sha256 = sha256_file(workspace.arrays("test"))
     with connect(settings, workspace) as registry:
         registry.ensure_registered_model(model_description(settings.registry))
-        evaluated = {**_metric_tags("test_", challenger), "data_test_sha256": data_sha256}
+        evaluated = {**_metric_tags("test_", test_metrics), "data_test_sha256": data_sha256}
         version, created = _register(
             registry, run_id, settings, workspace, decision, test, evaluated
         )
@@ -76,6 +77,19 @@ def register_and_gate(settings: Settings, workspace: Workspace = Workspace()) ->
     with atomic_path(workspace.gate_verdict) as tmp:
         tmp.write_text(json.dumps(verdict.to_json(), indent=2) + "\n")
     return verdict
+
+
+def counterfactual_metrics(workspace: Workspace) -> dict[str, float]:
+    """The counterfactual battery's sensitivity and specificity (metrics/stress.json); NaN when
+    the stress stage has not run, which the gate refuses with the command to run."""
+    path = workspace.stress_metrics
+    summary = {}
+    if path.is_file():
+        summary = (json.loads(path.read_text()).get("counterfactual") or {}).get("summary") or {}
+    else:
+        log.warning("%s not found: run `pneumo stress` before registering", path)
+    return {f"counterfactual_{name}": float(summary.get(name, math.nan))
+            for name in ("sensitivity", "specificity")}  # fmt: skip
 
 
 def _judge(
@@ -104,11 +118,12 @@ def _judge(
                 "the champion is kept: promote deliberately with `pneumo registry promote`"
             )
     cfg = settings.registry
-    passed, reasons = gate(challenger, champion_metrics, cfg, champion, problem)
+    passed, reasons = gate(challenger, champion_metrics, cfg, champion, problem, counterfactual=True)
     return GateVerdict(
         model_name=cfg.model_name, version=number, run_id=version.run_id, passed=passed,
         reasons=reasons, challenger_metrics=challenger, champion_version=champion,
-        champion_metrics=champion_metrics, floors=floors(cfg), margin=cfg.margin,
+        champion_metrics=champion_metrics, floors=floors(cfg, counterfactual=True),
+        margin=cfg.margin,
         primary_metrics=list(cfg.primary_metrics), data_sha256=data_sha256, decided_at=now(),
         newly_registered=created, champion_after=number if passed else champion,
     )  # fmt: skip

@@ -283,6 +283,48 @@
       "they orient rather than compare like for like."));
   }
 
+  // Beside the carved test: what a new site's acquisition does (pneumo/stress.py, validation split).
+  function renderNewSite(site, evaluation) {
+    const box = $("new-site");
+    box.replaceChildren();
+    if (!site) {
+      box.append(missing("Not packaged with this model: the stress battery (metrics/stress.json) was not available."));
+      return;
+    }
+    const test = (evaluation && typeof evaluation.test === "object") ? evaluation.test : (evaluation || {});
+    const cf = site.counterfactual || {};
+    const at2 = (name) => (cf[name] || {})["2"] || {};
+    const rows = [
+      ["Carved test split (same machines as training)", test],
+      ["Validation split, as stored", site.clean || {}],
+      ["Normal radiographs given the pneumonia class's sharpness", at2("normal_as_pneumonia")],
+      ["Pneumonia radiographs given the normal class's sharpness", at2("pneumonia_as_normal")],
+      ["Both classes given the other's sharpness", at2("swap")],
+    ];
+    const columns = [["accuracy", "Accuracy"], ["sensitivity", "Sensitivity"],
+      ["specificity", "Specificity"], ["roc_auc", "ROC AUC"]];
+    box.append(scrollable(el("table", { class: "data new-site", id: "new-site-table" },
+      el("caption", {}, "At the shipped threshold; the counterfactual rows change only the acquisition look (severity 2)"),
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Images"),
+        ...columns.map(([, label]) => el("th", { scope: "col", class: "num" }, label)))),
+      el("tbody", {}, ...rows.map(([label, values]) => el("tr", {},
+        el("th", { scope: "row" }, label),
+        ...columns.map(([key]) => el("td", { class: "num" },
+          formatMetric(key, typeof values[key] === "number" ? values[key] : null)))))))));
+    const facts = [];
+    const summary = cf.summary || {};
+    if (typeof summary.cue_effect === "number") {
+      facts.push(`Cue effect: ${summary.cue_effect.toFixed(2)} logits (how far the network moves towards the class whose look an image was given; 0 = blind to the look).`);
+    }
+    if (site.stress) {
+      facts.push(`Stress battery (14 shifts of both classes alike, 2 severities): mean ROC AUC ${formatMetric("roc_auc", site.stress.mean_roc_auc)}, worst specificity ${formatMetric("specificity", site.stress.worst_specificity)} (${site.stress.worst_specificity_shift}).`);
+    }
+    if (site.shortcut && typeof site.shortcut.roc_auc === "number") {
+      facts.push(`Shortcut meter of the training data: acquisition cues alone separate the classes with ROC AUC ${formatMetric("roc_auc", site.shortcut.roc_auc)} (strongest: ${site.shortcut.strongest_cue})${site.shortcut.warning ? " — above the warning level: the network could learn the scanner; the rows above show whether it did" : ""}.`);
+    }
+    box.append(...facts.map((text) => el("p", { class: "hint" }, text)));
+  }
+
   function renderLive(live) {
     const box = $("live");
     box.replaceChildren();
@@ -343,6 +385,7 @@
     const test = renderMetrics(card);
     renderRoc(card.roc, test);
     renderConfusion(test, card.threshold);
+    renderNewSite(card.new_site, card.evaluation);
     renderComparison(card.comparison);
     $("status").textContent = `Model card of ${pneumo.modelName(card.model)} loaded.`;
     document.body.dataset.state = "ready";

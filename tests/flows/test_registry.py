@@ -39,7 +39,13 @@ from pneumo.inference import predict_proba
 from pneumo.models import build_model, save_model
 from pneumo.registry import client as registry_client
 from pneumo.workspace import Workspace, sha256_file
-from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
+from tests.synthetic import (
+    OPTIONS,
+    SIZE,
+    synthetic_split,
+    train_tiny_model,
+    write_counterfactual,
+)
 
 DECISION = {"threshold": 0.5, "rule": "fixed", "val_sensitivity": 1.0, "val_specificity": 1.0}
 
@@ -49,6 +55,7 @@ class Candidate:
     model_path: Path
     run_id: str
     report: dict[str, Any]  # shaped like evaluate's metrics.json
+    counterfactual: dict[str, Any]  # stress.json's counterfactual battery, run on the test images
 
 
 @dataclass
@@ -76,6 +83,7 @@ class Lab:
         report = json.loads(json.dumps(candidate.report))
         report["test"].update(metric_overrides)
         workspace.eval_metrics.write_text(json.dumps(report))
+        workspace.stress_metrics.write_text(json.dumps({"counterfactual": candidate.counterfactual}))
         return workspace
 
 
@@ -114,7 +122,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
                        Decision(**DECISION), settings.evaluate)  # fmt: skip
         with model_run(settings, Workspace(root), name) as run_id:
             tracking.log_pyfunc_model(path, test_images[:2], probabilities[:2])
-        candidates[name] = Candidate(path, run_id, report)
+        counterfactual = write_counterfactual(Workspace(root / name), model, test_images,
+                                              test_labels, DECISION["threshold"])  # fmt: skip
+        candidates[name] = Candidate(path, run_id, report, counterfactual)
     assert candidates["good"].report["test"]["roc_auc"] > 0.99
     assert candidates["good"].report["test"]["accuracy"] > 0.97
     assert candidates["inverted"].report["test"]["roc_auc"] < 0.1

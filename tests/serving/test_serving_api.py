@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from pneumo.inference import PROBABILITY_PRECISION
 from pneumo.predict import Predictor, predict_paths
 from tests.serving.serving_samples import (
     Case,
@@ -68,7 +69,7 @@ def test_predict_raw_and_multipart_match_pneumo_predict(
     for response in (raw, form):
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["probability"] == pytest.approx(expected, abs=1e-5)
+        assert body["probability"] == pytest.approx(expected, abs=PROBABILITY_PRECISION)
         assert body["label"] == predictor.label(body["probability"])
         assert body["threshold"] == THRESHOLD
         margin = MARGIN
@@ -90,7 +91,7 @@ def test_dicom_is_predicted_like_the_same_pixels_as_png(
     assert response.status_code == 200, response.text
     assert response.json()["input"]["format"] == "DICOM"
     assert response.json()["probability"] == pytest.approx(
-        expected_probability(predictor, png), abs=1e-5
+        expected_probability(predictor, png), abs=PROBABILITY_PRECISION
     )
 
 
@@ -104,7 +105,7 @@ def test_predict_batch_keeps_order(
     predictions = response.json()["predictions"]
     expected = predict_paths(chosen, predictor, workers=1)["probability"].tolist()
     assert [p["filename"] for p in predictions] == [p.name for p in chosen]
-    assert [p["probability"] for p in predictions] == pytest.approx(expected, abs=1e-5)
+    assert [p["probability"] for p in predictions] == pytest.approx(expected, abs=PROBABILITY_PRECISION)
 
 
 def test_explain_png_and_json(client: TestClient, jpeg_path: Path) -> None:

@@ -21,7 +21,13 @@ from pneumo.package import PackagingError, import_champion
 from pneumo.stored_model import DECISION_FILE, METRICS_FILE, MODEL_FILE
 from pneumo.workspace import Workspace
 from tests.serving.serving_support import ServingLab, make_workspace
-from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
+from tests.synthetic import (
+    OPTIONS,
+    SIZE,
+    synthetic_split,
+    train_tiny_model,
+    write_counterfactual,
+)
 
 
 def test_workspace_model_is_imported_once_with_its_files_and_labels(
@@ -114,6 +120,7 @@ def test_registry_champion_is_packaged_with_its_version(
     with tracking.fluent_store(uri), mlflow.start_run(experiment_id=experiment) as run:
         tracking.log_pyfunc_model(workspace.model, test_images[:2], probabilities[:2])
     workspace.run_id.write_text(run.info.run_id + "\n")
+    write_counterfactual(workspace, model, test_images, labels, 0.5)
     assert registry.register_and_gate(settings, workspace).passed
 
     tag, metadata, reused = import_champion(settings, workspace)  # default: the champion

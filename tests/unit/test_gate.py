@@ -94,3 +94,21 @@ def test_floors_come_from_the_settings() -> None:
 def test_the_name_of_an_unnumbered_champion() -> None:
     passed, reasons = gate(GOOD, {"roc_auc": 0.99, "accuracy": 0.9}, RegistrySettings())
     assert not passed and "trails the champion (0.9900)" in reasons[0]
+
+
+def test_counterfactual_floors_refuse_a_network_that_reads_the_scanner() -> None:
+    settings = RegistrySettings()  # floors: counterfactual sensitivity 0.80, specificity 0.70
+    shortcut = {**GOOD, "counterfactual_sensitivity": 0.95, "counterfactual_specificity": 0.40}
+    passed, reasons = gate(shortcut, None, settings, counterfactual=True)
+    assert not passed
+    assert reasons == ["counterfactual_specificity 0.4000 is below the floor 0.7000"]
+    blind = {**shortcut, "counterfactual_specificity": 0.90}
+    assert gate(blind, None, settings, counterfactual=True)[0]
+    # Never measured (no `pneumo stress`): fails closed.
+    assert not gate(GOOD, None, settings, counterfactual=True)[0]
+    # A site version (same weights, judged on its sample) is not measured again.
+    assert gate(GOOD, None, settings)[0]
+    assert set(floors(settings, counterfactual=True)) == {
+        "roc_auc", "sensitivity", "specificity",
+        "counterfactual_sensitivity", "counterfactual_specificity",
+    }  # fmt: skip
