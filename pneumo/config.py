@@ -261,6 +261,24 @@ class CalibrateSettings(_Section):
     seed: int = 0
 
 
+class AdaptSettings(_Section):
+    """`pneumo adapt FOLDER --site NAME`: label-free prevalence adaptation (pneumo/adapt.py)."""
+
+    min_images: int = Field(100, ge=20, description="refuse folders with fewer images")
+    max_flag_rate: float = Field(
+        0.2, gt=0.0, le=1.0, description="refuse when the guard flags more of the site's images"
+    )
+    max_interval_width: float = Field(
+        0.25, gt=0.0, le=1.0, description="refuse when the prevalence's 95 % interval is wider"
+    )
+    min_sensitivity: float = Field(
+        0.95, gt=0.0, lt=1.0,
+        description="never move to a point whose sensitivity on simulated sites is lower",
+    )
+    bootstrap_samples: int = Field(200, ge=20, le=10_000)
+    seed: int = 0
+
+
 class GuardSettings(_Section):
     """`pneumo guard`: the out-of-distribution detector shipped with the model (pneumo/guard.py)."""
 
@@ -477,6 +495,7 @@ class Settings(_Section):
     compare: CompareSettings = CompareSettings()
     explain: ExplainSettings = ExplainSettings()
     stress: StressSettings = StressSettings()
+    adapt: AdaptSettings = AdaptSettings()
     guard: GuardSettings = GuardSettings()
     calibrate: CalibrateSettings = CalibrateSettings()
     registry: RegistrySettings = RegistrySettings()

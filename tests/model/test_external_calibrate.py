@@ -198,3 +198,49 @@ def test_calibration_refuses_a_small_sample_and_names_what_is_missing(
     with pytest.raises(ExternalDataError, match="12 NORMAL, 12 PNEUMONIA.*at least 20"):
         calibrate(settings, workspace, folder, "small-site")
     assert status(settings, workspace)["aliases"] == before
+
+
+def test_adapt_estimates_the_site_prevalence_from_unlabelled_images(
+    registered: tuple[Workspace, Settings], real_root: Path, tmp_path: Path
+) -> None:
+    from pneumo.adapt import AdaptationError, adapt
+    from pneumo.registry import status
+    from pneumo.registry.client import connect
+
+    workspace, settings = registered
+    settings = settings.model_copy(update={"adapt": settings.adapt.model_copy(
+        update={"max_interval_width": 0.5})})  # fmt: skip  (a 64 px model of 8 epochs is vague)
+    normal, pneumonia = (
+        [p for p in _unseen(real_root, workspace, 120, skip=80) if f"/{label}/" in str(p)]
+        for label in ("NORMAL", "PNEUMONIA")
+    )
+    files = normal[:30] + pneumonia[:120]  # prevalence 0.8, against validation's 0.5
+    flat = tmp_path / "site"  # one folder, no class names: nothing to read labels from
+    flat.mkdir()
+    for path in files:
+        shutil.copy(path, flat / path.name)
+    before = status(settings, workspace)["aliases"]
+    report = adapt(settings, workspace, flat, "north")
+    estimate = report["estimate"]
+    low, high = estimate["em_interval"]
+    assert report["images"] == 150 and estimate["reference_prevalence"] == pytest.approx(0.5)
+    assert low <= 0.8 <= high, estimate
+    assert estimate["bbse"] == pytest.approx(0.8, abs=0.2)
+    state = status(settings, workspace)["aliases"]
+    assert state["champion"] == before["champion"]  # the champion is never touched
+    assert report["verdict"]["passed"], report["verdict"]["reasons"]
+    version = state["site-north"]["version"]
+    with connect(settings, workspace) as registry:
+        tags, champion_tags = registry.version(version).tags, registry.version(1).tags
+    assert tags["model_sha256"] == champion_tags["model_sha256"]
+    assert tags["site"] == "north" and tags["adapted_label_free"] == "true"
+    assert float(tags["site_prevalence"]) == pytest.approx(estimate["em"], abs=1e-4)
+    assert tags["moved"] == str(report["moved"]).lower()
+    # Too few images: refused with the number it needs, nothing registered.
+    small = tmp_path / "small"
+    small.mkdir()
+    for path in files[:40]:
+        shutil.copy(path, small / path.name)
+    with pytest.raises(AdaptationError, match="holds 40 images.*at least 100"):
+        adapt(settings, workspace, small, "tiny")
+    assert "site-tiny" not in status(settings, workspace)["aliases"]

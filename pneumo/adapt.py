@@ -1,0 +1,322 @@
+"""Label-free site adaptation: move the operating point to a new site's prevalence, or say why not.
+
+A hospital has unlabelled images on day one. Their share of pneumonia (the prior) is often far
+from the validation split's, and a threshold chosen there then calls too many or too few. This
+step estimates the site's prevalence from the network's probabilities on those images alone, with
+two well-known estimators: EM on the posteriors (maximum-likelihood label shift, Saerens, Latinne
+& Decaestecker 2002), run on probabilities first calibrated on validation (Platt scaling: EM
+needs calibrated posteriors), and black-box shift estimation (BBSE, Lipton et al. 2018) from the
+validation confusion matrix as a cross-check; each with a bootstrap interval. It moves the
+operating point (a prior-shift correction of the logits, so the threshold itself is unchanged)
+only when the evidence says the site differs and the move helps: the interval excludes the
+validation prevalence, and on the validation split resampled to the estimated prevalence the
+moved decision is at least as accurate while keeping sensitivity at ``adapt.min_sensitivity``.
+The result is registered like a calibrated site version (alias ``site-NAME``, same weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumo.decision import Decision
+from pneumo.errors import PneumoError
+from pneumo.metrics import binary_metrics, point_metrics
+from pneumo.workspace import atomic_path
+
+log = logging.getLogger(__name__)
+
+_EPS = 1e-6
+
+
+class AdaptationError(PneumoError):
+    """The site's images cannot support a label-free adaptation (too few, too foreign, too vague)."""
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Platt scaling fitted on validation: calibrated logit = slope * logit(p) + intercept, for
+    a population with the validation split's prevalence (``source_prior``)."""
+
+    slope: float
+    intercept: float
+    source_prior: float
+
+    def __call__(self, probabilities: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.slope * _logit(probabilities) + self.intercept)
+
+
+def fit_calibration(labels: np.ndarray, probabilities: np.ndarray) -> Calibration:
+    """Platt scaling (scikit-learn's logistic regression on the logit, lightly regularised)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = _logit(probabilities).reshape(-1, 1)
+    fitted = LogisticRegression(C=10.0).fit(x, labels)
+    return Calibration(float(fitted.coef_[0, 0]), float(fitted.intercept_[0]),
+                       float(np.mean(labels)))  # fmt: skip
+
+
+def em_prevalence(calibrated: np.ndarray, source_prior: float, max_iter: int = 500) -> float:
+    """The prior that maximises the likelihood of unlabelled posteriors (Saerens et al. 2002)."""
+    p = np.clip(np.asarray(calibrated, dtype=float), _EPS, 1 - _EPS)
+    prior = source_prior
+    for _ in range(max_iter):
+        positive = prior / source_prior * p
+        negative = (1 - prior) / (1 - source_prior) * (1 - p)
+        updated = float(np.mean(positive / (positive + negative)))
+        if abs(updated - prior) < 1e-7:
+            return updated
+        prior = updated
+    return prior
+
+
+def bbse_prevalence(positive_rate: float, tpr: float, fpr: float) -> float:
+    """Black-box shift estimation for two classes: q = tpr * pi + fpr * (1 - pi), solved for pi."""
+    if tpr - fpr < 1e-3:
+        return math.nan
+    return float(np.clip((positive_rate - fpr) / (tpr - fpr), 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class PrevalenceEstimate:
+    em: float
+    em_interval: tuple[float, float]
+    bbse: float
+    bbse_interval: tuple[float, float]
+    n: int
+
+    @property
+    def width(self) -> float:
+        return self.em_interval[1] - self.em_interval[0]
+
+
+def estimate_prevalence(
+    site: np.ndarray,
+    calibration: Calibration,
+    val_labels: np.ndarray,
+    val_probabilities: np.ndarray,
+    threshold: float,
+    samples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PrevalenceEstimate:
+    """EM and BBSE estimates of the site's prevalence from its raw probabilities, with
+    percentile bootstrap intervals over the site's images."""
+    val = binary_metrics(val_labels, val_probabilities, threshold)
+    tpr, fpr = val["sensitivity"], 1 - val["specificity"]
+    calibrated = calibration(site)
+    positive = np.asarray(site) >= threshold
+    rng = np.random.default_rng(seed)
+    em_draws, bbse_draws = [], []
+    for _ in range(samples):
+        index = rng.integers(0, len(site), len(site))
+        em_draws.append(em_prevalence(calibrated[index], calibration.source_prior))
+        bbse_draws.append(bbse_prevalence(float(positive[index].mean()), tpr, fpr))
+    tail = (1 - level) / 2 * 100
+
+    def interval(draws: list[float]) -> tuple[float, float]:
+        low, high = np.nanpercentile(draws, [tail, 100 - tail])
+        return float(low), float(high)
+
+    return PrevalenceEstimate(
+        em=em_prevalence(calibrated, calibration.source_prior), em_interval=interval(em_draws),
+        bbse=bbse_prevalence(float(positive.mean()), tpr, fpr), bbse_interval=interval(bbse_draws),
+        n=len(site),
+    )  # fmt: skip
+
+
+def moved_decision(base: Decision, calibration: Calibration, site_prior: float) -> Decision:
+    """``base`` with the prior-shift correction from the validation prior to ``site_prior``.
+
+    The shift is computed on the calibrated scale and divided by the Platt slope, so it applies
+    to the network's raw probabilities with the validation-chosen threshold unchanged.
+    """
+    source = calibration.source_prior
+    shift = float(_logit(np.array(site_prior))[()] - _logit(np.array(source))[()])
+    return replace(base, prior_log_odds=base.prior_log_odds + shift / calibration.slope,
+                   rule=f"{base.rule}+adapt")  # fmt: skip
+
+
+def simulated_site(labels: np.ndarray, prevalence: float, n: int, seed: int) -> np.ndarray:
+    """Indices of the validation split resampled (with replacement) to ``prevalence``."""
+    rng = np.random.default_rng(seed)
+    positives = round(n * prevalence)
+    return np.concatenate([
+        rng.choice(np.flatnonzero(labels == 1), positives, replace=True),
+        rng.choice(np.flatnonzero(labels == 0), n - positives, replace=True),
+    ])  # fmt: skip
+
+
+def judge_move(
+    estimate: PrevalenceEstimate,
+    base: Decision,
+    moved: Decision,
+    val_labels: np.ndarray,
+    val_probabilities: np.ndarray,
+    min_sensitivity: float,
+    reference_prior: float,
+    seed: int = 0,
+) -> tuple[bool, list[str], dict[str, dict[str, float]]]:
+    """(move?, why, metrics of both decisions on simulated sites at the estimated prevalence)."""
+    low, high = estimate.em_interval
+    reasons = []
+    simulated: dict[str, list[dict[str, float]]] = {"validation": [], "adapted": []}
+    for draw in range(20):
+        index = simulated_site(val_labels, estimate.em, 2000, seed + draw)
+        y, p = val_labels[index], val_probabilities[index]
+        for name, decision in (("validation", base), ("adapted", moved)):
+            simulated[name].append(point_metrics(binary_metrics(y, decision.adjust(p),
+                                                                decision.threshold)))  # fmt: skip
+    mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            for name, rows in simulated.items()}  # fmt: skip
+    if low <= reference_prior <= high:
+        reasons.append(f"the site's prevalence {estimate.em:.3f} [{low:.3f}-{high:.3f}] does not "
+                       f"differ from validation's {reference_prior:.3f}: nothing to adapt")  # fmt: skip
+    if mean["adapted"]["sensitivity"] < min_sensitivity:
+        reasons.append(f"moving would lower sensitivity to {mean['adapted']['sensitivity']:.3f} "
+                       f"on simulated sites at that prevalence (floor {min_sensitivity})")  # fmt: skip
+    if mean["adapted"]["accuracy"] < mean["validation"]["accuracy"]:
+        reasons.append("moving would not raise accuracy on simulated sites at that prevalence")
+    if reasons:
+        return False, reasons, mean
+    gain = mean["adapted"]["accuracy"] - mean["validation"]["accuracy"]
+    return True, [f"prevalence {estimate.em:.3f} [{low:.3f}-{high:.3f}] differs from "
+                  f"validation's {reference_prior:.3f}; accuracy +{gain:.3f} on simulated sites, "
+                  f"sensitivity {mean['adapted']['sensitivity']:.3f}"], mean  # fmt: skip
+
+
+def adapt(
+    settings: Any, workspace: Any, folder: Path, site: str, alias_or_version: str = "champion"
+) -> dict[str, Any]:
+    """Adapt a registry version to ``site`` from the unlabelled images in ``folder``.
+
+    Writes ``metrics/site-NAME.json`` and registers a version (same weights) tagged site=NAME
+    with the alias site-NAME; refuses (AdaptationError) too few, too foreign or too vague images.
+    """
+    from pneumo.accel import configure_threads
+    from pneumo.external import _safe_name
+    from pneumo.predict import collect_images
+
+    cfg = settings.adapt
+    site = _safe_name(site)
+    configure_threads(settings.model.threads)
+    files = collect_images([Path(folder)])
+    if len(files) < cfg.min_images:
+        raise AdaptationError(
+            f"{folder} holds {len(files)} images: a prevalence estimate needs at least "
+            f"{cfg.min_images} (adapt.min_images); add images of the site, any layout"
+        )
+    with tempfile.TemporaryDirectory(prefix="pneumo-adapt-") as tmp:
+        report, candidate, example = _assess_site(settings, workspace, files, site,
+                                                  alias_or_version, Path(tmp))  # fmt: skip
+        _write(workspace.site_metrics(site), report)
+        from pneumo.registry.site import register_site_version
+
+        verdict = register_site_version(settings, workspace, candidate, example)
+    report["verdict"] = verdict.to_json()
+    _write(workspace.site_metrics(site), report)
+    return report
+
+
+def _assess_site(
+    settings: Any, workspace: Any, files: list[Path], site: str, source_name: str, tmp: Path
+) -> tuple[dict[str, Any], Any, np.ndarray]:
+    from pneumo.data.preprocess import decode_files, load_arrays
+    from pneumo.inference import predict
+    from pneumo.predict import Predictor
+    from pneumo.registry import download_version
+    from pneumo.registry.site import SiteCandidate
+    from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
+
+    cfg = settings.adapt
+    source = tmp / "source"
+    info = download_version(settings, workspace, source_name, source)
+    predictor = Predictor.from_files(source / MODEL_FILE, source / DECISION_FILE,
+                                     settings.model.accelerator(), settings.model.runtime,
+                                     source / GUARD_FILE)  # fmt: skip
+    pixels, errors = decode_files([str(f) for f in files], predictor.image_size,
+                                  settings.preprocess.workers, "site images")  # fmt: skip
+    readable = np.array([e is None for e in errors])
+    assessed = predictor.assess(pixels[readable], batch_size=settings.model.batch_size)
+    flagged = float(assessed.out_of_distribution.mean()) if readable.any() else 1.0
+    if flagged > cfg.max_flag_rate:
+        raise AdaptationError(
+            f"the guard flags {flagged:.0%} of the site's images as unlike the training "
+            f"radiographs (allowed {cfg.max_flag_rate:.0%}, adapt.max_flag_rate): the model is "
+            "not fit for this site's images, and its probabilities cannot estimate anything"
+        )
+    base = predictor.decision
+    batch, tta, accel = settings.model.batch_size, base.tta, predictor.accel
+    raw = predict(predictor.network, pixels[readable], batch, tta, accel).probabilities
+    site_raw = raw[~assessed.out_of_distribution]
+    val = load_arrays(workspace.arrays("val"))
+    val_raw = predict(predictor.network, val["images"], batch, tta, accel).probabilities
+    val_p = base.adjust(val_raw)
+    calibration = fit_calibration(val["labels"], val_p)
+    estimate = estimate_prevalence(base.adjust(site_raw), calibration, val["labels"], val_p,
+                                   base.threshold, cfg.bootstrap_samples, seed=cfg.seed)  # fmt: skip
+    if estimate.width > cfg.max_interval_width:
+        raise AdaptationError(
+            f"the site's prevalence is {estimate.em:.2f} with a 95 % interval "
+            f"{estimate.em_interval[0]:.2f}-{estimate.em_interval[1]:.2f}, wider than "
+            f"adapt.max_interval_width {cfg.max_interval_width}: add images of the site"
+        )
+    moved = moved_decision(base, calibration, estimate.em)
+    move, reasons, simulated = judge_move(estimate, base, moved, val["labels"], val_p,
+                                          cfg.min_sensitivity, calibration.source_prior,
+                                          cfg.seed)  # fmt: skip
+    decision = moved if move else replace(base, rule=f"{base.rule}+adapt-kept")
+    decision.save(tmp / DECISION_FILE)
+    report = {
+        "site": site, "images": len(files), "unreadable": int((~readable).sum()),
+        "flagged": flagged, "adapted_from": int(info["version"]),
+        "estimate": {**asdict(estimate), "reference_prevalence": calibration.source_prior},
+        "calibration": asdict(calibration), "moved": move, "reasons": reasons,
+        "threshold": base.threshold, "prior_log_odds": decision.prior_log_odds,
+        "positive_rate": {"validation_decision": float(np.mean(base.positive(base.adjust(site_raw)))),
+                          "adapted_decision": float(np.mean(decision.positive(decision.adjust(site_raw))))},
+        "simulated_sites": simulated,
+    }  # fmt: skip
+    guard = source / GUARD_FILE
+    candidate = SiteCandidate(
+        site=site, model=source / MODEL_FILE, decision=tmp / DECISION_FILE,
+        guard=guard if guard.is_file() else None, calibrated_from=int(info["version"]),
+        # What the registered decision keeps on simulated sites (the moved one, or the same).
+        site_metrics=simulated["adapted" if move else "validation"],
+        reference_metrics=simulated["validation"],
+        sample_sha256=_sha256_of_files(files), report_files=[workspace.site_metrics(site)],
+        facts={"adapted_label_free": "true", "site_prevalence": f"{estimate.em:.4f}",
+               "site_prevalence_interval": f"{estimate.em_interval[0]:.4f}-{estimate.em_interval[1]:.4f}",
+               "site_prevalence_bbse": f"{estimate.bbse:.4f}", "moved": str(move).lower()},
+    )  # fmt: skip
+    return report, candidate, pixels[readable][:2]
+
+
+def _sha256_of_files(files: list[Path]) -> str:
+    import hashlib
+
+    from pneumo.workspace import sha256_file
+
+    return hashlib.sha256("".join(sorted(sha256_file(f) for f in files)).encode()).hexdigest()
+
+
+def _write(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
