@@ -243,6 +243,11 @@ class StressSettings(_Section):
     """`pneumo stress`: the validation split under a fixed battery of acquisition shifts."""
 
     seed: int = Field(0, description="draws of the random shifts (noise, marker placement)")
+    min_sensitivity: float = Field(
+        0.95, gt=0.0, lt=1.0,
+        description="the threshold-rule table (metrics/stress.json operating_points) recommends "
+        "the rule that keeps this sensitivity on every simulated site",
+    )
 
 
 class CalibrateSettings(_Section):
@@ -459,6 +464,11 @@ class MonitorSettings(_Section):
     )
     positive_rate_warn: float = Field(0.1, gt=0, le=1, description="|window - reference| warns")
     positive_rate_alert: float = Field(0.2, gt=0, le=1, description="|window - reference| alerts")
+    prevalence_warn: float = Field(
+        0.1, ge=0, le=1,
+        description="estimated prevalence's interval this far from the reference's warns",
+    )
+    prevalence_alert: float = Field(0.25, ge=0, le=1, description="... this far alerts")
     ood_rate_warn: float = Field(
         0.05, gt=0, le=1, description="out-of-distribution share above the reference's warns"
     )

@@ -210,16 +210,22 @@ def stress_report(
     threshold: float,
     image_size: int,
     seed: int = 0,
+    collected: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Score ``predict`` on the clean working copies and on every shift and severity."""
+    """Score ``predict`` on the clean working copies and on every shift and severity; with
+    ``collected``, keep each set's probabilities there (``clean``, ``NAME@SEVERITY``)."""
     from pneumo.data.preprocess import decode_radiograph
 
-    def scored(images: np.ndarray) -> dict[str, float]:
-        values = binary_metrics(labels, predict(images), threshold)
+    def scored(images: np.ndarray, name: str) -> dict[str, float]:
+        probabilities = predict(images)
+        if collected is not None:
+            collected[name] = probabilities
+        values = binary_metrics(labels, probabilities, threshold)
         return {name: values[name] for name in REPORTED}
 
     clean = np.stack([decode_radiograph(Image.fromarray(i), image_size) for i in working])
-    report: dict[str, Any] = {"threshold": threshold, "n": len(labels), "clean": scored(clean)}
+    report: dict[str, Any] = {"threshold": threshold, "n": len(labels),
+                              "clean": scored(clean, "clean")}  # fmt: skip
     shifts: dict[str, Any] = {}
     for shift in SHIFTS:
         shifts[shift.name] = {"describes": shift.describes}
@@ -227,14 +233,14 @@ def stress_report(
             images = shifted_images(working, shift, severity, image_size, seed)
             shifts[shift.name][str(severity)] = {
                 "level": shift.levels[severity - 1],
-                **scored(images),
+                **scored(images, f"{shift.name}@{severity}"),
             }
         log.info("stress %s: ROC-AUC %.4f / %.4f", shift.name,
                  shifts[shift.name]["1"]["roc_auc"], shifts[shift.name]["2"]["roc_auc"])  # fmt: skip
     report["shifts"] = shifts
     report["summary"] = summarise(shifts)
     report["counterfactual"] = counterfactual_report(predict, working, clean, labels, threshold,
-                                                     image_size)  # fmt: skip
+                                                     image_size, collected)  # fmt: skip
     return report
 
 
@@ -360,6 +366,7 @@ def counterfactual_report(
     labels: np.ndarray,
     threshold: float,
     image_size: int,
+    collected: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Sensitivity, specificity and ROC-AUC when the classes trade acquisition looks.
 
@@ -371,6 +378,8 @@ def counterfactual_report(
     normal, pneumonia = labels == 0, labels == 1
     for severity in SEVERITIES:
         p_swapped = predict(counterfactual_images(working, labels, severity, image_size))
+        if collected is not None:
+            collected[f"cf_swap@{severity}"] = p_swapped
         cases = {
             "normal_as_pneumonia": np.where(normal, p_swapped, p_clean),
             "pneumonia_as_normal": np.where(pneumonia, p_swapped, p_clean),
@@ -423,10 +432,17 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
     root = root if root.is_absolute() else workspace.root / root
     working = working_copies([str(root / p) for p in val["paths"]], predictor.image_size,
                              settings.preprocess.workers)  # fmt: skip
+    sets: dict[str, np.ndarray] = {}
     report = stress_report(
         lambda images: predictor.probabilities(images, settings.model.batch_size),
         working, val["labels"], predictor.threshold, predictor.image_size, settings.stress.seed,
+        sets,
     )  # fmt: skip
+    from pneumo.operating_point import rule_table
+
+    # Which threshold rule holds on simulated sites (this network's probabilities, validation).
+    report["operating_points"] = rule_table(val["labels"], sets, settings.evaluate,
+                                            settings.stress.min_sensitivity)  # fmt: skip
     files = write_outputs(report, workspace.stress_metrics, workspace.stress_plots)
     if workspace.run_id.is_file():
         from pneumo import tracking

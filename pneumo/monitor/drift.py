@@ -121,6 +121,27 @@ def live_performance(window: pd.DataFrame, evaluate: Any, min_feedback: int) -> 
     return out
 
 
+def live_prevalence(
+    current: pd.DataFrame, reference: pd.DataFrame, about: dict[str, Any]
+) -> dict[str, Any]:
+    """The window's pneumonia prevalence estimated from its (unlabelled) answers, the way
+    `pneumo adapt` estimates a site's: EM on posteriors Platt-calibrated on the reference
+    (validation) split, BBSE as a cross-check, bootstrap intervals. Flagged images are left out."""
+    from pneumo.prevalence import estimate_prevalence, fit_calibration
+
+    labels = reference["true_label"].map(LABEL_INDEX).to_numpy()
+    known = reference["probability"].notna().to_numpy()
+    window = current[~current["out_of_distribution"].astype(bool)]["probability"].dropna()
+    if len(window) < 20 or len(np.unique(labels[known])) < 2:
+        return {"note": "too few answers to estimate"}
+    calibration = fit_calibration(labels[known], reference["probability"].to_numpy()[known])
+    threshold = float(about.get("threshold", 0.5))
+    estimate = estimate_prevalence(window.to_numpy(), calibration, labels[known],
+                                   reference["probability"].to_numpy()[known], threshold)  # fmt: skip
+    return {"estimate": estimate.em, "interval": list(estimate.em_interval),
+            "bbse": estimate.bbse, "reference": calibration.source_prior, "n": estimate.n}  # fmt: skip
+
+
 def assess(
     window: pd.DataFrame,
     reference: pd.DataFrame,
@@ -163,6 +184,7 @@ def assess(
         "window": _rate(current["refer_to_radiologist"]),
         "reference": _rate(reference["refer_to_radiologist"]),
     }
+    summary["prevalence"] = live_prevalence(current, reference, about)
     summary["live"] = live_performance(current, settings.evaluate, monitor.min_feedback)
     shas = set(window["model_sha256"].dropna())
     summary["reference_model_matches"] = shas <= {about.get("model_sha256")}
@@ -196,6 +218,16 @@ def verdict(summary: dict[str, Any], settings: Any) -> tuple[str, list[str]]:
         monitor.positive_rate_alert,
         f"positive rate {rates['window']:.1%} vs {rates['reference']:.1%} on the validation split",
     )
+    prevalence = summary.get("prevalence") or {}
+    if "estimate" in prevalence:
+        low, high = prevalence["interval"]
+        away = max(low - prevalence["reference"], prevalence["reference"] - high, 0.0)
+        check(away, monitor.prevalence_warn, monitor.prevalence_alert,
+              f"estimated pneumonia prevalence {prevalence['estimate']:.1%} "
+              f"[{low:.1%}-{high:.1%}] vs {prevalence['reference']:.1%} on the validation split: "
+              "the operating point may no longer fit; adapt it with `pneumo adapt FOLDER --site "
+              "NAME` on the window's images (kept when monitor.keep_images is on: "
+              "`pneumo feedback export`)")  # fmt: skip
     probability = summary["prediction_drift"]["probability"]
     if probability["drifted"]:
         findings.append(

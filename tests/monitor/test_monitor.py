@@ -12,7 +12,7 @@ import pytest
 
 from pneumo.config import Settings
 from pneumo.data.preprocess import decode_radiograph
-from pneumo.monitor.drift import assess
+from pneumo.monitor.drift import assess, verdict
 from pneumo.monitor.reference import load_reference
 from pneumo.monitor.stats import PERCENTILES, input_statistics
 from pneumo.monitor.store import PredictionStore, resolve_url, utcnow
@@ -146,3 +146,29 @@ def test_live_performance_from_feedback(monitor_lab: tuple[Settings, Workspace],
     assert live["metrics"]["specificity"] == pytest.approx((~called[~truth]).mean())
     low, high = live["intervals"]["accuracy"]
     assert low <= live["metrics"]["accuracy"] <= high
+
+
+def test_the_window_prevalence_is_estimated_and_a_move_proposes_adapt(
+    monitor_lab: tuple[Settings, Workspace], real_root: Path
+) -> None:
+    """Unlabelled answers of a window with 4 pneumonias to 1 normal: the estimate's interval (EM,
+    as `pneumo adapt` makes it) covers the truth; the verdict proposes `pneumo adapt` only when
+    the interval leaves the reference's prevalence (this lab's small model is too vague to)."""
+    settings, workspace = monitor_lab
+    reference, about = load_reference(workspace)
+    paths = sample_paths(real_root, 80, skip=REFERENCE_PER_CLASS + REPLAY_PER_CLASS + 20, seed=3)
+    normal = [p for p in paths if label_of(p) == "NORMAL"][:20]
+    pneumonia = [p for p in paths if label_of(p) == "PNEUMONIA"][:80]
+    window, start, end = _window(settings, workspace, [p.read_bytes() for p in normal + pneumonia])
+    summary = assess(window, reference, about, settings, start, end).summary
+    prevalence = summary["prevalence"]
+    assert prevalence["reference"] == pytest.approx((reference["true_label"] == "PNEUMONIA").mean())
+    low, high = prevalence["interval"]
+    assert low <= 0.8 <= high, prevalence
+    proposes = any("pneumo adapt" in reason for reason in summary["reasons"])
+    assert proposes == (low - prevalence["reference"] > settings.monitor.prevalence_warn)
+    # The same verdict on a window whose interval lies far from the reference: warn, and adapt.
+    far = {**summary, "prevalence": {**prevalence, "estimate": 0.85, "interval": [0.78, 0.9]}}
+    status, reasons = verdict(far, settings)
+    assert status in ("warn", "alert")
+    assert any("prevalence 85.0% [78.0%-90.0%]" in r and "pneumo adapt" in r for r in reasons)

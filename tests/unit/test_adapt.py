@@ -6,16 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo.adapt import (
+from pneumo.adapt import judge_move, moved_decision
+from pneumo.decision import Decision
+from pneumo.prevalence import (
     Calibration,
     bbse_prevalence,
     em_prevalence,
     estimate_prevalence,
     fit_calibration,
-    judge_move,
-    moved_decision,
 )
-from pneumo.decision import Decision
 
 
 def _scores(labels: np.ndarray, seed: int) -> np.ndarray:
