@@ -207,6 +207,8 @@ def _assess_site(
         facts={"adapted_label_free": "true", "site_prevalence": f"{estimate.em:.4f}",
                "site_prevalence_interval": f"{estimate.em_interval[0]:.4f}-{estimate.em_interval[1]:.4f}",
                "site_prevalence_bbse": f"{estimate.bbse:.4f}", "moved": str(move).lower()},
+        how="label-free: prevalence estimated from unlabelled images; the figures are the "
+        "validation split resampled to that prevalence",
     )  # fmt: skip
     return report, candidate, pixels[readable][:2]
 

@@ -1,12 +1,16 @@
 """Site calibration: adapt the champion's operating point to a new hospital from a small sample.
 
 Radiology teams deploy a model at a new site by measuring it on a labelled sample of that site.
-The sample is split by patient into a calibration half (the threshold is re-chosen there by the
-configured rule, optionally after a prior-shift correction for the site's declared prevalence and
-a re-estimation of BatchNorm statistics on the site's images) and a report half (every metric
-and the gate are computed there only), so the images that chose the threshold never grade it.
-The result is a new registry version with the champion's weights (unless BatchNorm statistics
-were re-estimated), tagged ``site=NAME`` with the alias ``site-NAME``; the champion is untouched.
+A screening service may not trade sensitivity away silently, so the site threshold is the most
+specific one that keeps sensitivity at ``calibrate.min_sensitivity``, held on the lower side of
+its confidence interval where the sample has enough pneumonia cases to allow it (optionally after
+a prior-shift correction for the site's prevalence and a re-estimation of BatchNorm statistics).
+Every image both chooses and grades, but never at once: patient-grouped cross-fitting
+(``calibrate.folds``) chooses each fold's threshold on the other folds, and the report is made of
+those out-of-fold calls, before and after, with patient-bootstrap intervals. The registered
+threshold is the rule applied to the whole sample. The result is a new registry version with the
+champion's weights (unless BatchNorm statistics were re-estimated), tagged ``site=NAME`` with the
+alias ``site-NAME``; the champion is untouched.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from pneumo.accel import Accelerator
-from pneumo.decision import Decision, choose_threshold
+from pneumo.decision import Decision
 from pneumo.errors import PneumoError
 from pneumo.external import ExternalDataError, LabelledImages
 from pneumo.inference import predict_proba
@@ -41,14 +44,6 @@ class CalibrationError(PneumoError):
     """The site sample cannot calibrate the model (too small, or the gate refused it)."""
 
 
-@dataclass(frozen=True)
-class SiteSplit:
-    """Indices of the calibration and report halves of a site sample (patient-disjoint)."""
-
-    calibration: np.ndarray
-    report: np.ndarray
-
-
 def check_sample_size(images: LabelledImages, min_per_class: int) -> None:
     counts = images.counts()
     short = {label: n for label, n in counts.items() if n < min_per_class}
@@ -56,23 +51,42 @@ def check_sample_size(images: LabelledImages, min_per_class: int) -> None:
         shown = ", ".join(f"{n} {label}" for label, n in short.items())
         raise ExternalDataError(
             f"the site sample has {shown}: calibration needs at least {min_per_class} images of "
-            f"each class (half choose the threshold, half report it); add "
+            f"each class (every fold must hold both classes to choose and to report); add "
             + ", ".join(f"{min_per_class - n} more {label}" for label, n in short.items())
         )
 
 
-def split_sample(images: LabelledImages, report_fraction: float, seed: int) -> SiteSplit:
-    """Patients, per class, go wholly to the calibration or the report half."""
-    rng = np.random.default_rng(seed)
+def patient_folds(images: LabelledImages, folds: int, seed: int) -> list[np.ndarray]:
+    """Indices of each fold: whole patients, both classes in every fold (scikit-learn)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
     frame = images.frame.reset_index(drop=True)
-    report_patients: set[str] = set()
-    for _, part in frame.groupby("label"):
-        patients = np.array(sorted(part["patient_id"].unique()))
-        rng.shuffle(patients)
-        cut = max(1, round(len(patients) * report_fraction))
-        report_patients.update(patients[:cut])
-    in_report = frame["patient_id"].isin(report_patients).to_numpy()
-    return SiteSplit(np.flatnonzero(~in_report), np.flatnonzero(in_report))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [test for _, test in splitter.split(frame, images.labels, frame["patient_id"])]
+
+
+def sensitivity_lower_bound(hits: int, n: int, level: float) -> float:
+    """Clopper-Pearson lower bound of a sensitivity of ``hits`` out of ``n``."""
+    from scipy.stats import beta
+
+    return 0.0 if hits == 0 else float(beta.ppf((1 - level) / 2, hits, n - hits + 1))
+
+
+def floor_threshold(
+    labels: np.ndarray, probabilities: np.ndarray, floor: float, level: float
+) -> tuple[float, bool]:
+    """(threshold, held on the interval?): the highest threshold whose sensitivity's lower bound
+    reaches ``floor``; when no threshold can (too few pneumonia cases), the highest whose point
+    sensitivity does."""
+    positives = np.sort(np.asarray(probabilities)[np.asarray(labels) == 1])[::-1]
+    n = len(positives)
+    if n == 0:
+        raise CalibrationError("the sample has no pneumonia case to hold a sensitivity floor on")
+    for hits in range(1, n + 1):  # the threshold at the hits-th highest pneumonia score
+        if sensitivity_lower_bound(hits, n, level) >= floor:
+            return float(positives[hits - 1]), True
+    needed = int(np.ceil(floor * n))
+    return float(positives[max(needed, 1) - 1]), False
 
 
 def prior_log_odds(site_prevalence: float | None, model_prevalence: float) -> float:
@@ -111,12 +125,21 @@ def reestimate_batchnorm(
 
 
 def site_decision(
-    labels: np.ndarray, probabilities: np.ndarray, base: Decision, settings: Any, log_odds: float
-) -> Decision:
-    """The threshold re-chosen on the calibration half, on the prior-corrected scale."""
+    labels: np.ndarray, probabilities: np.ndarray, base: Decision, cfg: Any, level: float,
+    log_odds: float,
+) -> tuple[Decision, bool]:  # fmt: skip
+    """The most specific threshold under the sensitivity floor, on the prior-corrected scale;
+    and whether the floor held on the interval's lower side."""
     shifted = Decision(0.5, "prior", prior_log_odds=log_odds).adjust(probabilities)
-    chosen = choose_threshold(labels, shifted, settings, tta=base.tta)
-    return replace(chosen, referral_margin=base.referral_margin, prior_log_odds=log_odds)
+    threshold, on_interval = floor_threshold(labels, shifted, cfg.min_sensitivity, level)
+    predicted = shifted >= threshold
+    decision = Decision(
+        threshold=threshold, rule=f"min_sensitivity {cfg.min_sensitivity:g}",
+        val_sensitivity=float(predicted[labels == 1].mean()),
+        val_specificity=float((~predicted[labels == 0]).mean()) if (labels == 0).any() else math.nan,
+        referral_margin=base.referral_margin, tta=base.tta, prior_log_odds=log_odds,
+    )  # fmt: skip
+    return decision, on_interval
 
 
 def model_prevalence(settings: Any, train_labels: np.ndarray) -> float:
@@ -147,7 +170,7 @@ def calibrate(
     images = load_labelled_folder(folder, settings.preprocess.workers)
     check_sample_size(images, cfg.min_per_class)
     check_no_overlap(images, workspace)
-    halves = split_sample(images, cfg.report_fraction, cfg.seed)
+    folds = patient_folds(images, cfg.folds, cfg.seed)
     accel = settings.model.accelerator()
     with tempfile.TemporaryDirectory(prefix="pneumo-calibrate-") as tmp:
         source, adapted_dir = Path(tmp) / "source", Path(tmp) / "adapted"
@@ -159,9 +182,9 @@ def calibrate(
         weights = source / MODEL_FILE
         if cfg.recalibrate_batchnorm:
             weights = adapted_dir / MODEL_FILE
-            adapted = reestimate_batchnorm(reference.model, pixels[halves.calibration], accel)
+            adapted = reestimate_batchnorm(reference.model, pixels, accel)  # no label is read
             save_model(adapted, weights, reference.metadata)
-        report, decision = _calibrated_report(settings, workspace, images, halves, reference,
+        report, decision = _calibrated_report(settings, workspace, images, folds, reference,
                                               weights, pixels)  # fmt: skip
         report.update(site=site, calibrated_from=int(info["version"]))
         decision.save(adapted_dir / DECISION_FILE)
@@ -186,17 +209,17 @@ def _calibrated_report(
     settings: Any,
     workspace: Any,
     images: LabelledImages,
-    halves: SiteSplit,
+    folds: list[np.ndarray],
     reference: Any,
     weights: Path,
     pixels: np.ndarray,
 ) -> tuple[dict[str, Any], Decision]:
-    """The site decision (chosen on the calibration half) and both versions on the report half."""
+    """The site decision (the whole sample) and, out of fold, both versions' calls with intervals."""
     from pneumo.data.preprocess import load_arrays
     from pneumo.evaluate import score
     from pneumo.models import load_model
 
-    cfg = settings.calibrate
+    cfg, level = settings.calibrate, settings.evaluate.ci_level
     model, _ = load_model(weights)
     probabilities = predict_proba(model, pixels, settings.model.batch_size, reference.decision.tta,
                                   reference.accel)  # fmt: skip
@@ -204,23 +227,46 @@ def _calibrated_report(
     subtypes = images.frame["subtype"].to_numpy()
     train_labels = load_arrays(workspace.arrays("train"))["labels"]
     shift = prior_log_odds(cfg.prevalence, model_prevalence(settings, train_labels))
-    cal, rep = halves.calibration, halves.report
-    decision = site_decision(labels[cal], probabilities[cal], reference.decision,
-                             settings.evaluate, shift)  # fmt: skip
-    calibrated = score(labels[rep], decision.adjust(probabilities[rep]), patients[rep], decision,
-                       settings.evaluate, subtypes[rep], name="calibrated")  # fmt: skip
-    as_is = reference.probabilities(pixels[rep], settings.model.batch_size)
-    points_only = settings.evaluate.model_copy(update={"bootstrap_samples": 0})
-    before = score(labels[rep], as_is, patients[rep], reference.decision, points_only,
+    # Out of fold: each fold's calls come from the threshold the other folds chose. On the
+    # margin's scale (logit p - logit threshold) they all read at 0.5.
+    margins = np.empty(len(labels))
+    held = []
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(len(labels)), fold)
+        chosen, on_interval = site_decision(labels[rest], probabilities[rest], reference.decision,
+                                            cfg, level, shift)  # fmt: skip
+        held.append(on_interval)
+        adjusted = chosen.adjust(probabilities[fold])
+        margins[fold] = _logit(adjusted) - _logit(np.array([chosen.threshold]))[0]
+    out_of_fold = Decision(0.5, "cross-fitted", referral_margin=reference.decision.referral_margin)
+    calibrated = score(labels, 1 / (1 + np.exp(-margins)), patients, out_of_fold,
+                       settings.evaluate, subtypes, name="calibrated")  # fmt: skip
+    decision, on_interval = site_decision(labels, probabilities, reference.decision, cfg, level,
+                                          shift)  # fmt: skip
+    calibrated["threshold"] = decision.to_json()
+    as_is = reference.probabilities(pixels, settings.model.batch_size)
+    before = score(labels, as_is, patients, reference.decision, settings.evaluate,
                    name="reference")  # fmt: skip
     report = {
-        "counts": images.counts(), "calibration_images": int(len(cal)),
-        "report_images": int(len(rep)), "prevalence": cfg.prevalence, "prior_log_odds": shift,
+        "counts": images.counts(), "folds": len(folds), "images": int(len(labels)),
+        "calibration_images": int(len(labels)), "report_images": int(len(labels)),
+        "min_sensitivity": cfg.min_sensitivity,
+        "floor_held_on_interval": bool(on_interval and all(held)),
+        "prevalence": cfg.prevalence, "prior_log_odds": shift,
         "recalibrated_batchnorm": cfg.recalibrate_batchnorm,
         "reference_threshold": reference.decision.threshold, **calibrated,
         "reference": before["reference"],
     }  # fmt: skip
+    if not report["floor_held_on_interval"]:
+        log.warning("the sample has too few pneumonia cases to hold sensitivity %.2f on the lower "
+                    "side of its interval: the floor holds on the point estimate only",
+                    cfg.min_sensitivity)  # fmt: skip
     return report, decision
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
 
 
 def _write(path: Path, report: dict[str, Any]) -> None:

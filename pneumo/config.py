@@ -254,8 +254,11 @@ class CalibrateSettings(_Section):
     """`pneumo calibrate FOLDER --site NAME`: a registry version adapted to a new site's sample."""
 
     min_per_class: int = Field(30, ge=10, description="refuse samples with fewer images per class")
-    report_fraction: float = Field(
-        0.5, gt=0.1, lt=0.9, description="share of patients kept to report (never to calibrate)"
+    folds: int = Field(5, ge=2, le=20, description="patient-grouped cross-fitting folds")
+    min_sensitivity: float = Field(
+        0.95, gt=0.0, lt=1.0,
+        description="the site threshold keeps this sensitivity (on its interval's lower side "
+        "where the sample allows)",
     )
     prevalence: float | None = Field(
         None, gt=0.0, lt=1.0, description="the site's pneumonia prevalence: prior-shift correction"

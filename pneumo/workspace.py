@@ -139,7 +139,7 @@ class Workspace:
         return self.root / "metrics" / f"external-{name}.json"
 
     def site_metrics(self, site: str) -> Path:
-        """`pneumo calibrate --site NAME`: the site sample's report half, before and after."""
+        """`pneumo calibrate --site NAME`: the site sample's out-of-fold calls, before and after."""
         return self.root / "metrics" / f"site-{site}.json"
 
     def external_plots(self, name: str) -> Path:

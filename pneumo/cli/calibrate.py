@@ -17,20 +17,21 @@ def run(args: argparse.Namespace) -> int:
     workspace = workspace_of(args)
     report = calibrate(load_settings_of(args), workspace, args.folder, args.site, source)
     verdict = report["verdict"]
-    print(f"site {report['site']}: {report['counts']}; threshold chosen on "
-          f"{report['calibration_images']} images, reported on {report['report_images']} others")  # fmt: skip
+    print(f"site {report['site']}: {report['counts']}; {report['folds']}-fold patient-grouped "
+          "cross-fitting (each image graded by a threshold chosen on other patients)")  # fmt: skip
     print(f"threshold v{report['calibrated_from']} {report['reference_threshold']:.4f} -> "
           f"site {report['threshold']['threshold']:.4f} ({report['threshold']['rule']})")  # fmt: skip
-    print(f"{'on the report half':<22}" + "".join(f"{name:>13}" for name in SHOWN))
+    if not report["floor_held_on_interval"]:
+        print(f"note: too few pneumonia cases to hold sensitivity {report['min_sensitivity']} on "
+              "the lower side of its interval; it holds on the point estimate")  # fmt: skip
+    print(f"{'out of fold':<22}" + "".join(f"{name:>22}" for name in SHOWN))
     for label, values in ((f"v{report['calibrated_from']} as is", report["reference"]),
                           ("site version", report["calibrated"])):  # fmt: skip
-        print(f"{label:<22}" + "".join(f"{values[name]:>13.3f}" for name in SHOWN))
-    site_ci = report["calibrated"].get("ci", {})
-    if "accuracy" in site_ci:
-        low, high = site_ci["accuracy"]
-        print(
-            f"site version accuracy {report['calibrated']['accuracy']:.3f} [{low:.3f}-{high:.3f}]"
-        )
+        cells = []
+        for name in SHOWN:
+            low, high = (values.get("ci") or {}).get(name, (float("nan"), float("nan")))
+            cells.append(f"{values[name]:.3f} [{low:.3f}-{high:.3f}]")
+        print(f"{label:<22}" + "".join(f"{cell:>22}" for cell in cells))
     outcome = f"alias site-{report['site']}" if verdict["passed"] else "no alias (gate failed)"
     print(f"registered as version {verdict['version']}: {outcome}")
     for reason in verdict["reasons"]:
@@ -43,10 +44,14 @@ COMMAND = Command(
     "calibrate",
     help="re-choose the champion's threshold on a labelled sample of a new site; register it",
     description="The sample (Kermany layout, or NORMAL/ and PNEUMONIA/ directly; at least "
-    "calibrate.min_per_class images per class; no image shared with the dataset) is split by "
-    "patient: one part chooses the threshold by evaluate.threshold_rule (after a prior-shift "
+    "calibrate.min_per_class images per class; no image shared with the dataset) chooses the most "
+    "specific threshold that keeps sensitivity >= calibrate.min_sensitivity, on the lower side of "
+    "its 95 % interval where the sample has enough pneumonia cases (after a prior-shift "
     "correction when calibrate.prevalence is set, and BatchNorm re-estimation when "
-    "calibrate.recalibrate_batchnorm is on), the other reports and gates it. The result is a new "
+    "calibrate.recalibrate_batchnorm is on). Every image is used: patient-grouped cross-fitting "
+    "(calibrate.folds) grades each fold with a threshold chosen on the others, and the report shows "
+    "sensitivity and specificity with intervals before and after; the gate judges those. Start "
+    "label-free with `pneumo adapt` on the site's unlabelled images. The result is a new "
     "registry version with the same weights, tagged site=NAME, given the alias site-NAME if it "
     "passes the gate; the champion is never replaced. Serve it with "
     "`pneumo serve --model-version site-NAME`.",

@@ -1,7 +1,7 @@
 """Register a site-calibrated version: the champion's weights with a site's own operating point.
 
 The version gets its own MLflow run (``calibrate-NAME``: the site metrics and the sample's
-identity), the tag ``site=NAME`` and, only when the gate passes it on the site's report half, the
+identity), the tag ``site=NAME`` and, only when the gate passes it on the site's sample, the
 alias ``site-NAME``. The champion's aliases are never touched.
 """
 
@@ -31,18 +31,21 @@ def site_alias(site: str) -> str:
 
 @dataclass(frozen=True)
 class SiteCandidate:
-    """What calibration produced: the files to register and how they scored on the report half."""
+    """What calibration or adaptation produced: the files to register and how they scored."""
 
     site: str
     model: Path
     decision: Path
     guard: Path | None
     calibrated_from: int  # the registry version whose weights (and guard) were adapted
-    site_metrics: dict[str, float]  # the site version on the report half
-    reference_metrics: dict[str, float]  # that version, unchanged, on the same report half
+    site_metrics: dict[str, float]  # the site version on the site sample (out of fold)
+    reference_metrics: dict[str, float]  # that version, unchanged, on the same images
     sample_sha256: str  # identity of the site sample (its images' sha256s)
     report_files: list[Path]
     facts: dict[str, str]  # sample counts, prevalence, batchnorm: shown as tags
+    # How the figures were made, for the version's description.
+    how: str = ("labelled sample; every figure is out of fold: each image graded by a threshold "
+                "chosen on other patients")  # fmt: skip
 
 
 def register_site_version(
@@ -113,9 +116,9 @@ def _description(candidate: SiteCandidate, verdict: GateVerdict) -> str:
         for metric, row in verdict.comparison().items()
     )
     return (
-        f"Site calibration of v{candidate.calibrated_from} for **{candidate.site}**: same network, "
-        f"threshold re-chosen on the calibration half of the site sample; every number below is "
-        f"on the other half.\n\n| metric | v{candidate.calibrated_from} as is | this version |\n"
+        f"Site version of v{candidate.calibrated_from} for **{candidate.site}**: same network, "
+        f"operating point re-chosen for the site ({candidate.how}).\n\n"
+        f"| metric | v{candidate.calibrated_from} as is | this version |\n"
         f"|---|---|---|\n{rows}\n\nVerdict: {'passed' if verdict.passed else 'failed'}. "
         + " ".join(verdict.reasons)
     )
