@@ -86,6 +86,10 @@ def screen_file(path: str | Path) -> str | None:
         return None  # the decoder reports why the file cannot be read
 
 
+class GuardMismatchError(PipelineOrderError):
+    """The guard was fitted on another network's features than the model it is loaded with."""
+
+
 @dataclass
 class Guard:
     """The fitted feature detector and its validation-calibrated cut-off."""
@@ -96,6 +100,25 @@ class Guard:
     precision: torch.Tensor  # (D, D)
     cutoff: float
     max_val_flag_rate: float
+    # The sha256 of the weights file whose features it was fitted on: another network's features
+    # would be far from all of it, and every image flagged.
+    weights_sha256: str = ""
+
+    def check_weights(self, model_path: Path, guard_path: Path | str = "the guard") -> None:
+        """Refuse to judge another network's features (the guard and the model travel together)."""
+        from pneumo.workspace import sha256_file
+
+        actual = sha256_file(Path(model_path))
+        if not self.weights_sha256:
+            log.warning("%s records no weights digest (made before pneumo bound guards to their "
+                        "weights): rerun `pneumo guard` to bind it", guard_path)  # fmt: skip
+        elif self.weights_sha256 != actual:
+            raise GuardMismatchError(
+                f"{guard_path} was fitted on the features of other weights (sha256 "
+                f"{self.weights_sha256[:12]}…, the model is {actual[:12]}…): its verdicts would "
+                "flag every image. Run `pneumo guard` (or `dvc repro guard`) after training, then "
+                "package or serve again"
+            )
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Outlier score per image: the Mahalanobis distance to the closest class (higher = stranger)."""
@@ -119,7 +142,7 @@ class Guard:
             "method": "mahalanobis",
             "mean": self.mean, "scale": self.scale, "centres": self.centres,
             "precision": self.precision, "cutoff": self.cutoff,
-            "max_val_flag_rate": self.max_val_flag_rate,
+            "max_val_flag_rate": self.max_val_flag_rate, "weights_sha256": self.weights_sha256,
         }  # fmt: skip
         with atomic_path(Path(path)) as tmp:
             torch.save(payload, tmp)
@@ -134,7 +157,8 @@ class Guard:
             if payload.get("format_version") != FORMAT_VERSION:
                 raise PipelineOrderError(f"{path} has another format: rerun `pneumo guard`")
             return cls(payload["mean"], payload["scale"], payload["centres"], payload["precision"],
-                       float(payload["cutoff"]), float(payload["max_val_flag_rate"]))  # fmt: skip
+                       float(payload["cutoff"]), float(payload["max_val_flag_rate"]),
+                       str(payload.get("weights_sha256", "")))  # fmt: skip
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, KeyError) as exc:
             raise PipelineOrderError(
                 f"{path} is not a guard file ({exc}): rerun `pneumo guard`"
@@ -208,6 +232,9 @@ def guard_stage(settings: Any, workspace: Any) -> dict[str, Any]:
     train, val = (load_arrays(workspace.arrays(s)) for s in ("train", "val"))
     guard = fit(features(train["images"]), train["labels"], features(val["images"]),
                 settings.guard.max_val_flag_rate)  # fmt: skip
+    from pneumo.workspace import sha256_file
+
+    guard.weights_sha256 = sha256_file(workspace.model)
     guard.save(workspace.guard)
     val_screened = [Screening(size, size, 0.0).reason(p) for p in val["images"]]
     val_reasons = reasons(guard, guard.scores(features(val["images"])), val_screened)

@@ -87,6 +87,8 @@ class Predictor:
         model, metadata = load_model(model_path)
         model_id = f"{metadata['arch']}@{sha256_file(Path(model_path))[:12]}"
         guard = Guard.load(guard_path) if guard_path and Path(guard_path).is_file() else None
+        if guard is not None:
+            guard.check_weights(Path(model_path), guard_path)
         network = compile_network(model, runtime, accel, features=guard is not None)
         return cls(model, metadata, decision, model_id, accel, guard, network)
 

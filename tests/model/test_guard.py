@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pneumo import guard as guard_module
@@ -120,3 +121,25 @@ def test_assessment_matches_plain_probabilities(fitted: tuple[Workspace, Setting
     assert predictor.assess(noise).out_of_distribution.all()
     blank = np.stack([decode_radiograph(Image.new("L", (90, 90), 7), images.shape[1])])
     assert "uniform" in predictor.assess(blank).ood_reasons[0]
+
+
+def test_a_guard_refuses_weights_it_was_not_fitted_on(
+    fitted: tuple[Workspace, Settings, dict], tmp_path: Path
+) -> None:
+    """Retraining without rerunning `pneumo guard` must say so, not flag every image."""
+    from pneumo.guard import GuardMismatchError
+    from pneumo.models import save_model
+    from pneumo.workspace import sha256_file
+
+    workspace, _, _ = fitted
+    assert Guard.load(workspace.guard).weights_sha256 == sha256_file(workspace.model)
+    model, metadata = load_model(workspace.model)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)  # "retrained": other weights
+    other = tmp_path / "model.pt"
+    save_model(model, other, metadata)
+    with pytest.raises(GuardMismatchError, match="other weights.*`pneumo guard`"):
+        Predictor.from_files(other, workspace.decision, guard_path=workspace.guard)
+    # The model it was fitted on loads as before.
+    assert Predictor.from_files(workspace.model, workspace.decision,
+                                guard_path=workspace.guard).guard is not None  # fmt: skip

@@ -22,6 +22,7 @@ from bentoml.exceptions import BentoMLException
 from PIL import Image
 
 from pneumo.client import PneumoAPIError, PneumoClient, ServiceUnreachableError
+from pneumo.inference import PROBABILITY_PRECISION as PRECISION
 from tests.serving.serving_support import (
     IMAGE_SIZE,
     REPO,
@@ -61,7 +62,7 @@ def test_bentoml_client_calls_the_typed_endpoints(
     expected = plain_predict(server, path)
     with bentoml.SyncHTTPClient(server.url, timeout=60) as client:
         answer = client.predict(image=path)
-        assert answer["probability"] == expected["probability"]
+        assert answer["probability"] == pytest.approx(expected["probability"], abs=PRECISION)
         assert answer["label"] == expected["label"]
         assert answer["refer_to_radiologist"] == expected["refer_to_radiologist"]
         assert answer["threshold"] == THRESHOLD
@@ -69,7 +70,9 @@ def test_bentoml_client_calls_the_typed_endpoints(
 
         batch = client.predict_batch(images=[jpeg_paths[7], jpeg_paths[8]])
         assert [p["index"] for p in batch["predictions"]] == [0, 1]
-        assert batch["predictions"][0]["probability"] == expected["probability"]
+        assert batch["predictions"][0]["probability"] == pytest.approx(
+            expected["probability"], abs=PRECISION
+        )
 
         overlay = client.explain(image=path)
         with Image.open(io.BytesIO(overlay)) as image:
@@ -93,16 +96,18 @@ def test_pneumo_client_predicts_explains_and_reports_errors(
         request_id = again.pop("request_id")
         assert request_id != expected["request_id"]  # each answer is logged on its own
         assert again == {k: v for k, v in expected.items() if k != "request_id"}
-        assert client.predict(path.read_bytes())["probability"] == expected["probability"]
+        assert client.predict(path.read_bytes())["probability"] == pytest.approx(
+            expected["probability"], abs=PRECISION
+        )
         batch = client.predict_batch([path, jpeg_paths[12]])
         assert [p["filename"] for p in batch] == [path.name, jpeg_paths[12].name]
-        assert batch[0]["probability"] == expected["probability"]
+        assert batch[0]["probability"] == pytest.approx(expected["probability"], abs=PRECISION)
 
         with Image.open(io.BytesIO(client.explain(path))) as image:
             assert image.mode == "RGB" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
         explained = client.explain(path, format="json")
         assert explained["heatmap_shape"] == [IMAGE_SIZE, IMAGE_SIZE]
-        assert explained["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+        assert explained["probability"] == pytest.approx(expected["probability"], abs=PRECISION)
 
         metadata = client.metadata()
         assert metadata["threshold"] == THRESHOLD and metadata["image_size"] == IMAGE_SIZE

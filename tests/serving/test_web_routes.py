@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from pneumo.inference import PROBABILITY_PRECISION
 from pneumo.package import card_files
 from pneumo.stored_model import COMPARISON_FILE, EVALUATION_FILE, ROC_FILE, SPLIT_FILE
 from tests.serving.serving_support import IMAGE_SIZE, ServingLab, make_workspace
@@ -79,7 +80,7 @@ def test_explain_layers_are_the_model_view_and_the_heatmap(
     headers = {"content-type": "image/jpeg"}
     body = client.post("/explain?format=layers", content=data, headers=headers).json()
     predicted = client.post("/predict", content=data, headers=headers).json()
-    assert body["probability"] == pytest.approx(predicted["probability"], abs=1e-6)
+    assert body["probability"] == pytest.approx(predicted["probability"], abs=PROBABILITY_PRECISION)
     image, heatmap = _png(body["image"]), _png(body["heatmap"])
     assert image.mode == "L" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
     assert heatmap.mode == "RGB" and heatmap.size == (IMAGE_SIZE, IMAGE_SIZE)
