@@ -14,6 +14,8 @@ SERVE_ARGS ?=
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
+# MLflow's "Downloading artifacts" bars would interleave with the stages' own progress.
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export BENTOML_DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false

@@ -176,8 +176,25 @@ def _requested(argv: list[str]) -> list[Command] | None:
     return [load_command(known.command)] if known.command in command_names() else None
 
 
+def _suggest(argv: list[str]) -> None:
+    """A mistyped sub-command: say which one was probably meant, and exit 2 like argparse."""
+    import difflib
+
+    probe = _global_parser(add_help=False)
+    probe.add_argument("command", nargs="?")
+    known, _ = probe.parse_known_args(argv)
+    names = command_names()
+    if known.command and not known.command.startswith("-") and known.command not in names:
+        close = difflib.get_close_matches(known.command, names, n=2, cutoff=0.7)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        print(f"pneumo: unknown command '{known.command}'{hint} (`pneumo --help` lists them)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _suggest(argv)
     args = build_parser(_requested(argv)).parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     # Our own messages at the chosen level; the stack's chatty libraries only when they warn.

@@ -35,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
     counts = frame["predicted_label"].value_counts().to_dict()
     print(
         f"{len(frame)} images -> {args.output}: {counts}"
-        + (f"; {failed} unreadable" if failed else "")
+        + (f"; {failed} unreadable (see the error column)" if failed else "")
     )
-    return 0
+    # Scripts must see that not every file got an answer; the CSV still holds every row.
+    return 3 if failed else 0
 
 
 MODEL_ARGS = (
@@ -50,7 +51,8 @@ COMMAND = Command(
     help="predict radiograph files or folders into a CSV (one row per image)",
     description="Rows: path, probability of pneumonia, predicted label, threshold, model, the "
     "true label when the folder says it (NORMAL/ or PNEUMONIA/), and the error for unreadable "
-    "files.",
+    "files. Exit status 0 when every file was predicted, 3 when some could not be read or were "
+    "missing (their rows say why), 1 on any other error.",
     handler=run,
     arguments=(
         arg("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders"),

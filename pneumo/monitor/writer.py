@@ -125,7 +125,9 @@ class PredictionLog:
             "queued": self._queue.qsize(),
             "in_buffer_file": state.buffered_rows,
             "store_up": state.store_up,
-            "store": redacted(self.store.url),
+            # The backend kind only: a URL names a path, a host, maybe a user (published by
+            # /metadata); operators find the full one in params.yaml (monitor.store_url).
+            "store": self.store.url.split(":", 1)[0].split("+", 1)[0],
         }
 
     def close(self, timeout: float = 10.0) -> None:

@@ -48,6 +48,9 @@ def test_probes_and_metadata(client: TestClient, serving_lab: ServingLab) -> Non
     assert client.get("/livez").status_code == 200
     assert client.get("/readyz").status_code == 200
     body = client.get("/metadata").json()
+    # The prediction store's kind, never its URL (a path, a host, maybe a user).
+    assert "://" not in json.dumps(body)
+    assert body["monitoring"].get("store", "sqlite") in ("sqlite", "postgresql")
     assert body["model"]["name"] == "pneumo-cnn"
     assert body["model"]["version"] == serving_lab.model_tag.split(":")[1]
     assert body["model"]["source"] == "workspace"

@@ -127,3 +127,12 @@ def test_a_new_module_is_a_new_sub_command(
     with pytest.raises(SystemExit):
         pneumo.cli.main(["--help"])
     assert "frobnicate" in capsys.readouterr().out
+
+
+def test_a_mistyped_command_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    from pneumo.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["predcit", "x.jpeg"])
+    assert stopped.value.code == 2
+    assert "unknown command 'predcit'; did you mean predict?" in capsys.readouterr().err
