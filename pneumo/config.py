@@ -220,6 +220,14 @@ class EvaluateSettings(_Section):
     referral_margin: float = Field(
         0.1, ge=0.0, lt=0.5, description="refer when |probability - threshold| < margin"
     )
+    referral: Literal["margin", "conformal"] = Field(
+        "margin",
+        description="margin: the fixed band; conformal: the band where class-conditional split "
+        "conformal prediction on validation is unsure (both classes plausible, or neither)",
+    )
+    referral_alpha: float = Field(
+        0.05, gt=0.0, lt=0.5, description="conformal: miscoverage allowed per class"
+    )
     bootstrap_samples: int = Field(1000, ge=0, le=100_000, description="0 = no intervals")
     ci_level: float = Field(0.95, gt=0.5, lt=1.0)
     calibration_bins: int = Field(10, ge=2, le=100)

@@ -37,6 +37,9 @@ class Decision:
     tta: bool = False
     # A site's prior-shift correction (pneumo calibrate): added to every logit before the rule.
     prior_log_odds: float = 0.0
+    # A referral band of its own (evaluate.referral: conformal) instead of threshold +- margin.
+    referral_low: float | None = None
+    referral_high: float | None = None
 
     def adjust(self, probabilities: np.ndarray) -> np.ndarray:
         """The network's probabilities as this decision reads them (prior-corrected for a site)."""
@@ -59,10 +62,21 @@ class Decision:
 
     def refer(self, probability: float, out_of_distribution: bool = False) -> bool:
         """Refer to a radiologist: a close call, or an image unlike the training data."""
-        return out_of_distribution or abs(probability - self.threshold) < self.referral_margin
+        if out_of_distribution:
+            return True
+        if self.referral_low is not None and self.referral_high is not None:
+            return self.referral_low <= probability <= self.referral_high
+        return abs(probability - self.threshold) < self.referral_margin
+
+    def refers(self, probabilities: np.ndarray) -> np.ndarray:
+        """:meth:`refer` for many in-distribution probabilities."""
+        return np.array([self.refer(float(p)) for p in np.asarray(probabilities, dtype=float)],
+                        dtype=bool)  # fmt: skip
 
     @property
     def referral_band(self) -> tuple[float, float]:
+        if self.referral_low is not None and self.referral_high is not None:
+            return (self.referral_low, self.referral_high)
         return (
             max(0.0, self.threshold - self.referral_margin),
             min(1.0, self.threshold + self.referral_margin),
@@ -123,6 +137,10 @@ def choose_threshold(
     threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
     predicted = np.asarray(p_val) >= threshold
     positives, negatives = y_val == 1, y_val == 0
+    low, high = (
+        conformal_band(y_val, np.asarray(p_val), threshold, settings.referral_alpha)
+        if settings.referral == "conformal" else (None, None)
+    )  # fmt: skip
     return Decision(
         threshold=threshold,
         rule=settings.threshold_rule,
@@ -130,7 +148,33 @@ def choose_threshold(
         val_specificity=float((~predicted[negatives]).mean()) if negatives.any() else math.nan,
         referral_margin=settings.referral_margin,
         tta=tta,
+        referral_low=low,
+        referral_high=high,
     )
+
+
+def conformal_band(
+    y: np.ndarray, p: np.ndarray, threshold: float, alpha: float
+) -> tuple[float, float]:
+    """The probabilities a class-conditional (Mondrian) split-conformal classifier is unsure of.
+
+    With nonconformity 1 - p(true class), PNEUMONIA stays in the prediction set while
+    p >= 1 - q_pneumonia and NORMAL while p <= q_normal (each q the finite-sample (1 - alpha)
+    quantile of its class's validation scores), so each class is covered with probability
+    >= 1 - alpha. Between the two cut points the set holds both classes or none: refer. The band
+    is widened to the threshold, so a call outside it always agrees with its conformal set.
+    """
+
+    def quantile(scores: np.ndarray) -> float:
+        n = len(scores)
+        rank = min(n, int(np.ceil((n + 1) * (1 - alpha))))
+        return float(np.sort(scores)[rank - 1])
+
+    y = np.asarray(y).astype(int)
+    pneumonia_cut = 1.0 - quantile(1.0 - p[y == 1])
+    normal_cut = quantile(p[y == 0])
+    cuts = (pneumonia_cut, normal_cut, threshold)
+    return float(min(cuts)), float(max(cuts))
 
 
 def _logit(p: float) -> float:

@@ -86,6 +86,13 @@ def evaluate(settings: Settings, workspace: Workspace = Workspace()) -> dict[str
                    test["subtypes"])  # fmt: skip
     report["test_source"] = test_source(workspace)
     report["val"] = binary_metrics(val["labels"], p_val, decision.threshold)
+    referred = decision.refers(p_val)
+    wrong = decision.positive(p_val) != val["labels"].astype(bool)
+    report["val_referral"] = {
+        "rule": settings.evaluate.referral, "band": list(decision.referral_band),
+        "rate": float(referred.mean()),
+        "error_unreferred": float(wrong[~referred].mean()) if (~referred).any() else 0.0,
+    }  # fmt: skip
     decision.save(workspace.decision)
     with atomic_path(workspace.eval_metrics) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")

@@ -81,3 +81,40 @@ def rule_table(
         "recommended": best["rule"],
         "recommended_keeps_sensitivity": bool(keeping),
     }
+
+
+def referral_table(
+    labels: np.ndarray, sets: dict[str, np.ndarray], threshold: float, evaluate_settings: Any
+) -> dict[str, Any]:
+    """Each referral rule (the fixed margin; the conformal band from the clean validation split)
+    at ``threshold`` on every simulated site: how many calls it refers, and how many of the calls
+    it does not refer are wrong. A useful band refers few and leaves few errors unreferred."""
+    from pneumo.decision import Decision, conformal_band
+
+    labels = np.asarray(labels).astype(int)
+    low, high = conformal_band(labels, sets["clean"], threshold, evaluate_settings.referral_alpha)
+    rules = {
+        "margin": Decision(threshold, "table", referral_margin=evaluate_settings.referral_margin),
+        "conformal": Decision(threshold, "table", referral_low=low, referral_high=high),
+    }
+    plausible = [name for name in sets if name == "clean" or name.endswith("@1")]
+    table: dict[str, Any] = {"threshold": threshold, "conformal_band": [low, high],
+                             "alpha": evaluate_settings.referral_alpha, "rules": {}}  # fmt: skip
+    for name, decision in rules.items():
+        rates, errors = {}, {}
+        for site in plausible:
+            p = sets[site]
+            referred = decision.refers(p)
+            wrong = decision.positive(p) != labels.astype(bool)
+            rates[site] = float(referred.mean())
+            kept = ~referred
+            errors[site] = float(wrong[kept].mean()) if kept.any() else 0.0
+        table["rules"][name] = {
+            "band": list(decision.referral_band),
+            "clean_referral_rate": rates["clean"], "clean_error_unreferred": errors["clean"],
+            "mean_referral_rate": float(np.mean(list(rates.values()))),
+            "mean_error_unreferred": float(np.mean(list(errors.values()))),
+            "worst_error_unreferred": float(max(errors.values())),
+            "worst_error_site": max(errors, key=errors.get),
+        }  # fmt: skip
+    return table

@@ -438,11 +438,14 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
         working, val["labels"], predictor.threshold, predictor.image_size, settings.stress.seed,
         sets,
     )  # fmt: skip
-    from pneumo.operating_point import rule_table
+    from pneumo.operating_point import referral_table, rule_table
 
-    # Which threshold rule holds on simulated sites (this network's probabilities, validation).
+    # Which threshold rule holds on simulated sites (this network's probabilities, validation),
+    # and what each referral rule leaves unreferred there.
     report["operating_points"] = rule_table(val["labels"], sets, settings.evaluate,
                                             settings.stress.min_sensitivity)  # fmt: skip
+    report["referral"] = referral_table(val["labels"], sets, predictor.threshold,
+                                        settings.evaluate)  # fmt: skip
     files = write_outputs(report, workspace.stress_metrics, workspace.stress_plots)
     if workspace.run_id.is_file():
         from pneumo import tracking

@@ -75,3 +75,43 @@ def test_margin_and_tta_travel_with_the_decision() -> None:
     y, p = np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.3, 0.9])
     decision = choose_threshold(y, p, EvaluateSettings(referral_margin=0.07), tta=True)
     assert decision.referral_margin == 0.07 and decision.tta
+
+
+def test_the_conformal_band_covers_each_class_and_agrees_with_the_calls() -> None:
+    from pneumo.decision import conformal_band
+    from pneumo.operating_point import referral_table
+
+    rng = np.random.default_rng(0)
+    y = (np.arange(2000) % 3 != 0).astype(int)
+    p = 1 / (1 + np.exp(-(np.where(y == 1, 1.5, -1.5) + rng.normal(0, 1.2, len(y)))))
+    calibration, check = slice(0, 1000), slice(1000, 2000)
+    low, high = conformal_band(y[calibration], p[calibration], 0.5, alpha=0.1)
+    assert low <= 0.5 <= high
+    decision = Decision(0.5, "fixed", referral_low=low, referral_high=high)
+    referred = decision.refers(p[check])
+    calls = decision.positive(p[check])
+    truth = y[check].astype(bool)
+    # Each class is covered (its conformal set holds it) at >= 1 - alpha, up to sampling noise:
+    # a covered image is referred or called right.
+    for label in (0, 1):
+        covered = (referred | (calls == truth))[truth == bool(label)]
+        assert covered.mean() >= 0.9 - 0.03
+    assert decision.referral_band == (low, high) and decision.refer(0.5)
+    margin = Decision(0.5, "fixed", referral_margin=0.1)
+    assert margin.referral_band == (0.4, 0.6) and not margin.refer(0.65) and margin.refer(0.55)
+    table = referral_table(y, {"clean": p, "shifted@1": np.clip(p + 0.1, 0, 1)}, 0.5,
+                           EvaluateSettings(referral_alpha=0.1))  # fmt: skip
+    conformal = table["rules"]["conformal"]
+    assert conformal["band"] == pytest.approx(list(conformal_band(y, p, 0.5, 0.1)))
+    assert 0 < conformal["clean_referral_rate"] < 1
+    assert conformal["clean_error_unreferred"] < 0.1 + 0.03
+
+
+def test_choose_threshold_saves_the_conformal_band_with_the_decision(tmp_path: Path) -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1] * 10)
+    p = np.tile([0.1, 0.2, 0.3, 0.45, 0.55, 0.7, 0.8, 0.9], 10)
+    decision = choose_threshold(y, p, EvaluateSettings(referral="conformal", referral_alpha=0.2))
+    assert decision.referral_low is not None and decision.referral_low <= decision.threshold
+    decision.save(tmp_path / "decision.json")
+    assert Decision.load(tmp_path / "decision.json").referral_band == decision.referral_band
+    assert choose_threshold(y, p, EvaluateSettings()).referral_low is None  # margin by default
