@@ -25,15 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.decision import Decision
 from pneumo.errors import PneumoError
-from pneumo.metrics import binary_metrics, point_metrics
 from pneumo.prevalence import (
-    Calibration,
-    PrevalenceEstimate,
     estimate_prevalence,
     fit_calibration,
-    logit,
+    judge_move,
+    moved_decision,
 )
 from pneumo.workspace import atomic_path
 
@@ -42,66 +39,6 @@ log = logging.getLogger(__name__)
 
 class AdaptationError(PneumoError):
     """The site's images cannot support a label-free adaptation (too few, too foreign, too vague)."""
-
-
-def moved_decision(base: Decision, calibration: Calibration, site_prior: float) -> Decision:
-    """``base`` with the prior-shift correction from the validation prior to ``site_prior``.
-
-    The shift is computed on the calibrated scale and divided by the Platt slope, so it applies
-    to the network's raw probabilities with the validation-chosen threshold unchanged.
-    """
-    source = calibration.source_prior
-    shift = float(logit(np.array(site_prior))[()] - logit(np.array(source))[()])
-    return replace(base, prior_log_odds=base.prior_log_odds + shift / calibration.slope,
-                   rule=f"{base.rule}+adapt")  # fmt: skip
-
-
-def simulated_site(labels: np.ndarray, prevalence: float, n: int, seed: int) -> np.ndarray:
-    """Indices of the validation split resampled (with replacement) to ``prevalence``."""
-    rng = np.random.default_rng(seed)
-    positives = round(n * prevalence)
-    return np.concatenate([
-        rng.choice(np.flatnonzero(labels == 1), positives, replace=True),
-        rng.choice(np.flatnonzero(labels == 0), n - positives, replace=True),
-    ])  # fmt: skip
-
-
-def judge_move(
-    estimate: PrevalenceEstimate,
-    base: Decision,
-    moved: Decision,
-    val_labels: np.ndarray,
-    val_probabilities: np.ndarray,
-    min_sensitivity: float,
-    reference_prior: float,
-    seed: int = 0,
-) -> tuple[bool, list[str], dict[str, dict[str, float]]]:
-    """(move?, why, metrics of both decisions on simulated sites at the estimated prevalence)."""
-    low, high = estimate.em_interval
-    reasons = []
-    simulated: dict[str, list[dict[str, float]]] = {"validation": [], "adapted": []}
-    for draw in range(20):
-        index = simulated_site(val_labels, estimate.em, 2000, seed + draw)
-        y, p = val_labels[index], val_probabilities[index]
-        for name, decision in (("validation", base), ("adapted", moved)):
-            simulated[name].append(point_metrics(binary_metrics(y, decision.adjust(p),
-                                                                decision.threshold)))  # fmt: skip
-    mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-            for name, rows in simulated.items()}  # fmt: skip
-    if low <= reference_prior <= high:
-        reasons.append(f"the site's prevalence {estimate.em:.3f} [{low:.3f}-{high:.3f}] does not "
-                       f"differ from validation's {reference_prior:.3f}: nothing to adapt")  # fmt: skip
-    if mean["adapted"]["sensitivity"] < min_sensitivity:
-        reasons.append(f"moving would lower sensitivity to {mean['adapted']['sensitivity']:.3f} "
-                       f"on simulated sites at that prevalence (floor {min_sensitivity})")  # fmt: skip
-    if mean["adapted"]["accuracy"] < mean["validation"]["accuracy"]:
-        reasons.append("moving would not raise accuracy on simulated sites at that prevalence")
-    if reasons:
-        return False, reasons, mean
-    gain = mean["adapted"]["accuracy"] - mean["validation"]["accuracy"]
-    return True, [f"prevalence {estimate.em:.3f} [{low:.3f}-{high:.3f}] differs from "
-                  f"validation's {reference_prior:.3f}; accuracy +{gain:.3f} on simulated sites, "
-                  f"sensitivity {mean['adapted']['sensitivity']:.3f}"], mean  # fmt: skip
 
 
 def adapt(

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pneumo.accel import Accelerator
-from pneumo.decision import Decision
+from pneumo.decision import Decision, floor_threshold
 from pneumo.errors import PneumoError
 from pneumo.external import ExternalDataError, LabelledImages
 from pneumo.inference import predict_proba
@@ -63,30 +63,6 @@ def patient_folds(images: LabelledImages, folds: int, seed: int) -> list[np.ndar
     frame = images.frame.reset_index(drop=True)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [test for _, test in splitter.split(frame, images.labels, frame["patient_id"])]
-
-
-def sensitivity_lower_bound(hits: int, n: int, level: float) -> float:
-    """Clopper-Pearson lower bound of a sensitivity of ``hits`` out of ``n``."""
-    from scipy.stats import beta
-
-    return 0.0 if hits == 0 else float(beta.ppf((1 - level) / 2, hits, n - hits + 1))
-
-
-def floor_threshold(
-    labels: np.ndarray, probabilities: np.ndarray, floor: float, level: float
-) -> tuple[float, bool]:
-    """(threshold, held on the interval?): the highest threshold whose sensitivity's lower bound
-    reaches ``floor``; when no threshold can (too few pneumonia cases), the highest whose point
-    sensitivity does."""
-    positives = np.sort(np.asarray(probabilities)[np.asarray(labels) == 1])[::-1]
-    n = len(positives)
-    if n == 0:
-        raise CalibrationError("the sample has no pneumonia case to hold a sensitivity floor on")
-    for hits in range(1, n + 1):  # the threshold at the hits-th highest pneumonia score
-        if sensitivity_lower_bound(hits, n, level) >= floor:
-            return float(positives[hits - 1]), True
-    needed = int(np.ceil(floor * n))
-    return float(positives[max(needed, 1) - 1]), False
 
 
 def prior_log_odds(site_prevalence: float | None, model_prevalence: float) -> float:

@@ -177,6 +177,30 @@ def conformal_band(
     return float(min(cuts)), float(max(cuts))
 
 
+def sensitivity_lower_bound(hits: int, n: int, level: float) -> float:
+    """Clopper-Pearson lower bound of a sensitivity of ``hits`` out of ``n``."""
+    from scipy.stats import beta
+
+    return 0.0 if hits == 0 else float(beta.ppf((1 - level) / 2, hits, n - hits + 1))
+
+
+def floor_threshold(
+    labels: np.ndarray, probabilities: np.ndarray, floor: float, level: float
+) -> tuple[float, bool]:
+    """(threshold, held on the interval?): the highest threshold whose sensitivity's lower bound
+    reaches ``floor``; when no threshold can (too few pneumonia cases), the highest whose point
+    sensitivity does."""
+    positives = np.sort(np.asarray(probabilities)[np.asarray(labels) == 1])[::-1]
+    n = len(positives)
+    if n == 0:
+        raise ValueError("no pneumonia case to hold a sensitivity floor on")
+    for hits in range(1, n + 1):  # the threshold at the hits-th highest pneumonia score
+        if sensitivity_lower_bound(hits, n, level) >= floor:
+            return float(positives[hits - 1]), True
+    needed = int(np.ceil(floor * n))
+    return float(positives[max(needed, 1) - 1]), False
+
+
 def _logit(p: float) -> float:
     p = float(np.clip(p, 1e-6, 1 - 1e-6))
     return float(np.log(p / (1 - p)))

@@ -446,6 +446,13 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
                                             settings.stress.min_sensitivity)  # fmt: skip
     report["referral"] = referral_table(val["labels"], sets, predictor.threshold,
                                         settings.evaluate)  # fmt: skip
+    from pneumo.site_simulation import markdown, simulate
+
+    # The shipped decision, `adapt` and `calibrate` on simulated sites: reports/adaptation.md.
+    report["adaptation"] = simulate(val["labels"], val["patient_ids"], sets, predictor.decision,
+                                    settings)  # fmt: skip
+    with atomic_path(workspace.adaptation_report) as tmp:
+        tmp.write_text(markdown(report, report["adaptation"]))
     files = write_outputs(report, workspace.stress_metrics, workspace.stress_plots)
     if workspace.run_id.is_file():
         from pneumo import tracking

@@ -151,6 +151,11 @@ class Workspace:
         return self.root / "metrics" / "stress.json"
 
     @property
+    def adaptation_report(self) -> Path:
+        """Threshold rules, referral and site adaptation on simulated sites (the stress stage)."""
+        return self.root / "reports" / "adaptation.md"
+
+    @property
     def stress_plots(self) -> Path:
         return self.root / "plots" / "stress"
 

@@ -252,3 +252,24 @@ def test_adapt_estimates_the_site_prevalence_from_unlabelled_images(
     with pytest.raises(AdaptationError, match="holds 40 images.*at least 100"):
         adapt(settings, workspace, small, "tiny")
     assert "site-tiny" not in status(settings, workspace)["aliases"]
+
+
+def test_the_stress_stage_reports_rules_referral_and_adaptation_on_simulated_sites(
+    registered: tuple[Workspace, Settings],
+) -> None:
+    workspace, settings = registered
+    report = json.loads(workspace.stress_metrics.read_text())
+    counterfactual = report["counterfactual"]["summary"]
+    assert {"specificity", "sensitivity", "roc_auc", "cue_effect"} <= set(counterfactual)
+    points = report["operating_points"]
+    assert points["recommended"] in {r["rule"] for r in points["rules"]}
+    assert set(report["referral"]["rules"]) == {"margin", "conformal"}
+    methods = report["adaptation"]["methods"]
+    assert {"shipped decision", "adapt (no labels)", "calibrate, 50 labelled",
+            "calibrate, 200 labelled"} <= set(methods)  # fmt: skip
+    assert all(0 <= m["mean_accuracy"] <= 1 for m in methods.values())
+    text = workspace.adaptation_report.read_text()
+    for heading in ("## Threshold rules", "## Referral", "## Deploying at a new site"):
+        assert heading in text
+    rows = (workspace.stress_plots / "stress.csv").read_text().splitlines()
+    assert sum(row.startswith("cf_") for row in rows) == 6  # 3 swaps x 2 severities

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo.adapt import judge_move, moved_decision
 from pneumo.decision import Decision
 from pneumo.prevalence import (
     Calibration,
@@ -14,6 +13,8 @@ from pneumo.prevalence import (
     em_prevalence,
     estimate_prevalence,
     fit_calibration,
+    judge_move,
+    moved_decision,
 )
 
 
