@@ -253,7 +253,7 @@ class StressSettings(_Section):
     seed: int = Field(0, description="draws of the random shifts (noise, marker placement)")
     min_sensitivity: float = Field(
         0.95, gt=0.0, lt=1.0,
-        description="the threshold-rule table (metrics/stress.json operating_points) recommends "
+        description="the threshold-rule table (plots/stress/detail.json operating_points) recommends "
         "the rule that keeps this sensitivity on every simulated site",
     )
 

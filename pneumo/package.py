@@ -175,7 +175,7 @@ def card_files(workspace: Workspace, weights: Path, from_workspace: bool) -> dic
         SPLIT_FILE: workspace.split_metrics,
         ROC_FILE: workspace.eval_plots / ROC_FILE,
         COMPARISON_FILE: workspace.comparison.with_suffix(".csv"),
-        STRESS_FILE: workspace.stress_metrics,
+        STRESS_FILE: workspace.stress_plots / "detail.json",  # pneumo/stress.py's DETAIL_FILE
         SHORTCUT_FILE: workspace.shortcut_metrics,
     }
     if not from_workspace:  # from a workspace, metrics.json already is the full report

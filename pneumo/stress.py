@@ -261,9 +261,29 @@ def summarise(shifts: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+DETAIL_FILE = "detail.json"
+
+
+def summary_of(report: dict[str, Any]) -> dict[str, Any]:
+    """What metrics/stress.json holds: the headline figures `dvc metrics show`, the gate and the
+    ablation report read. Every shift, swap, rule and simulated site is in plots/stress/."""
+    counterfactual = report.get("counterfactual") or {}
+    return {
+        "threshold": report["threshold"], "n": report["n"], "clean": report["clean"],
+        "summary": report["summary"],
+        **({"counterfactual": {"summary": counterfactual["summary"]}} if counterfactual else {}),
+        **({"recommended_rule": report["operating_points"]["recommended"]}
+           if "operating_points" in report else {}),
+    }  # fmt: skip
+
+
 def write_outputs(report: dict[str, Any], metrics_path: Path, plots_dir: Path) -> list[Path]:
-    """metrics/stress.json, a CSV per shift for `dvc plots`, and one figure."""
+    """metrics/stress.json (the summary), plots/stress/detail.json (everything), a CSV of every
+    shift and swap for `dvc plots`, and one figure."""
+    plots_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(metrics_path) as tmp:
+        tmp.write_text(json.dumps(summary_of(report), indent=2) + "\n")
+    with atomic_path(plots_dir / DETAIL_FILE) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     rows = [
         {"shift": name, "severity": severity, "kind": "both classes alike",
@@ -289,7 +309,7 @@ def write_outputs(report: dict[str, Any], metrics_path: Path, plots_dir: Path) -
     from pneumo import plots
 
     figure = plots.stress_chart(plots_dir / "stress.png", frame, report["clean"])
-    return [metrics_path, plots_dir / "stress.csv", figure]
+    return [metrics_path, plots_dir / DETAIL_FILE, plots_dir / "stress.csv", figure]
 
 
 # ---- Counterfactual acquisition swaps ---------------------------------------------------------

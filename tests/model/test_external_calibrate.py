@@ -258,8 +258,12 @@ def test_the_stress_stage_reports_rules_referral_and_adaptation_on_simulated_sit
     registered: tuple[Workspace, Settings],
 ) -> None:
     workspace, settings = registered
-    report = json.loads(workspace.stress_metrics.read_text())
+    summary = json.loads(workspace.stress_metrics.read_text())  # small: `dvc metrics show`
+    assert set(summary) == {"threshold", "n", "clean", "summary", "counterfactual",
+                            "recommended_rule"}  # fmt: skip
+    report = json.loads((workspace.stress_plots / "detail.json").read_text())
     counterfactual = report["counterfactual"]["summary"]
+    assert summary["counterfactual"]["summary"] == counterfactual
     assert {"specificity", "sensitivity", "roc_auc", "cue_effect"} <= set(counterfactual)
     points = report["operating_points"]
     assert points["recommended"] in {r["rule"] for r in points["rules"]}
