@@ -411,6 +411,9 @@ class ServeSettings(_Section):
         description="a queued image is answered 503 after waiting this long",
     )
     max_request_bytes: int = Field(20_000_000, ge=1024, description="larger bodies get 413")
+    max_json_bytes: int = Field(
+        65_536, ge=1024, description="JSON routes (/feedback): larger bodies get 413"
+    )
     max_pixels: int = Field(
         50_000_000, ge=4096, description="pixels, and decoded bytes, from the header; more get 413"
     )

@@ -46,6 +46,7 @@ from serving import api as routes
 from serving import timing
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
+from serving.json_routes import StrictJson
 from serving.model_host import ModelHost, ModelQueueTimeout, classify_batch, load_predictor
 from serving.monitoring import Monitoring, workspace_root
 from serving.openapi import openapi_document
@@ -323,4 +324,6 @@ class PneumoniaService:
 
 # BentoML's own answers (unknown routes, wrong methods on /livez and /readyz) in our JSON format.
 PneumoniaService.add_asgi_middleware(JsonErrors)
+# JSON routes checked (size, type, fields) before BentoML reads and validates them.
+PneumoniaService.add_asgi_middleware(StrictJson)
 PneumoniaService.add_asgi_middleware(timing.ServerTiming)

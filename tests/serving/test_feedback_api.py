@@ -6,8 +6,11 @@ test_prediction_log.py.
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
 from pneumo.monitor.store import PredictionStore, resolve_url
@@ -83,3 +86,47 @@ def test_live_figures_and_log_counters(asgi_client: TestClient, jpeg_paths: list
     assert live["total"]["requests"] == sum(day["requests"] for day in live["days"])
     counts = asgi_client.get("/metadata").json()["monitoring"]
     assert counts["enabled"] is True and counts["lost"] == 0 and counts["logged"] >= 1
+
+
+def test_malformed_feedback_gets_the_service_error_shape_and_no_traceback(
+    asgi_client: TestClient, jpeg_paths: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every refusal in {"error", "code"}, one WARNING line each, nothing stored, no 500."""
+    answer = _predict(asgi_client, jpeg_paths[6])
+    good = {"request_id": answer["request_id"], "label": "NORMAL", "reviewer": "dr.e"}
+    as_json = {"content-type": "application/json"}
+    cases = [
+        # (what, request kwargs, status, code)
+        ("label with a trailing space", {"json": {**good, "label": "PNEUMONIA "}}, 422,
+         "invalid_label"),
+        ("label with a newline", {"json": {**good, "label": "NORMAL\n"}}, 422, "invalid_label"),
+        ("a NUL reviewer", {"json": {**good, "reviewer": "\x00"}}, 422, "invalid_reviewer"),
+        ("a NUL patient id", {"json": {**good, "patient_id": "\x00"}}, 422, "invalid_patient_id"),
+        ("an unknown key", {"json": {**good, "x" * 100: "y" * 1000}}, 422, "unknown_field"),
+        ("a number as reviewer", {"json": {**good, "reviewer": 7}}, 422, "invalid_reviewer"),
+        ("a list body", {"json": [good]}, 422, "invalid_feedback"),
+        ("not JSON", {"content": b"{label: NORMAL", "headers": as_json}, 400, "invalid_json"),
+        ("JSON as text/plain", {"content": json.dumps(good), "headers":
+                                {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        ("JSON as image/jpeg", {"content": json.dumps(good), "headers":
+                                {"content-type": "image/jpeg"}}, 415, "unsupported_media_type"),
+        ("no content type", {"content": json.dumps(good).encode(), "headers": {}}, 415,
+         "unsupported_media_type"),
+        ("multipart without a boundary", {"content": json.dumps(good), "headers":
+                                          {"content-type": "multipart/form-data"}}, 415,
+         "unsupported_media_type"),
+        ("a 25 MB body", {"content": b"{" + b" " * 25_000_000 + b"}", "headers": as_json}, 413,
+         "body_too_large"),
+    ]  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for what, kwargs, status, code in cases:
+            response = asgi_client.post("/feedback", **kwargs)
+            assert response.status_code == status, (what, response.text)
+            body = response.json()
+            assert body["code"] == code and body["error"], what
+    tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not tracebacks, [r.getMessage() for r in tracebacks]
+    assert sum("/feedback refused" in r.getMessage() for r in caplog.records) == len(cases)
+    # Nothing of the above was stored; the well-formed one still is.
+    assert asgi_client.post("/feedback", json=good).status_code == 201
