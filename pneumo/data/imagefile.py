@@ -179,9 +179,19 @@ def check_png(data: bytes) -> None:
     try:
         for kind, payload in _png_chunks(data):
             if kind == b"IHDR" and len(payload) == 13:
-                width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", payload)
+                width, height, depth, colour, method, filtering, interlace = struct.unpack(
+                    ">IIBBBBB", payload
+                )
                 if colour not in PNG_CHANNELS:
                     raise CorruptImageError(f"the PNG header has an invalid colour type {colour}")
+                # The PNG standard defines compression method 0, filter method 0 and interlace
+                # 0 or 1 only; a decoder that accepts others guesses what the file means.
+                if method != 0 or filtering != 0 or interlace not in (0, 1):
+                    raise CorruptImageError(
+                        f"the PNG header declares compression method {method}, filter method "
+                        f"{filtering}, interlace {interlace}: the standard defines only 0, 0 "
+                        "and 0 or 1"
+                    )
                 expected = _png_raw_size(width, height, depth, colour, interlace == 1)
             elif kind == b"IDAT" and len(payload):  # some encoders write empty IDATs
                 if expected is None or inflater.eof:

@@ -186,6 +186,14 @@ def png_cases(gray: np.ndarray) -> Iterator[Hostile]:
     bad_ihdr = bytearray(png)
     bad_ihdr[20] ^= 0x01  # width, CRC not updated: Pillow refuses the header already
     yield Hostile("png_ihdr_crc", bytes(bad_ihdr), "image/png", CORRUPT)
+    # Header fields the PNG standard does not define (compression 1, filter 1, interlace 2):
+    # a lenient decoder would guess; the CRC is right, so only the header check can refuse them.
+    ihdr = next(p for k, p in chunks if k == b"IHDR")
+    for name, offset, value in (("compression", 10, 1), ("filter", 11, 1), ("interlace", 12, 2)):
+        odd = bytearray(ihdr)
+        odd[offset] = value
+        rebuilt = png_from([(b"IHDR", bytes(odd)), *head[1:], (b"IDAT", idat), (b"IEND", b"")])
+        yield Hostile(f"png_{name}_method_{value}", rebuilt, **damaged)
     tall = struct.pack(">IIBBBBB", gray.shape[1], 7000, 8, 0, 0, 0, 0)
     bomb = png_from([(b"IHDR", tall), (b"IDAT", idat), (b"IEND", b"")])
     yield Hostile("png_declares_more_rows_than_it_holds", bomb, **damaged)

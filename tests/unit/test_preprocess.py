@@ -152,7 +152,9 @@ def test_arithmetic_coded_jpeg_is_refused(original: bytes) -> None:
 
 @pytest.mark.parametrize("case", ["png_second_half_zeroed_crc_recomputed", "png_idat_flip_crc_kept_0",
                                   "png_stream_shorter_than_declared", "png_data_after_stream",
-                                  "png_no_iend", "png_declares_more_rows_than_it_holds"])  # fmt: skip
+                                  "png_no_iend", "png_declares_more_rows_than_it_holds",
+                                  "png_compression_method_1", "png_filter_method_1",
+                                  "png_interlace_method_2"])  # fmt: skip
 def test_damaged_pngs_are_refused(original: bytes, case: str) -> None:
     from tests.serving.hostile_corpus import png_cases
 
