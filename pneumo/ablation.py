@@ -3,10 +3,11 @@
 ``ablation.yaml`` names each recipe as a set of params.yaml overrides. ``queue`` runs
 ``dvc exp run --queue -n NAME -S key=value ...`` for each (with absolute ``data.root`` and
 ``tracking.uri``: queued experiments run in temporary copies of the workspace, where relative
-paths would point elsewhere); ``dvc queue start`` then runs them one after the other, each tracked
-in MLflow like any training. ``report`` writes ``reports/ablation.md`` (and .csv) from the
-experiments' metrics: the carved test with its intervals, the stress battery, training minutes.
-Recipes are chosen by the stress figures and the validation split; the carved test only reports.
+paths would point elsewhere); ``start`` runs them one after the other, each on the code it was
+queued with, each tracked in MLflow like any training. ``report`` writes ``reports/ablation.md``
+(and .csv) from the experiments' metrics: the counterfactual and stress batteries, validation,
+the carved test with its intervals, training minutes. Recipes are ranked by the counterfactual
+battery first, then the stress battery (:data:`RANKING`); the carved test only reports.
 """
 
 from __future__ import annotations
@@ -51,10 +52,25 @@ def load_recipes(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """DVC with this environment's `pneumo` on PATH (the stages' commands)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    """DVC with this environment's `pneumo` on PATH (the stages' commands).
+
+    PYTHONPATH=. makes each stage import the pneumo package of the folder it runs in: a queued
+    experiment runs in a copy of the workspace as it was when queued, and must run that copy's
+    code, not the (editable) installed package, which may have changed since.
+    """
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+           "PYTHONPATH": "."}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env,
                           capture_output=True, text=True)  # fmt: skip
+
+
+def start(root: Path) -> str:
+    """Run the queued experiments one after the other (`dvc queue start -j 1`), each on the
+    code it was queued with; returns DVC's message. Progress: `dvc queue status`."""
+    done = _dvc(root, "queue", "start", "-j", "1")
+    if done.returncode != 0:
+        raise PneumoError(f"dvc could not start the queue: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
 
 
 def queue(
