@@ -143,6 +143,12 @@ def verdict_markdown(summary: dict[str, Any], report: Path | None) -> str:
             ("referred", summary["referral_rate"]),
         ):
             lines.append(f"| {name} | {values['window']:.1%} | {values['reference']:.1%} |")
+        prevalence = summary.get("prevalence") or {}
+        if "estimate" in prevalence:
+            low, high = prevalence["interval"]
+            lines.append(f"| pneumonia prevalence, estimated (EM; BBSE {prevalence['bbse']:.1%}) "
+                         f"| {prevalence['estimate']:.1%} [{low:.1%}-{high:.1%}] "
+                         f"| {prevalence['reference']:.1%} |")  # fmt: skip
         lines += ["", _live_line(summary["live"])]
     if summary.get("retrain"):
         lines += ["", f"Retrain: {summary['retrain']}"]
@@ -197,7 +203,8 @@ def monitor(
         markdown=verdict_markdown(summary, report),
         description="the monitor's verdict, its reasons and figures",
     )
-    print(f"monitor: {summary['status']}: " + "; ".join(summary["reasons"]))
+    # Each reason names its own level ("warn: ..."): the status once, then the reasons.
+    print(f"monitor verdict: {summary['status']}\n" + "\n".join(f"  - {r}" for r in summary["reasons"]))
     return summary
 
 

@@ -147,15 +147,16 @@ def _committed_json(root: Path, rev: str, path: str) -> dict[str, Any]:
 
 def _minutes(settings_params: dict[str, Any], root: Path, rev: str) -> float:
     """Training minutes of the MLflow run whose id the experiment's commit holds (a training the
-    run cache restored keeps the id, and the minutes, of the run that trained it)."""
-    from mlflow import MlflowClient
-
-    from pneumo.config import Settings
+    run cache restored keeps the id, and the minutes, of the run that trained it). Only the
+    experiment's tracking settings are read: its other params may be of an older release."""
+    from pneumo.config import TrackingSettings
+    from pneumo.tracking import client_for
+    from pneumo.workspace import Workspace
 
     try:
-        settings = Settings.model_validate(settings_params)
+        tracking = TrackingSettings.model_validate(settings_params.get("tracking") or {})
         run_id = (_committed(root, rev, "models/run_id.txt") or "").strip()
-        run = MlflowClient(settings.tracking.uri).get_run(run_id)
+        run = client_for(tracking, Workspace(root)).get_run(run_id)
         return float(run.data.metrics["train/minutes"])
     except Exception as exc:  # noqa: BLE001 - a missing figure is shown as such, not fatal
         log.warning("no training minutes for the experiment at %s: %s", rev[:7], exc)
