@@ -30,6 +30,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "evaluate": (
         ("evaluate.threshold_rule=target_sensitivity",),
         ("evaluate.threshold_rule=fixed",),
+        ("evaluate.referral=conformal",),
     ),
 }
 PROBE_PARAMS = (
