@@ -56,6 +56,10 @@ def simulate(
     rng.shuffle(unique)
     known = np.isin(patients, unique[: len(unique) // 2])
     pool = ~known
+    if any(len(np.unique(labels[part])) < 2 or np.bincount(labels[part]).min() < 5
+           for part in (known, pool)):  # fmt: skip
+        return {"note": "too few validation images of a class in a patient half to simulate "
+                "sites", "sites": 0, "methods": {}}  # fmt: skip
     calibration = fit_calibration(labels[known], sets["clean"][known])
     reference_y, reference_p = labels[known], sets["clean"][known]
     results: dict[str, list[dict[str, float]]] = {}
@@ -151,10 +155,10 @@ def markdown(stress_report: dict[str, Any], simulation: dict[str, Any]) -> str:
             f"{r['clean_error_unreferred']:.3f} | {r['mean_referral_rate']:.3f} | "
             f"{r['mean_error_unreferred']:.3f} / {r['worst_error_unreferred']:.3f} |"
         )
+    lines += ["", "## Deploying at a new site", ""]
+    if not simulation.get("methods"):
+        return "\n".join([*lines, simulation.get("note", "not simulated"), ""])
     lines += [
-        "",
-        "## Deploying at a new site",
-        "",
         f"{simulation['sites']} simulated sites of {simulation['site_size']} images, drawn from "
         "half of the validation patients; the other half stands for what the model knew. "
         f"`adapt` moved the operating point at {simulation['adapt_moved']} sites and refused "

@@ -36,7 +36,13 @@ from tests.e2e.servers import (
     prefect_worker,
     worker_log,
 )
-from tests.synthetic import OPTIONS, SIZE, synthetic_split, train_tiny_model
+from tests.synthetic import (
+    OPTIONS,
+    SIZE,
+    synthetic_split,
+    train_tiny_model,
+    write_counterfactual,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -126,6 +132,7 @@ def _trained_workspace(root: Path, settings: Settings) -> tuple[Workspace, str]:
     ws.decision.write_text(json.dumps(DECISION))
     ws.eval_metrics.parent.mkdir(parents=True, exist_ok=True)
     ws.eval_metrics.write_text(json.dumps({"threshold": DECISION, "test": {**metrics, "ci": {}}}))
+    write_counterfactual(ws, model, test_images, test_labels, DECISION["threshold"])  # the stress stage
     return ws, run_id
 
 

@@ -26,6 +26,8 @@ QUICK_PARAMS = (
     "registry.min_roc_auc=0.0",
     "registry.min_sensitivity=0.0",
     "registry.min_specificity=0.0",
+    "registry.min_counterfactual_sensitivity=0.0",
+    "registry.min_counterfactual_specificity=0.0",
 )
 
 
