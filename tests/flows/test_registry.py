@@ -487,7 +487,8 @@ def build_and_load(path: Path) -> torch.nn.Module:
 def test_cli_register_status_and_rollback(lab: Lab, tmp_path: Path, name: str, capsys) -> None:
     ws = Workspace(tmp_path)
     source = lab.workspace(tmp_path / "src", "good")
-    for path in (source.model, source.run_id, source.decision, source.eval_metrics):
+    for path in (source.model, source.run_id, source.decision, source.eval_metrics,
+                 source.stress_metrics):
         target = ws.root / path.relative_to(source.root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
