@@ -24,6 +24,7 @@ import pneumo  # noqa: F401  (switches telemetry off before prefect is imported)
 # isort: on
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
@@ -52,6 +53,19 @@ def retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_condition_fn=retry_only_transient,
 )
+@task(name="data-docs", cache_policy=NO_CACHE)
+def ensure_data_docs(root: Path, params: Path) -> Path:
+    """Data Docs whenever they are missing (git-ignored; DVC skips an unchanged validate), so the
+    links of the decision artifact and the README open on a fresh clone."""
+    from pneumo.data.validate import build_docs
+
+    workspace = Workspace(root)
+    index = workspace.data_docs / "index.html"
+    if not index.is_file():
+        build_docs(workspace.manifest, load_settings(params).validate_, workspace)
+    return index
+
+
 def gate_and_register(root: Path, params: Path) -> dict[str, Any]:
     """Register the evaluated model and let the gate decide whether it becomes champion."""
     from pneumo import registry, tracking
@@ -144,6 +158,7 @@ def retrain(workspace: str = ".", params: str = "params.yaml") -> dict[str, Any]
         for stage in stages_to_run(root, changed_stages(root)):
             epochs = settings.train.epochs if stage == "train" else 0
             stages[stage] = run_stage(root, stage, epochs)
+        ensure_data_docs(root, params_path)
         decision = gate_and_register(root, params_path)
         bento = package_champion(root, params_path) if decision.get("champion_now") else None
         create_markdown_artifact(

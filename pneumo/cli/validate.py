@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from pneumo.cli import Command, data_root_of, load_settings_of, workspace_of
+from pneumo.cli import Command, arg, data_root_of, load_settings_of, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.data.validate import validate
+    from pneumo.data.validate import build_docs, validate
 
     settings = load_settings_of(args)
     workspace = workspace_of(args)
+    if args.docs_only:
+        print(f"Data Docs: {build_docs(workspace.manifest, settings.validate_, workspace)}")
+        return 0
     outcome = validate(workspace.manifest, settings.validate_, workspace,
                        data_root_of(args, settings))  # fmt: skip
     meter = json.loads(workspace.validation.read_text()).get("shortcut") or {}
@@ -31,4 +34,9 @@ COMMAND = Command(
     "Also runs the shortcut meter (can acquisition cues alone, without anatomy, separate the "
     "classes?) as a warning suite: validate.shortcut_warn_auc.",
     handler=run,
+    arguments=(
+        arg("--docs-only", action="store_true",
+            help="only (re)build the Data Docs from the manifest; write no result file "
+            "(what `make run` does when they are missing)"),
+    ),
 )

@@ -248,3 +248,22 @@ def validate(
         )
     log.info("data contract passed: %d rows; Data Docs at %s", len(manifest), index)
     return outcome
+
+
+def build_docs(
+    manifest_path: Path, settings: ValidateSettings, workspace: Workspace = Workspace()
+) -> Path:
+    """Data Docs alone, when they are missing (a fresh clone whose validate stage DVC skipped:
+    they are git-ignored and no DVC output, since GX stamps each build with its time). Runs the
+    same checkpoints; writes no result file, so the committed ones stay as they are."""
+    import json as json_
+
+    if not Path(manifest_path).is_file():
+        raise PipelineOrderError(f"{manifest_path} not found: run `pneumo ingest` first")
+    manifest = pd.read_parquet(manifest_path)
+    meter = None
+    if workspace.shortcut_metrics.is_file():
+        meter = json_.loads(workspace.shortcut_metrics.read_text())
+    workspace.data_docs.mkdir(parents=True, exist_ok=True)
+    validate_manifest(manifest, settings, workspace.data_docs, meter)
+    return workspace.data_docs / "index.html"

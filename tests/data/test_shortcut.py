@@ -102,3 +102,24 @@ def test_cues_are_read_from_the_files(tmp_path: Path) -> None:
     cues = acquisition_cues(pd.DataFrame(rows), tmp_path, per_class=5, workers=1)
     assert cues["jpeg_quantisation"].iloc[1] > cues["jpeg_quantisation"].iloc[0]  # quality 20
     assert cues["aspect"].tolist() == pytest.approx([1.25, 1.25])
+
+
+def test_missing_data_docs_are_rebuilt_without_touching_the_results(
+    tmp_path: Path, real_root: Path
+) -> None:
+    """A fresh clone: validate's results are committed, its Data Docs (git-ignored) are not."""
+    import shutil
+
+    from pneumo.data.validate import build_docs
+
+    data = _dataset(tmp_path / "data", real_root, planted=True)
+    workspace = Workspace(tmp_path / "ws")
+    ingest(data, workspace, workers=1)
+    settings = ValidateSettings(min_rows=10, min_pneumonia_fraction=0.1, shortcut_sample=200)
+    validate(workspace.manifest, settings, workspace, data)
+    results = workspace.validation.read_bytes(), workspace.shortcut_metrics.read_bytes()
+    shutil.rmtree(workspace.data_docs)
+    index = build_docs(workspace.manifest, settings, workspace)
+    assert index.is_file()
+    assert (workspace.data_docs / "validations" / "acquisition_shortcut").is_dir()
+    assert (workspace.validation.read_bytes(), workspace.shortcut_metrics.read_bytes()) == results
