@@ -31,7 +31,7 @@ def report(args: argparse.Namespace) -> int:
     from pneumo.ablation import report as write_report
 
     workspace = workspace_of(args)
-    table = write_report(workspace.root)
+    table = write_report(workspace.root, rescore=args.rescore)
     print(f"{len(table)} recipes -> {workspace.root / 'reports' / 'ablation.md'}")
     return 0
 
@@ -53,6 +53,9 @@ COMMAND = Command(
         Command("start", help="run the queued experiments one after the other, each on the code "
                 "it was queued with (`dvc queue start -j 1` with PYTHONPATH=.)", handler=start),
         Command("report", help="write reports/ablation.md from the finished experiments",
-                handler=report),
+                handler=report,
+                arguments=(arg("--rescore", action="store_true",
+                               help="the counterfactual columns from this code's battery, run "
+                               "on each experiment's stored model (no retraining)"),)),
     ),
 )  # fmt: skip
