@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from pneumo.cli import Command, arg, load_settings_of, one_of, workspace_of
+from pneumo.cli import Command, load_settings_of, site_arguments, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,12 +46,5 @@ COMMAND = Command(
     "confirm on a labelled sample with `pneumo calibrate` or `pneumo evaluate --external FOLDER "
     "--alias site-NAME`, serve with `pneumo serve --model-version site-NAME`.",
     handler=run,
-    arguments=(
-        arg("folder", type=Path, metavar="FOLDER", help="the site's unlabelled images"),
-        arg("--site", required=True, help="the site's name (letters, digits, - and _)"),
-        one_of(
-            arg("--alias", default="champion", help="registry alias to adapt (default: champion)"),
-            arg("--version", type=int, help="registry version number to adapt"),
-        ),
-    ),
+    arguments=site_arguments("the site's unlabelled images"),
 )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from pneumo.cli import Command, arg, load_settings_of, one_of, workspace_of
+from pneumo.cli import Command, load_settings_of, site_arguments, workspace_of
 
 SHOWN = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
@@ -56,12 +55,5 @@ COMMAND = Command(
     "passes the gate; the champion is never replaced. Serve it with "
     "`pneumo serve --model-version site-NAME`.",
     handler=run,
-    arguments=(
-        arg("folder", type=Path, metavar="FOLDER", help="labelled sample of the site"),
-        arg("--site", required=True, help="the site's name (letters, digits, - and _)"),
-        one_of(
-            arg("--alias", default="champion", help="registry alias to adapt (default: champion)"),
-            arg("--version", type=int, help="registry version number to adapt"),
-        ),
-    ),
+    arguments=site_arguments("labelled sample of the site"),
 )
