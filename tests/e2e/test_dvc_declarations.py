@@ -28,6 +28,7 @@ EXEMPT = ("tracking.*", "*.threads", "*.workers")
 # Settings a stage reads only under some settings: each variant runs the stage once more.
 VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "evaluate": (
+        ("evaluate.threshold_rule=youden",),
         ("evaluate.threshold_rule=target_sensitivity",),
         ("evaluate.threshold_rule=fixed",),
         ("evaluate.referral=conformal",),
