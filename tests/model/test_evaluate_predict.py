@@ -62,7 +62,7 @@ def trained(
 
 
 def test_evaluate_writes_metrics_plots_and_decision(trained: tuple[Settings, Workspace]) -> None:
-    _, ws = trained
+    settings, ws = trained
     report = json.loads(ws.eval_metrics.read_text())
     assert {"test", "test_bacterial", "test_viral", "val", "threshold"} <= report.keys()
     for name in (
@@ -80,7 +80,7 @@ def test_evaluate_writes_metrics_plots_and_decision(trained: tuple[Settings, Wor
         assert low <= value + 1e-9 and value <= high + 1e-9, name
     assert report["test"]["roc_auc"] > 0.75  # five short epochs at 64 px: clearly learning
     decision = json.loads(ws.decision.read_text())
-    assert decision["rule"] == "youden" and 0 < decision["threshold"] < 1
+    assert decision["rule"] == settings.evaluate.threshold_rule and 0 < decision["threshold"] < 1
     for name in ("roc.csv", "pr.csv", "calibration.csv", "test_predictions.csv", "evaluation.png"):
         assert (ws.eval_plots / name).is_file()
 
