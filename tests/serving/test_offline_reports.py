@@ -91,7 +91,10 @@ def _write_plot_data(root: Path) -> None:
     pd.DataFrame(history).to_csv(root / "reports" / "train_history.csv", index=False)
     shifts = [s.name for s in SHIFTS]
     (root / "plots" / "stress").mkdir(parents=True)
-    pd.DataFrame({"shift": shifts * 2, "severity": [1] * len(shifts) + [2] * len(shifts),
+    severities = [1] * len(shifts) + [2] * len(shifts)
+    # As pneumo/stress.py writes it: one `case` (shift@severity) per bar.
+    pd.DataFrame({"case": [f"{n}@{v}" for n, v in zip(shifts * 2, severities, strict=True)],
+                  "shift": shifts * 2, "severity": severities,
                   "roc_auc": rng.uniform(0.9, 1.0, 2 * len(shifts))}).to_csv(
         root / "plots" / "stress" / "stress.csv", index=False)  # fmt: skip
 
