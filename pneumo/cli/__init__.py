@@ -84,18 +84,6 @@ def one_of(*args: Arg, required: bool = False) -> OneOf:
     return OneOf(args, required)
 
 
-def site_arguments(folder_help: str) -> tuple[Arg | OneOf, ...]:
-    """FOLDER --site NAME [--alias A | --version N]: what `adapt` and `calibrate` take."""
-    return (
-        arg("folder", type=Path, metavar="FOLDER", help=folder_help),
-        arg("--site", required=True, help="the site's name (letters, digits, - and _)"),
-        one_of(
-            arg("--alias", default="champion", help="registry alias to adapt (default: champion)"),
-            arg("--version", type=int, help="registry version number to adapt"),
-        ),
-    )
-
-
 @dataclass(frozen=True)
 class Command:
     """One sub-command: everything argparse needs, and the function that runs it."""

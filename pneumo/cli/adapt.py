@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pneumo.cli import Command, load_settings_of, site_arguments, workspace_of
+from pneumo.cli import Command, load_settings_of, workspace_of
+from pneumo.cli.calibrate import site_arguments
 
 
 def run(args: argparse.Namespace) -> int:

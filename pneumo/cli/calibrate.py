@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from pneumo.cli import Command, load_settings_of, site_arguments, workspace_of
+from pneumo.cli import Arg, Command, OneOf, arg, load_settings_of, one_of, workspace_of
+
+
+def site_arguments(folder_help: str) -> tuple[Arg | OneOf, ...]:
+    """FOLDER --site NAME [--alias A | --version N]: what `adapt` and `calibrate` take."""
+    return (
+        arg("folder", type=Path, metavar="FOLDER", help=folder_help),
+        arg("--site", required=True, help="the site's name (letters, digits, - and _)"),
+        one_of(
+            arg("--alias", default="champion", help="registry alias to adapt (default: champion)"),
+            arg("--version", type=int, help="registry version number to adapt"),
+        ),
+    )
+
 
 SHOWN = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
