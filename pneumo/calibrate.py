@@ -34,6 +34,7 @@ from pneumo.external import ExternalDataError, LabelledImages
 from pneumo.inference import predict_proba
 from pneumo.metrics import point_metrics
 from pneumo.models import save_model
+from pneumo.prevalence import logit
 from pneumo.registry.site import SiteCandidate, register_site_version
 from pneumo.workspace import atomic_path
 
@@ -213,7 +214,7 @@ def _calibrated_report(
                                             cfg, level, shift)  # fmt: skip
         held.append(on_interval)
         adjusted = chosen.adjust(probabilities[fold])
-        margins[fold] = _logit(adjusted) - _logit(np.array([chosen.threshold]))[0]
+        margins[fold] = logit(adjusted) - logit(np.array([chosen.threshold]))[0]
     out_of_fold = Decision(0.5, "cross-fitted", referral_margin=reference.decision.referral_margin)
     calibrated = score(labels, 1 / (1 + np.exp(-margins)), patients, out_of_fold,
                        settings.evaluate, subtypes, name="calibrated")  # fmt: skip
@@ -240,9 +241,6 @@ def _calibrated_report(
     return report, decision
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
 
 
 def _write(path: Path, report: dict[str, Any]) -> None:

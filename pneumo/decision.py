@@ -62,16 +62,14 @@ class Decision:
 
     def refer(self, probability: float, out_of_distribution: bool = False) -> bool:
         """Refer to a radiologist: a close call, or an image unlike the training data."""
-        if out_of_distribution:
-            return True
-        if self.referral_low is not None and self.referral_high is not None:
-            return self.referral_low <= probability <= self.referral_high
-        return abs(probability - self.threshold) < self.referral_margin
+        return out_of_distribution or bool(self.refers(np.array([probability]))[0])
 
     def refers(self, probabilities: np.ndarray) -> np.ndarray:
         """:meth:`refer` for many in-distribution probabilities."""
-        return np.array([self.refer(float(p)) for p in np.asarray(probabilities, dtype=float)],
-                        dtype=bool)  # fmt: skip
+        p = np.asarray(probabilities, dtype=float)
+        if self.referral_low is not None and self.referral_high is not None:
+            return (p >= self.referral_low) & (p <= self.referral_high)
+        return np.abs(p - self.threshold) < self.referral_margin
 
     @property
     def referral_band(self) -> tuple[float, float]:

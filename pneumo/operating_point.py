@@ -33,6 +33,12 @@ CANDIDATE_RULES: dict[str, dict[str, Any]] = {
 }
 
 
+def plausible_sites(sets: dict[str, np.ndarray]) -> list[str]:
+    """The simulated sites a rule must hold on: the clean split and every shift at severity 1
+    (severity 2 is reported, not chosen by)."""
+    return [name for name in sets if name == "clean" or name.endswith("@1")]
+
+
 def _rates(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> tuple[float, float]:
     positive = probabilities >= threshold
     return float(positive[labels == 1].mean()), float((~positive[labels == 0]).mean())
@@ -47,7 +53,7 @@ def rule_table(
     """Every candidate rule on every simulated site; ``sets`` maps ``clean`` and
     ``NAME@SEVERITY`` to the validation split's probabilities under that shift."""
     labels = np.asarray(labels).astype(int)
-    plausible = [name for name in sets if name == "clean" or name.endswith("@1")]
+    plausible = plausible_sites(sets)
     rows = []
     for rule, overrides in CANDIDATE_RULES.items():
         settings = evaluate_settings.model_copy(update=overrides)
@@ -100,7 +106,7 @@ def referral_table(
         "margin": Decision(threshold, "table", referral_margin=evaluate_settings.referral_margin),
         "conformal": Decision(threshold, "table", referral_low=low, referral_high=high),
     }
-    plausible = [name for name in sets if name == "clean" or name.endswith("@1")]
+    plausible = plausible_sites(sets)
     table: dict[str, Any] = {"threshold": threshold, "conformal_band": [low, high],
                              "alpha": evaluate_settings.referral_alpha, "rules": {}}  # fmt: skip
     for name, decision in rules.items():

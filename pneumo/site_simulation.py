@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pneumo.decision import Decision, floor_threshold
-from pneumo.operating_point import PREVALENCES
+from pneumo.operating_point import PREVALENCES, plausible_sites
 from pneumo.prevalence import (
     estimate_prevalence,
     fit_calibration,
@@ -64,7 +64,7 @@ def simulate(
     reference_y, reference_p = labels[known], sets["clean"][known]
     results: dict[str, list[dict[str, float]]] = {}
     moved_count = refused = 0
-    plausible = [name for name in sets if name == "clean" or name.endswith("@1")]
+    plausible = plausible_sites(sets)
     for site_number, (name, prevalence) in enumerate(
         (n, q) for n in plausible for q in PREVALENCES
     ):

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pneumo.data.shortcut import edge_energy
 from pneumo.metrics import binary_metrics
+from pneumo.prevalence import logit
 from pneumo.workspace import atomic_path
 
 log = logging.getLogger(__name__)
@@ -377,9 +378,6 @@ def counterfactual_images(
                      for image, target in zip(working, targets, strict=True)])  # fmt: skip
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def counterfactual_report(
@@ -408,7 +406,7 @@ def counterfactual_report(
             "pneumonia_as_normal": np.where(pneumonia, p_swapped, p_clean),
             "swap": p_swapped,
         }
-        moved = _logit(p_swapped) - _logit(p_clean)
+        moved = logit(p_swapped) - logit(p_clean)
         for name, probabilities in cases.items():
             values = binary_metrics(labels, probabilities, threshold)
             report.setdefault(name, {})[str(severity)] = {k: values[k] for k in REPORTED}
