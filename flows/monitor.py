@@ -91,7 +91,8 @@ def log_to_mlflow(
             figures[f"monitor/live_{metric}"] = value
     files = [report] if report else []
     try:
-        return tracking.log_standalone_run(settings, Workspace(root), "monitor", files, figures)
+        return tracking.log_standalone_run(settings, Workspace(root), "monitor", files, figures,
+                                           settings.tracking.monitor_experiment)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - monitoring must not fail because MLflow is down
         log.warning("monitor: not logged to MLflow: %s", exc)
         return None

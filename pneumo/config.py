@@ -33,6 +33,12 @@ class DataSettings(_Section):
     root: Path = Field(
         Path("../shared/data/chest_xray"), description="Kermany-layout dataset folder"
     )
+    scope_root: Path = Field(
+        Path("data/scope"),
+        description="real radiographs outside the model's scope (adults, laterals, other body "
+        "parts): <kind>/<source>/<file> with a manifest.csv; the guard's scope check learns to "
+        "name them when the folder holds any (pneumo/scope.py)",
+    )
 
 
 class IngestSettings(_Section):
@@ -204,6 +210,9 @@ class TrainSettings(_Section):
 class TrackingSettings(_Section):
     uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI; relative to the root")
     experiment: str = Field("pneumo", min_length=1)
+    monitor_experiment: str = Field(
+        "pneumo-monitor", min_length=1, description="the monitor flow's runs, apart from training"
+    )
     log_model: bool = True
 
 
@@ -413,6 +422,9 @@ class ServeSettings(_Section):
     max_request_bytes: int = Field(20_000_000, ge=1024, description="larger bodies get 413")
     max_json_bytes: int = Field(
         65_536, ge=1024, description="JSON routes (/feedback): larger bodies get 413"
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, le=1_048_576, description="request line and headers; more get 431"
     )
     max_pixels: int = Field(
         50_000_000, ge=4096, description="pixels, and decoded bytes, from the header; more get 413"

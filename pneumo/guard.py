@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,29 @@ import torch
 from PIL import Image
 
 from pneumo.errors import PipelineOrderError
+from pneumo.scope import (
+    DETECTORS,
+    KIND_SEGMENTS,
+    LAYOUT_SEGMENT,
+    ScopeSet,
+    fit_kinds,
+    fit_layout,
+    kind_probabilities,
+    kind_reason,
+    layout_scores,
+    out_of_scope_log_odds,
+    segment,
+)
 from pneumo.workspace import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the scope check (layout, kinds, norms)
 # Screen limits: the Kermany release's most extreme image is 384x127 (3.0:1).
 MAX_ASPECT = 3.2
 MAX_CHROMA = 12.0  # mean max-channel difference (0..255) of a small copy: grey JPEGs stay under 3
 MIN_SPREAD = 3.0  # grey levels of standard deviation at the model's size
+GLOBAL_TAIL_SHARE = 0.25  # of guard.max_val_flag_rate: where the global detector's scale puts 1
 
 
 @dataclass(frozen=True)
@@ -92,9 +106,9 @@ class GuardMismatchError(PipelineOrderError):
 
 @dataclass
 class Guard:
-    """The fitted feature detector and its validation-calibrated cut-off."""
+    """The fitted scope check (pneumo/scope.py) and its validation-calibrated cut-off."""
 
-    mean: torch.Tensor  # (D,) feature standardisation
+    mean: torch.Tensor  # (D,) standardisation of the block means (the global detector)
     scale: torch.Tensor  # (D,)
     centres: torch.Tensor  # (classes, D)
     precision: torch.Tensor  # (D, D)
@@ -103,6 +117,13 @@ class Guard:
     # The sha256 of the weights file whose features it was fitted on: another network's features
     # would be far from all of it, and every image flagged.
     weights_sha256: str = ""
+    segments: dict[str, tuple[int, int]] = field(default_factory=dict)  # feature columns
+    layout: dict[str, torch.Tensor] = field(default_factory=dict)  # the one-class layout Gaussian
+    kinds: dict[str, torch.Tensor] = field(default_factory=dict)  # the kind classifier, if fitted
+    kind_names: list[str] = field(default_factory=list)
+    # Per detector (DETECTORS order): the validation median, and its 1 - max_val_flag_rate
+    # quantile minus the median.
+    norms: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2))
 
     def check_weights(self, model_path: Path, guard_path: Path | str = "the guard") -> None:
         """Refuse to judge another network's features (the guard and the model travel together)."""
@@ -120,29 +141,86 @@ class Guard:
                 "package or serve again"
             )
 
+    @property
+    def detectors(self) -> list[str]:
+        return [d for d in DETECTORS if d == "global" or getattr(self, d)]
+
+    def raw_scores(self, features: np.ndarray) -> np.ndarray:
+        """(N, detectors): each detector's own score, higher = further from the scope."""
+        features = np.asarray(features, dtype=np.float32)
+        columns = [self._global(segment(features, self.segments, "means"))]
+        if self.layout:
+            columns.append(layout_scores(self.layout, segment(features, self.segments,
+                                                              LAYOUT_SEGMENT)))  # fmt: skip
+        if self.kinds:
+            columns.append(out_of_scope_log_odds(self.kind_probabilities(features)))
+        return np.stack(columns, axis=1)
+
+    def kind_probabilities(self, features: np.ndarray) -> np.ndarray:
+        return kind_probabilities(self.kinds, segment(np.asarray(features, dtype=np.float32),
+                                                      self.segments, *KIND_SEGMENTS))  # fmt: skip
+
     def scores(self, features: np.ndarray) -> np.ndarray:
-        """Outlier score per image: the Mahalanobis distance to the closest class (higher = stranger)."""
-        detector = self._detector()
-        z = (torch.as_tensor(features, dtype=torch.float32) - self.mean) / self.scale
-        return detector.predict_features(z).double().numpy()
+        """One outlier score per image: the highest detector on the validation scale."""
+        raw = self.raw_scores(features)
+        norms = self.norms.double().numpy()
+        return ((raw - norms[:, 0]) / norms[:, 1]).max(axis=1)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.cutoff
 
-    def _detector(self) -> Any:
+    def judge(self, features: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Scores, and per image why it is out of scope (None when it is in)."""
+        scores = self.scores(features)
+        flagged = self.flags(scores)
+        kinds = self.kind_probabilities(features) if self.kinds and flagged.any() else None
+        why: list[str | None] = []
+        for index, flag in enumerate(flagged):
+            if not flag:
+                why.append(None)
+            elif kinds is not None and kinds[index, 1:].max() > kinds[index, 0]:
+                why.append(kind_reason(self.kind_names[1 + int(kinds[index, 1:].argmax())]))
+            else:
+                why.append(
+                    "unlike the paediatric frontal chest radiographs the model was trained on "
+                    f"(outlier score {scores[index]:.1f}, cut-off {self.cutoff:.1f})"
+                )
+        return scores, why
+
+    def _global(self, means: np.ndarray) -> np.ndarray:
         from pytorch_ood.detector import Mahalanobis
 
         detector = Mahalanobis(None)
         detector.mu, detector.precision = self.centres, self.precision
-        return detector
+        z = (torch.as_tensor(means, dtype=torch.float32) - self.mean) / self.scale
+        return detector.predict_features(z).double().numpy()
+
+    def calibrate(self, val_features: np.ndarray) -> Guard:
+        """Put each detector on the validation scale and cut at 1 - max_val_flag_rate of it."""
+        raw = self.raw_scores(val_features)
+        median = np.median(raw, axis=0)
+        # Scaled so each detector's own cut-off would sit at 1, the global one's further out:
+        # what it exists for (photographs, documents, noise) lies far beyond any validation tail,
+        # and the budget of flagged validation images goes to the detectors that see anatomy
+        # (measured: adults flagged 67-82 % with equal tails, 74-87 % with these).
+        rates = np.array([GLOBAL_TAIL_SHARE if d == "global" else 1.0 for d in self.detectors])
+        tail = np.array([np.quantile(raw[:, i], 1.0 - self.max_val_flag_rate * r)
+                         for i, r in enumerate(rates)])  # fmt: skip
+        spread = np.maximum(tail - median, 1e-6)
+        self.norms = torch.as_tensor(np.stack([median, spread], axis=1), dtype=torch.float64)
+        self.cutoff = float(np.quantile(self.scores(val_features), 1.0 - self.max_val_flag_rate,
+                                        method="higher"))  # fmt: skip
+        return self
 
     def save(self, path: Path) -> None:
         payload = {
             "format_version": FORMAT_VERSION,
-            "method": "mahalanobis",
+            "method": "mahalanobis + layout gaussian + kind classifier",
             "mean": self.mean, "scale": self.scale, "centres": self.centres,
             "precision": self.precision, "cutoff": self.cutoff,
             "max_val_flag_rate": self.max_val_flag_rate, "weights_sha256": self.weights_sha256,
+            "segments": {k: list(v) for k, v in self.segments.items()}, "layout": self.layout,
+            "kinds": self.kinds, "kind_names": self.kind_names, "norms": self.norms,
         }  # fmt: skip
         with atomic_path(Path(path)) as tmp:
             torch.save(payload, tmp)
@@ -155,10 +233,15 @@ class Guard:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             if payload.get("format_version") != FORMAT_VERSION:
-                raise PipelineOrderError(f"{path} has another format: rerun `pneumo guard`")
+                raise PipelineOrderError(
+                    f"{path} was made by an older pneumo (no scope check): rerun `pneumo guard`"
+                )
             return cls(payload["mean"], payload["scale"], payload["centres"], payload["precision"],
                        float(payload["cutoff"]), float(payload["max_val_flag_rate"]),
-                       str(payload.get("weights_sha256", "")))  # fmt: skip
+                       str(payload.get("weights_sha256", "")),
+                       {k: (int(v[0]), int(v[1])) for k, v in payload["segments"].items()},
+                       dict(payload["layout"]), dict(payload["kinds"]),
+                       list(payload["kind_names"]), payload["norms"])  # fmt: skip
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, KeyError) as exc:
             raise PipelineOrderError(
                 f"{path} is not a guard file ({exc}): rerun `pneumo guard`"
@@ -170,101 +253,135 @@ def fit(
     train_labels: np.ndarray,
     val_features: np.ndarray,
     max_val_flag_rate: float,
+    segments: dict[str, tuple[int, int]],
+    scope: ScopeSet | None = None,
+    scope_features: np.ndarray | None = None,
 ) -> Guard:
-    """Fit the class-conditional Gaussians on train and the cut-off on validation."""
+    """Fit the detectors on train (and on the real out-of-scope set, when given), calibrate on
+    validation."""
     from pytorch_ood.detector import Mahalanobis
 
-    features = torch.as_tensor(train_features, dtype=torch.float32)
-    mean, scale = features.mean(0), features.std(0).clamp_min(1e-6)
-    detector = Mahalanobis(None).fit_features((features - mean) / scale,
+    means = torch.as_tensor(segment(train_features, segments, "means"), dtype=torch.float32)
+    mean, scale = means.mean(0), means.std(0).clamp_min(1e-6)
+    detector = Mahalanobis(None).fit_features((means - mean) / scale,
                                               torch.as_tensor(train_labels, dtype=torch.long))  # fmt: skip
-    guard = Guard(mean, scale, detector.mu, detector.precision, float("inf"), max_val_flag_rate)
-    val_scores = guard.scores(val_features)
-    guard.cutoff = float(np.quantile(val_scores, 1.0 - max_val_flag_rate, method="higher"))
-    return guard
+    guard = Guard(mean, scale, detector.mu, detector.precision, float("inf"), max_val_flag_rate,
+                  segments=segments,
+                  layout=fit_layout(segment(train_features, segments, LAYOUT_SEGMENT)))  # fmt: skip
+    if scope is not None and len(scope) and scope_features is not None:
+        guard.kinds, guard.kind_names = fit_kinds(
+            segment(train_features, segments, *KIND_SEGMENTS),
+            segment(scope_features, segments, *KIND_SEGMENTS),
+            scope.kinds,
+        )
+    return guard.calibrate(val_features)
 
 
 def reasons(
-    guard: Guard | None, scores: np.ndarray | None, screened: list[str | None]
-) -> list[str | None]:
-    """Per image: why it is out of distribution (the screen first, then the detector), or None."""
-    flagged = guard.flags(scores) if guard is not None and scores is not None else None
-    out: list[str | None] = []
-    for index, screen in enumerate(screened):
-        if screen is not None:
-            out.append(screen)
-        elif flagged is not None and flagged[index]:
-            out.append(
-                "unlike the paediatric chest radiographs the model was trained on (outlier "
-                f"score {scores[index]:.0f}, cut-off {guard.cutoff:.0f})"  # type: ignore[index, union-attr]
-            )
-        else:
-            out.append(None)
-    return out
+    guard: Guard | None, features: np.ndarray | None, screened: list[str | None]
+) -> tuple[np.ndarray, list[str | None]]:
+    """Per image: the outlier score (NaN without a guard) and why it is out of scope (the
+    file's screen first, then the scope check), or None."""
+    scores = np.full(len(screened), np.nan)
+    judged: list[str | None] = [None] * len(screened)
+    if guard is not None and features is not None and len(screened):
+        scores, judged = guard.judge(features)
+    return scores, [screen or why for screen, why in zip(screened, judged, strict=True)]
 
 
-def guard_stage(settings: Any, workspace: Any) -> dict[str, Any]:
-    """The `guard` stage: fit on train, calibrate on validation, measure on the probe kinds."""
+def guard_stage(settings: Any, workspace: Any, scope_root: Path | None = None) -> dict[str, Any]:
+    """The `guard` stage: fit on train (and the real out-of-scope set under ``data.scope_root``,
+    when there is one), calibrate on validation, measure on the probe kinds and on each source of
+    the set with the kind classifier refitted without it."""
     import json
 
     from pneumo.accel import configure_threads
-    from pneumo.data.preprocess import decode_radiograph, load_arrays
-    from pneumo.guard_probes import NON_RADIOGRAPHS, probe_kinds
+    from pneumo.data.preprocess import load_arrays
     from pneumo.inference import predict
     from pneumo.models import load_model
+    from pneumo.models.features import feature_segments
+    from pneumo.scope import load_scope_set
+    from pneumo.scope_report import measure_probes, measure_sources, write_scope_report
+    from pneumo.workspace import sha256_file
 
     configure_threads(settings.model.threads)
     from pneumo.runtime import compile_network
 
     model, metadata = load_model(workspace.model)
-    # Fitted on the features the served network computes (model.runtime), so the cut-off holds.
-    model = compile_network(model, settings.model.runtime, settings.model.accelerator(),
-                            features=True)  # fmt: skip
     size, accel, batch = (
         int(metadata["image_size"]),
         settings.model.accelerator(),
         settings.model.batch_size,
     )
+    segments = feature_segments(model, size)
+    # Fitted on the features the served network computes (model.runtime), so the cut-off holds.
+    network = compile_network(model, settings.model.runtime, accel, features=True)
 
-    def features(images: np.ndarray) -> np.ndarray:
-        return predict(model, images, batch, accel=accel, features=True).features  # type: ignore[return-value]
+    def features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = predict(network, images, batch, accel=accel, features=True)
+        return result.probabilities, result.features  # type: ignore[return-value]
 
+    root = scope_root or Path(settings.data.scope_root)
+    root = root if root.is_absolute() else workspace.root / root
+    scope = load_scope_set(root, size)
     train, val = (load_arrays(workspace.arrays(s)) for s in ("train", "val"))
-    guard = fit(features(train["images"]), train["labels"], features(val["images"]),
-                settings.guard.max_val_flag_rate)  # fmt: skip
-    from pneumo.workspace import sha256_file
-
+    (_, train_f), (_, val_f) = features(train["images"]), features(val["images"])
+    scope_p, scope_f = features(scope.images) if len(scope) else (np.zeros(0), None)
+    guard = fit(train_f, train["labels"], val_f, settings.guard.max_val_flag_rate, segments,
+                scope, scope_f)  # fmt: skip
     guard.weights_sha256 = sha256_file(workspace.model)
     guard.save(workspace.guard)
+
     val_screened = [Screening(size, size, 0.0).reason(p) for p in val["images"]]
-    val_reasons = reasons(guard, guard.scores(features(val["images"])), val_screened)
+    val_reasons = reasons(guard, val_f, val_screened)[1]
     report: dict[str, Any] = {
-        "method": "mahalanobis on pooled conv-block features (pytorch-ood) + file screen",
+        "method": "file screen, then the highest of: mahalanobis on block means (pytorch-ood), "
+        "a layout gaussian" + (", a kind classifier" if guard.kinds else "") + " (pneumo/scope.py)",
+        "detectors": guard.detectors,
         "cutoff": guard.cutoff,
         "max_val_flag_rate": guard.max_val_flag_rate,
         "val": {
             "n": len(val_reasons),
             "flagged": float(np.mean([r is not None for r in val_reasons])),
-        },
-        "kinds": {},
+        },  # fmt: skip
+        "kinds": measure_probes(guard, val["images"], size, settings.guard, features),
     }
-    for kind, probes in probe_kinds(
-        val["images"], settings.guard.probes_per_kind, settings.guard.seed
-    ).items():
-        pixels = np.stack([decode_radiograph(img, size) for img in probes])
-        screened = [Screening.of(img).reason(p) for img, p in zip(probes, pixels, strict=True)]
-        found = reasons(guard, guard.scores(features(pixels)), screened)
-        report["kinds"][kind] = {
-            "n": len(found),
-            "flagged": float(np.mean([r is not None for r in found])),
-            "by_screen": float(np.mean([s is not None for s in screened])),
-        }
+    from pneumo.guard_probes import NON_RADIOGRAPHS
+
     non = [report["kinds"][k] for k in NON_RADIOGRAPHS]
     report["non_radiographs_flagged"] = sum(k["flagged"] * k["n"] for k in non) / sum(
         k["n"] for k in non
     )
+    from pneumo.decision import Decision
+
+    # Whether an unflagged out-of-scope image would be called pneumonia: the evaluated decision.
+    decision = Decision.load(workspace.decision) if workspace.decision.is_file() else None
+    report["scope"] = measure_sources(guard, scope, scope_f, scope_p, train_f, val_f, decision)
     with atomic_path(workspace.guard_metrics) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
-    log.info("guard: %.1f %% of validation flagged, %.1f %% of non-radiographs",
-             100 * report["val"]["flagged"], 100 * report["non_radiographs_flagged"])  # fmt: skip
+    files = [workspace.guard_metrics]
+    if len(scope):
+        write_scope_report(workspace.root / "reports" / "scope.md", report, scope)
+        files.append(workspace.root / "reports" / "scope.md")
+    if workspace.run_id.is_file():
+        from pneumo import tracking
+
+        tracking.log_to_run(settings, workspace, workspace.run_id.read_text().strip(),
+                            guard_run_metrics(report), files, "guard")  # fmt: skip
+    log.info("guard: %.1f %% of validation flagged, %.1f %% of non-radiographs; scope set: %d "
+             "images", 100 * report["val"]["flagged"], 100 * report["non_radiographs_flagged"],
+             len(scope))  # fmt: skip
     return report
+
+
+def guard_run_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The MLflow run's view of metrics/guard.json: one flag rate per probe kind and source."""
+    flat = {"guard/val_flagged": report["val"]["flagged"],
+            "guard/non_radiographs_flagged": report["non_radiographs_flagged"]}  # fmt: skip
+    flat |= {f"guard/probe/{kind}": v["flagged"] for kind, v in report["kinds"].items()}
+    for source, v in report["scope"].get("sources", {}).items():
+        flat[f"guard/scope/{v['kind']}/{source}/flagged_held_out"] = v["flagged_held_out"]
+        flat[f"guard/scope/{v['kind']}/{source}/called_pneumonia_unflagged"] = v[
+            "called_pneumonia_unflagged"
+        ]
+    return {k: float(v) for k, v in flat.items()}

@@ -132,6 +132,10 @@ def fetch_from_workspace(workspace: Workspace, dest: Path) -> dict[str, Any]:
     shutil.copyfile(workspace.decision, dest / DECISION_FILE)
     shutil.copyfile(workspace.eval_metrics, dest / METRICS_FILE)
     if workspace.guard.is_file():
+        from pneumo.guard import Guard
+
+        # Never package a guard fitted on other weights: it would flag every request.
+        Guard.load(workspace.guard).check_weights(workspace.model, workspace.guard)
         shutil.copyfile(workspace.guard, dest / GUARD_FILE)
     run_id = workspace.run_id.read_text().strip() if workspace.run_id.is_file() else ""
     decision = json.loads((dest / DECISION_FILE).read_text())

@@ -112,10 +112,7 @@ class Predictor:
                     for s, p in zip(screened, images, strict=True)]  # fmt: skip
         result = predict(self.network, images, batch_size, self.decision.tta, self.accel,
                          features=self.guard is not None)  # fmt: skip
-        scores = np.full(len(images), np.nan)
-        if self.guard is not None and len(images):
-            scores = self.guard.scores(result.features)  # type: ignore[arg-type]
-        reasons = guard_reasons(self.guard, scores if self.guard else None, screened)
+        scores, reasons = guard_reasons(self.guard, result.features, screened)
         return Assessment(self.decision.adjust(result.probabilities), scores, reasons)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -92,18 +92,22 @@ def fluent_store(uri: str) -> Iterator[None]:
             os.environ[URI_VARIABLE] = saved_env
 
 
-def ensure_experiment(settings: TrackingSettings, workspace: Workspace) -> str:
-    """The experiment's id, created when new; tagged for model development unless it has a kind."""
+def ensure_experiment(
+    settings: TrackingSettings, workspace: Workspace, name: str | None = None
+) -> str:
+    """The experiment's id (``tracking.experiment`` unless ``name`` is given), created when new;
+    tagged for model development unless it has a kind."""
     uri = resolve_uri(settings.uri, workspace)
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(settings.experiment)
+    name = name or settings.experiment
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
         # An embedded store keeps its artifacts in the workspace, not where the process started.
         location = (
             workspace.mlflow_artifacts.resolve().as_uri() if uri.startswith("sqlite:") else None
         )
         tags = {EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
-        return client.create_experiment(settings.experiment, location, tags)
+        return client.create_experiment(name, location, tags)
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind chosen in the UI is kept
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
     return experiment.experiment_id
@@ -368,9 +372,11 @@ def log_standalone_run(
     step: str,
     files: Sequence[Path],
     metrics: dict[str, float] | None = None,
+    experiment: str | None = None,
 ) -> str:
-    """A run of its own for a step that trains nothing to keep (e.g. `pneumo compare`)."""
-    experiment_id = ensure_experiment(settings.tracking, workspace)
+    """A run of its own for a step that trains nothing to keep (e.g. `pneumo compare`), in
+    ``experiment`` (default ``tracking.experiment``)."""
+    experiment_id = ensure_experiment(settings.tracking, workspace, experiment)
     client = client_for(settings.tracking, workspace)
     run_id = client.create_run(
         experiment_id, run_name=step, tags={"pipeline_step": step}

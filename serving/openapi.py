@@ -145,11 +145,11 @@ def _upload_operation(
     }
 
 
-def _post_routes() -> dict[str, dict[str, Any]]:
+def _post_routes(example: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What BentoML cannot say about the typed POST endpoints."""
     batch_example = {
-        "predictions": [{**PREDICTION_EXAMPLE, "index": 0, "filename": "a.jpeg"}],
-        "model": PREDICTION_EXAMPLE["model"],
+        "predictions": [{**example, "index": 0, "filename": "a.jpeg"}],
+        "model": example["model"],
     }
     explained = {"oneOf": [_ref(Explanation), _ref(ExplanationLayers)]}
     explain = _upload_operation(
@@ -166,7 +166,7 @@ def _post_routes() -> dict[str, dict[str, Any]]:
         "/predict": _upload_operation(
             "Probability of pneumonia in one radiograph",
             "image",
-            {"description": "the call", "content": _json(_ref(Prediction), PREDICTION_EXAMPLE)},
+            {"description": "the call", "content": _json(_ref(Prediction), example)},
         ),
         "/predict_batch": _upload_operation(
             "Predict several radiographs: all or, if any file is unusable, none",
@@ -240,8 +240,11 @@ def _get_routes() -> dict[str, dict[str, Any]]:
     }
 
 
-def openapi_document(bentoml_document: dict[str, Any]) -> dict[str, Any]:
-    """BentoML's document of the service with the guarded routes described in full."""
+def openapi_document(
+    bentoml_document: dict[str, Any], served: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """BentoML's document of the service with the guarded routes described in full; ``served``
+    (threshold, referral band, model) puts the served model's own values in the examples."""
     document = copy.deepcopy(bentoml_document)
     document["openapi"] = "3.1.0"  # pydantic writes JSON Schema 2020-12, as OpenAPI 3.1 reads it
     document["info"]["description"] = (
@@ -249,7 +252,8 @@ def openapi_document(bentoml_document: dict[str, Any]) -> dict[str, Any]:
         "referral flag and Grad-CAM out. Every refusal is a JSON 4xx {error, code}."
     )
     paths = document.setdefault("paths", {})
-    for path, details in _post_routes().items():
+    example = {**PREDICTION_EXAMPLE, **(served or {})}
+    for path, details in _post_routes(example).items():
         operation = paths[path]["post"]
         operation.update(details)
     paths.update(_get_routes())

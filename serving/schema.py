@@ -129,7 +129,7 @@ PREDICTION_EXAMPLE = {
     "refer_to_radiologist": False,
     "referral_band": [0.443, 0.543],
     "out_of_distribution": False,
-    "ood_score": 412.7,
+    "ood_score": -0.21,  # the scope check's scale: validation median 0, cut-off about 1
     "ood_reason": None,
     "input": {"format": "JPEG", "width": 1858, "height": 1588},
     "model": {"name": "pneumo-cnn", "version": "v3-1a2b3c4d", "source": "registry"},

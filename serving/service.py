@@ -46,6 +46,7 @@ from serving import api as routes
 from serving import timing
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
+from serving.framing import StrictFraming
 from serving.json_routes import StrictJson
 from serving.model_host import ModelHost, ModelQueueTimeout, classify_batch, load_predictor
 from serving.monitoring import Monitoring, workspace_root
@@ -199,8 +200,18 @@ class PneumoniaModel:
 
 
 def _document() -> dict[str, Any]:
-    """/docs.json: BentoML's OpenAPI document of the service, completed (serving/openapi.py)."""
-    return openapi_document(PneumoniaService.openapi_spec.asdict())
+    """/docs.json: BentoML's OpenAPI document of the service, completed (serving/openapi.py),
+    its examples carrying the served model's threshold, referral band and identity."""
+    served = None
+    try:
+        service = bentoml.get_current_service()
+        decision = service.decision
+        served = {"threshold": round(decision.threshold, 6),
+                  "referral_band": [round(v, 6) for v in decision.referral_band],
+                  "model": service.model_info}  # fmt: skip
+    except (AttributeError, RuntimeError, TypeError):
+        pass  # no live service (documentation built offline): the generic example
+    return openapi_document(PneumoniaService.openapi_spec.asdict(), served)
 
 
 @bentoml.asgi_app(create_app(bentoml.get_current_service, _document), path="/")
@@ -327,3 +338,5 @@ PneumoniaService.add_asgi_middleware(JsonErrors)
 # JSON routes checked (size, type, fields) before BentoML reads and validates them.
 PneumoniaService.add_asgi_middleware(StrictJson)
 PneumoniaService.add_asgi_middleware(timing.ServerTiming)
+# HTTP framing refused as the specification says (transfer codings, header size, length).
+PneumoniaService.add_asgi_middleware(StrictFraming)

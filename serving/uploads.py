@@ -13,8 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from pneumo.config import ServeSettings
@@ -23,6 +21,7 @@ from serving.inputs import InputError, media_type
 MULTIPART = "multipart/form-data"
 FORM_FIELDS = 32  # text fields a form may carry besides its files (they are ignored)
 NAME_LIMIT = 200  # characters of a file name echoed back
+PART_HEADER_BYTES = 65_536  # a part's header line: room for any real file name
 
 
 class ServiceOverloadedError(Exception):
@@ -86,17 +85,83 @@ async def read_body(
     return b"".join(chunks)
 
 
-def _multipart_error(exc: MultiPartException) -> InputError:
-    cause = str(exc.__cause__ or "")
-    if "header size" in cause.lower():
-        message = (
-            "a part of the form has headers longer than 4 KB, most likely its file name: "
-            "send the file under a shorter name"
-        )
-    else:
-        detail = f" ({cause})" if cause else ""
-        message = f"the multipart form is malformed: {exc.message}{detail}"
-    return InputError(400, "invalid_multipart", message)
+class _Parts:
+    """python-multipart callbacks collecting each part's headers and bytes."""
+
+    def __init__(self, max_files: int) -> None:
+        self.parts: list[dict] = []
+        self.max_files = max_files
+        self._name = self._value = b""
+
+    def begin(self) -> None:
+        self.parts.append({"headers": {}, "data": bytearray()})
+        if len(self.parts) > self.max_files + FORM_FIELDS:
+            raise InputError(400, "invalid_multipart",
+                             f"the form has more than {self.max_files + FORM_FIELDS} parts")  # fmt: skip
+
+    def field(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        self.parts[-1]["headers"][self._name.lower()] = self._value
+        self._name = self._value = b""
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1]["data"] += data[start:end]
+
+    def end(self) -> None:
+        self.parts[-1]["complete"] = True
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self.begin, "on_header_field": self.field,
+                "on_header_value": self.value, "on_header_end": self.header_end,
+                "on_part_data": self.data, "on_part_end": self.end}  # fmt: skip
+
+
+def parse_multipart(body: bytes, content_type: str, max_files: int) -> list[Upload]:
+    """The files of a multipart/form-data body; text fields are ignored.
+
+    python-multipart directly rather than through starlette, whose parser caps a part's headers
+    at 4 KB: a file name of thousands of characters is legal, and is cut for echoing instead.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InputError(400, "invalid_multipart",
+                         "the multipart form has no boundary in its Content-Type")  # fmt: skip
+    collected = _Parts(max_files)
+    try:
+        parser = MultipartParser(boundary, collected.callbacks(), max_header_size=PART_HEADER_BYTES)
+        parser.write(body)
+        parser.finalize()
+    except InputError:
+        raise
+    except Exception as exc:  # python-multipart's parse errors (one family, several classes)
+        raise InputError(400, "invalid_multipart",
+                         f"the multipart form is malformed: {str(exc)[:120]}") from None  # fmt: skip
+    files: list[Upload] = []
+    for part in collected.parts:
+        if not part.get("complete"):
+            continue  # cut off before its closing boundary
+        kind, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if kind != b"form-data" or b"name" not in disposition:
+            raise InputError(400, "invalid_multipart",
+                             "every part needs 'Content-Disposition: form-data; name=...'")  # fmt: skip
+        if b"filename" not in disposition:
+            continue  # a text field
+        declared = part["headers"].get(b"content-type")
+        name = disposition[b"filename"].decode("utf-8", "replace")
+        files.append(Upload(bytes(part["data"]), declared.decode("latin-1") if declared else None,
+                            _name(name)))  # fmt: skip
+    if len(files) > max_files:
+        raise InputError(400, "invalid_multipart",
+                         f"too many files: at most {max_files} per request")  # fmt: skip
+    return files
 
 
 async def read_files(
@@ -104,22 +169,7 @@ async def read_files(
 ) -> list[Upload]:
     """The uploaded files of a multipart body (size- and time-checked); text fields are ignored."""
     body = await read_body(request, serve, uploads)
-
-    async def replay() -> AsyncIterator[bytes]:
-        yield body
-
-    parser = MultiPartParser(
-        Headers(scope=request.scope), replay(), max_files=max_files, max_fields=FORM_FIELDS
-    )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise _multipart_error(exc) from None
-    try:
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        return [Upload(await f.read(), f.content_type, _name(f)) for f in files]
-    finally:
-        await form.close()
+    return parse_multipart(body, request.headers.get("content-type", ""), max_files)
 
 
 async def read_upload(
@@ -145,8 +195,9 @@ async def read_upload(
     return Upload(data, request.headers.get("content-type"))
 
 
-def _name(upload: UploadFile) -> str | None:
-    """The client's file name without any folders, for echoing back."""
-    if not upload.filename:
+def _name(filename: str | None) -> str | None:
+    """The client's file name without any folders, cut to NAME_LIMIT characters for echoing and
+    logging (the name itself may be as long as the client likes)."""
+    if not filename:
         return None
-    return upload.filename.replace("\\", "/").rsplit("/", 1)[-1][:NAME_LIMIT] or None
+    return filename.replace("\\", "/").rsplit("/", 1)[-1][:NAME_LIMIT] or None

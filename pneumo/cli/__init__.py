@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Callable
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     # Our own messages at the chosen level; the stack's chatty libraries only when they warn.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(level)
+    # MLflow's per-download progress bars: noise in a terminal and in every log (set it to true
+    # to see them).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     handler: Handler = args.handler
     try:
         return handler(args)

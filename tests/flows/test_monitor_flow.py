@@ -61,6 +61,12 @@ def test_monitor_flow_ok_then_alert_with_an_offline_report(
     assert artifact is not None and "**Verdict: alert**" in str(artifact.data)
     assert report.resolve().as_uri() in str(artifact.data)
     assert alert["mlflow_run_id"]
+    from pneumo import tracking
+
+    client = tracking.client_for(settings.tracking, workspace)
+    experiment = client.get_run(alert["mlflow_run_id"]).info.experiment_id
+    # monitor runs land in their own experiment, not between the training runs
+    assert client.get_experiment(experiment).name == settings.tracking.monitor_experiment
     status = subprocess.run(
         [str(BIN / "pneumo"), "--params", str(workspace.root / "params.yaml"), "monitor", "status"],
         capture_output=True, text=True, timeout=120,

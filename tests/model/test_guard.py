@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,25 @@ def test_a_guard_refuses_weights_it_was_not_fitted_on(
     # The model it was fitted on loads as before.
     assert Predictor.from_files(workspace.model, workspace.decision,
                                 guard_path=workspace.guard).guard is not None  # fmt: skip
+
+
+def test_packaging_refuses_a_guard_fitted_on_other_weights(
+    fitted: tuple[Workspace, Settings, dict], tmp_path: Path
+) -> None:
+    """`pneumo package` after a retrain without `pneumo guard`: refused, naming the command."""
+    from pneumo.guard import GuardMismatchError
+    from pneumo.models import save_model
+    from pneumo.package import fetch_from_workspace
+
+    workspace, _, _ = fitted
+    copy = Workspace(tmp_path / "ws")
+    shutil.copytree(workspace.root, copy.root)
+    model, metadata = load_model(copy.model)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    save_model(model, copy.model, metadata)
+    copy.eval_metrics.parent.mkdir(parents=True, exist_ok=True)
+    copy.eval_metrics.write_text("{}")  # evaluated, as far as packaging asks
+    (tmp_path / "staging").mkdir()
+    with pytest.raises(GuardMismatchError, match="`pneumo guard`"):
+        fetch_from_workspace(copy, tmp_path / "staging")

@@ -151,3 +151,18 @@ def test_bentoml_own_refusal_of_a_typed_endpoint_is_in_our_format(asgi_client: T
         "error": "application/vnd.bentoml+pickle is not allowed in main server",
         "code": "unsupported_media_type",
     }
+
+
+def test_examples_are_the_served_models_answers(
+    document: dict[str, Any], asgi_client: TestClient
+) -> None:
+    """The /predict example carries the served threshold, referral band and model, not a
+    made-up one."""
+    served = asgi_client.get("/metadata").json()
+    predict = document["paths"]["/predict"]["post"]["responses"]["200"]["content"]
+    example = predict["application/json"]["example"]
+    assert example["threshold"] == pytest.approx(served["threshold"], abs=1e-4)
+    assert example["referral_band"] == pytest.approx(served["referral_band"], abs=1e-4)
+    assert example["model"]["version"] == served["model"]["version"]
+    batch = document["paths"]["/predict_batch"]["post"]["responses"]["200"]["content"]
+    assert batch["application/json"]["example"]["predictions"][0]["threshold"] == example["threshold"]

@@ -72,7 +72,12 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> Iterat
     settings = load_settings(params, {"model.resnet.widths": [8, 16, 32, 64],
                                       "model.resnet.stem_width": 8})  # fmt: skip
     train(settings, workspace, track=False)  # features of a network that has seen radiographs
-    guard_stage(settings, workspace)
+    from pneumo.data.preprocess import load_arrays
+    from tests.model.scope_support import write_standin_set
+
+    # With a (stand-in) out-of-scope set, so the answers can name what an image is.
+    scope = write_standin_set(root / "scope", load_arrays(workspace.arrays("val"))["images"])
+    guard_stage(settings, workspace, scope)
     tag, metadata, _ = import_champion(settings, workspace, from_workspace=True)
     assert metadata["guard"]
     lab = ServingLab(root, params, settings, workspace, root / ".bentoml", tag)
@@ -124,3 +129,20 @@ def test_a_scan_damaged_jpeg_is_refused(guarded: Server, originals_root: Path) -
     data[start : start + 400] = b"\xff" * 400
     response = _post(guarded, bytes(data), "image/jpeg")
     assert response.status_code == 400 and response.json()["code"] == "corrupt_image"
+
+
+def test_out_of_scope_radiographs_are_referred_saying_what_they_are(guarded: Server) -> None:
+    """The packaged guard holds the kind classifier: /predict and /predict_batch name the kind."""
+    from pneumo.scope import KIND_REASONS
+    from tests.model.scope_support import other_things
+
+    things = [_png(image) for image in other_things(6, np.random.default_rng(3))]
+    answers = [_post(guarded, body).json() for body in things]
+    assert all(a["out_of_distribution"] and a["refer_to_radiologist"] for a in answers), answers
+    named = [a["ood_reason"] == KIND_REASONS["other_body_part"] for a in answers]
+    assert sum(named) >= 4, [a["ood_reason"] for a in answers]
+    files = [("images", (f"thing{i}.png", body, "image/png")) for i, body in enumerate(things)]
+    batch = httpx.post(f"{guarded.url}/predict_batch", files=files, timeout=60)
+    assert batch.status_code == 200, batch.text
+    reasons = [item["ood_reason"] for item in batch.json()["predictions"]]
+    assert reasons == [a["ood_reason"] for a in answers]

@@ -1,0 +1,131 @@
+"""What the scope check catches, measured: the synthetic probes and each real out-of-scope source.
+
+A source is measured by a scope check whose kind classifier never saw it (refitted without it,
+recalibrated on validation), so its rate says what happens with radiographs from a new place:
+the figures in ``metrics/guard.json`` and ``reports/scope.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumo.workspace import atomic_path
+
+Features = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def measure_probes(
+    guard: Any, val_images: np.ndarray, size: int, settings: Any, features: Features
+) -> dict[str, dict[str, float]]:
+    """Photographs, documents, noise and unusable radiographs: the share flagged, and by the
+    file screen alone."""
+    from pneumo.data.preprocess import decode_radiograph
+    from pneumo.guard import Screening, reasons
+    from pneumo.guard_probes import probe_kinds
+
+    out: dict[str, dict[str, float]] = {}
+    for kind, probes in probe_kinds(val_images, settings.probes_per_kind, settings.seed).items():
+        pixels = np.stack([decode_radiograph(img, size) for img in probes])
+        screened = [Screening.of(img).reason(p) for img, p in zip(probes, pixels, strict=True)]
+        found = reasons(guard, features(pixels)[1], screened)[1]
+        out[kind] = {
+            "n": len(found),
+            "flagged": float(np.mean([r is not None for r in found])),
+            "by_screen": float(np.mean([s is not None for s in screened])),
+        }
+    return out
+
+
+def measure_sources(
+    guard: Any,
+    scope: Any,
+    scope_features: np.ndarray | None,
+    scope_probabilities: np.ndarray,
+    train_features: np.ndarray,
+    val_features: np.ndarray,
+    decision: Any,
+) -> dict[str, Any]:
+    """Per source of the real set: flagged by the one-class detectors alone, and by the whole
+    check with the kind classifier refitted without that source; how many would be called
+    pneumonia with no flag (the harm the check exists to prevent)."""
+    from pneumo.guard import fit_kinds
+    from pneumo.scope import KIND_SEGMENTS, segment
+
+    if scope_features is None or not len(scope):
+        return {"n": 0, "note": "no out-of-scope set (data.scope_root): one-class detectors only"}
+    one_class = _replace_kinds(guard, {}, []).calibrate(val_features)
+    sources: dict[str, Any] = {}
+    for source in sorted(set(scope.sources.tolist())):
+        held = scope.sources == source
+        rest = ~held
+        if len(set(scope.kinds[rest].tolist())):
+            kinds, names = fit_kinds(segment(train_features, guard.segments, *KIND_SEGMENTS),
+                                     segment(scope_features[rest], guard.segments, *KIND_SEGMENTS),
+                                     scope.kinds[rest])  # fmt: skip
+            blind = _replace_kinds(guard, kinds, names).calibrate(val_features)
+        else:
+            blind = one_class
+        flagged = blind.flags(blind.scores(scope_features[held]))
+        if decision is not None:
+            called = decision.positive(decision.adjust(scope_probabilities[held]))
+        else:
+            called = scope_probabilities[held] >= 0.5
+        sources[source] = {
+            "kind": str(scope.kinds[held][0]),
+            "licence": scope.licences.get(source, "not recorded"),
+            "n": int(held.sum()),
+            "flagged_one_class": float(
+                one_class.flags(one_class.scores(scope_features[held])).mean()
+            ),
+            "flagged_held_out": float(flagged.mean()),
+            "flagged_or_called_normal": float((flagged | ~called).mean()),
+            "called_pneumonia_unflagged": float((called & ~flagged).mean()),
+        }
+    worst = min(s["flagged_or_called_normal"] for s in sources.values())
+    return {"n": len(scope), "skipped": scope.skipped, "sources": sources,
+            "worst_held_out_source": worst}  # fmt: skip
+
+
+def _replace_kinds(guard: Any, kinds: dict, names: list[str]) -> Any:
+    from dataclasses import replace
+
+    return replace(guard, kinds=kinds, kind_names=names)
+
+
+def write_scope_report(path: Path, report: dict[str, Any], scope: Any) -> None:
+    """reports/scope.md: the set, its licences and what the check did with each source."""
+    scope_report = report["scope"]
+    lines = [
+        "# The scope check, measured on real out-of-scope radiographs",
+        "",
+        "Written by `pneumo guard` (`dvc repro guard`) when `data.scope_root` holds a set; the "
+        "images stay outside git. Each source is judged by a scope check whose kind classifier "
+        "was fitted without it (leave one source out), cut-off on the validation split.",
+        "",
+        f"- Detectors: {', '.join(report['detectors'])}; validation flagged "
+        f"{report['val']['flagged']:.1%} (at most {report['max_val_flag_rate']:.0%}).",
+        f"- Synthetic probes (photographs, documents, noise): "
+        f"{report['non_radiographs_flagged']:.1%} flagged.",
+        f"- Real set: {scope_report['n']} images ({scope_report['skipped']} unreadable, skipped).",
+        "",
+        "| kind | source | n | one-class only | whole check, source held out | flagged or called "
+        "normal | called pneumonia, no flag | licence |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for source, row in scope_report["sources"].items():
+        lines.append(
+            f"| {row['kind']} | {source} | {row['n']} | {row['flagged_one_class']:.1%} | "
+            f"{row['flagged_held_out']:.1%} | {row['flagged_or_called_normal']:.1%} | "
+            f"{row['called_pneumonia_unflagged']:.1%} | {row['licence']} |"
+        )
+    lines += ["", "Probe kinds (synthetic, from the validation split and bundled images):", "",
+              "| probe | n | flagged | by the file screen |", "|---|---:|---:|---:|"]  # fmt: skip
+    for kind, row in report["kinds"].items():
+        lines.append(f"| {kind} | {row['n']} | {row['flagged']:.1%} | {row['by_screen']:.1%} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")

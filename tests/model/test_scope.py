@@ -1,0 +1,104 @@
+"""The scope check (pneumo/scope.py): fitted with a real-like out-of-scope set, it names what an
+image is, every source is measured held out, and it travels in the exported networks.
+
+Stand-ins here (tests/model/scope_support.py); reports/scope.md has the real set's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.config import Settings
+from pneumo.data.preprocess import load_arrays
+from pneumo.decision import Decision
+from pneumo.guard import Guard, guard_stage
+from pneumo.models import load_model
+from pneumo.models.features import feature_segments
+from pneumo.predict import Predictor
+from pneumo.scope import KIND_REASONS, load_scope_set
+from pneumo.workspace import Workspace
+from tests.model.scope_support import write_standin_set
+
+
+@pytest.fixture(scope="module")
+def scoped(
+    briefly_trained: tuple[Workspace, Settings], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Workspace, Settings, dict, Path]:
+    trained, settings = briefly_trained
+    root = tmp_path_factory.mktemp("scoped")
+    shutil.copytree(trained.root, root, dirs_exist_ok=True)
+    workspace = Workspace(root)
+    scope_root = write_standin_set(root / "scope", load_arrays(workspace.arrays("val"))["images"])
+    report = guard_stage(settings, workspace, scope_root)
+    Decision(0.5, "fixed", referral_margin=0.1).save(workspace.decision)  # no test split here
+    return workspace, settings, report, scope_root
+
+
+def test_every_source_is_measured_with_the_classifier_fitted_without_it(scoped) -> None:  # noqa: ANN001
+    workspace, settings, report, _ = scoped
+    assert report["detectors"] == ["global", "layout", "kinds"]
+    assert report["val"]["flagged"] <= settings.guard.max_val_flag_rate + 1e-9
+    sources = report["scope"]["sources"]
+    assert set(sources) == {"standin_zoom_a", "standin_zoom_b", "standin_things"}
+    for row in sources.values():
+        assert {"flagged_one_class", "flagged_held_out", "flagged_or_called_normal",
+                "called_pneumonia_unflagged", "licence", "n"} <= set(row)  # fmt: skip
+        assert row["flagged_or_called_normal"] >= row["flagged_held_out"]
+    assert sources["standin_things"]["flagged_held_out"] >= 0.9
+    # the zoomed chests of one source are recognised from the other source's
+    assert sources["standin_zoom_a"]["flagged_held_out"] >= 0.6
+    assert json.loads(workspace.guard_metrics.read_text())["scope"]["n"] == 90
+    text = (workspace.root / "reports" / "scope.md").read_text()
+    assert "standin_things" in text and "made by the test" in text
+
+
+def test_flagged_images_are_named_by_kind(scoped) -> None:  # noqa: ANN001
+    workspace, _, _, scope_root = scoped
+    guard = Guard.load(workspace.guard)
+    assert guard.kind_names == ["in_scope", "adult_frontal", "other_body_part"]
+    predictor = Predictor.from_workspace(workspace)
+    scope = load_scope_set(scope_root, predictor.image_size)
+    assessed = predictor.assess(scope.images)
+    things = assessed.ood_reasons[-30:]
+    named = [r == KIND_REASONS["other_body_part"] for r in things]
+    assert np.mean(named) >= 0.8, things
+    val = load_arrays(workspace.arrays("val"))["images"]
+    assert np.mean(predictor.assess(val).out_of_distribution) <= 0.05
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_the_exported_network_carries_the_scope_check(scoped, runtime: str) -> None:  # noqa: ANN001
+    """model.runtime exports compute the layout columns too: the same verdicts as torch."""
+    workspace, _, _, scope_root = scoped
+    torch_side = Predictor.from_workspace(workspace)
+    exported = Predictor.from_workspace(workspace, runtime=runtime)
+    model, metadata = load_model(workspace.model)
+    size = int(metadata["image_size"])
+    images = load_scope_set(scope_root, size).images
+    segments = feature_segments(model, size)
+    from pneumo.inference import predict
+
+    features = predict(exported.network, images[:4], features=True).features
+    assert features.shape[1] == max(end for _, end in segments.values())
+    ours, theirs = torch_side.assess(images), exported.assess(images)
+    assert np.mean(ours.out_of_distribution == theirs.out_of_distribution) >= 0.95
+    assert sum(a == b for a, b in zip(ours.ood_reasons, theirs.ood_reasons, strict=True)) >= 0.9 * len(images)
+
+
+def test_without_a_set_the_check_is_one_class_and_says_so(
+    briefly_trained: tuple[Workspace, Settings], tmp_path: Path
+) -> None:
+    trained, settings = briefly_trained
+    shutil.copytree(trained.root, tmp_path, dirs_exist_ok=True)
+    workspace = Workspace(tmp_path)
+    report = guard_stage(settings, workspace, tmp_path / "no-such-folder")
+    assert report["detectors"] == ["global", "layout"]
+    assert report["scope"]["n"] == 0 and "one-class" in report["scope"]["note"]
+    guard = Guard.load(workspace.guard)
+    assert not guard.kinds and guard.layout
+    assert not (tmp_path / "reports" / "scope.md").exists()
