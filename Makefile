@@ -16,6 +16,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 # MLflow's "Downloading artifacts" bars would interleave with the stages' own progress.
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+# MLflow's own INFO lines (creating its tables, validating input examples): warnings still show.
+export MLFLOW_LOGGING_LEVEL := WARNING
 export BENTOML_DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false

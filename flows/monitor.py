@@ -64,15 +64,48 @@ def assess_window(root: Path, params: Path, window: Any, start: datetime, end: d
     return assess(window, reference, about, settings, start, end)
 
 
-def save_report(snapshot: Any, settings: Settings, root: Path, end: datetime) -> Path | None:
-    """Evidently's HTML report, saved under monitor.report_dir (None without one)."""
-    if snapshot is None:
-        return None
+def save_report(
+    snapshot: Any, settings: Settings, root: Path, end: datetime, summary: dict[str, Any]
+) -> Path:
+    """The window's HTML report under monitor.report_dir: the verdict and its reasons on top,
+    then Evidently's report when there was enough data for one."""
     folder = root / settings.monitor.report_dir
     path = folder / f"monitor-{end:%Y%m%dT%H%M%S}.html"
+    top = summary_html(summary)
     with atomic_path(path) as tmp:
-        snapshot.save_html(str(tmp))
+        if snapshot is None:
+            tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>pneumo "
+                           f"monitor</title></head><body>{top}</body></html>")  # fmt: skip
+        else:
+            snapshot.save_html(str(tmp))
+            page = tmp.read_text()
+            at = page.find(">", page.find("<body")) + 1 if "<body" in page else 0
+            tmp.write_text(page[:at] + top + page[at:])
     return path
+
+
+def summary_html(summary: dict[str, Any]) -> str:
+    """The verdict as a block of HTML: status, window, reasons, and the rates when measured."""
+    from html import escape
+
+    window = summary["window"]
+    rows = "".join(f"<li>{escape(reason)}</li>" for reason in summary["reasons"])
+    rates = ""
+    if "ood_rate" in summary:
+        cells = "".join(
+            f"<tr><td>{name}</td><td>{values['window']:.1%}</td><td>{values['reference']:.1%}</td></tr>"
+            for name, values in (("positive", summary["prediction_drift"]["positive_rate"]),
+                                 ("out of distribution", summary["ood_rate"]),
+                                 ("referred", summary["referral_rate"]))
+        )  # fmt: skip
+        rates = ("<table border='1' cellpadding='4'><tr><th>rate</th><th>window</th>"
+                 f"<th>reference</th></tr>{cells}</table>")  # fmt: skip
+    return (
+        "<section id='pneumo-verdict' style='font-family:sans-serif;margin:16px'>"
+        f"<h1>pneumo monitor: verdict {escape(summary['status'])}</h1>"
+        f"<p>Window {escape(window['start'])} to {escape(window['end'])}: {summary['n']} images "
+        f"({summary['requests']} requests).</p><p>Why:</p><ul>{rows}</ul>{rates}</section>"
+    )
 
 
 def log_to_mlflow(
@@ -153,8 +186,11 @@ def verdict_markdown(summary: dict[str, Any], report: Path | None) -> str:
         lines += ["", _live_line(summary["live"])]
     if summary.get("retrain"):
         lines += ["", f"Retrain: {summary['retrain']}"]
-    if report is not None:
-        lines += ["", f"Report (Evidently, works offline): [{report}]({report.resolve().as_uri()})"]
+    if report is not None and summary.get("report_url"):
+        lines += ["", f"Report (verdict, then Evidently's charts): [in the MLflow run]"
+                      f"({summary['report_url']}); on disk `{report}`"]  # fmt: skip
+    elif report is not None:
+        lines += ["", f"Report (verdict, then Evidently's charts; works offline): on disk `{report}`"]
     return "\n".join(lines) + "\n"
 
 
@@ -189,9 +225,18 @@ def monitor(
     window = read_window(root, params_path, start, end)
     assessment = assess_window(root, params_path, window, start, end)
     summary = assessment.summary
-    report = save_report(assessment.snapshot, settings, root, end)
-    summary["report"] = str(report) if report else None
+    report = save_report(assessment.snapshot, settings, root, end, summary)
+    summary["report"] = str(report)
     summary["mlflow_run_id"] = log_to_mlflow(settings, root, summary, report)
+    if summary["mlflow_run_id"]:
+        from flows.retrain import artifact_url
+        from pneumo import tracking
+
+        try:  # an HTTP link the Prefect UI can open (a file:// one is refused by browsers)
+            run = tracking.run_url(settings, Workspace(root), summary["mlflow_run_id"])
+            summary["report_url"] = artifact_url(run, report.name)
+        except Exception as exc:  # noqa: BLE001 - a missing link must not fail the monitor
+            log.warning("monitor: no MLflow link for the report: %s", exc)
     if summary["status"] == "alert":
         summary["retrain"] = (
             start_retrain(summary["reasons"])

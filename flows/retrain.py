@@ -38,6 +38,9 @@ from pneumo.workspace import Workspace
 DEPLOYMENT_NAME = "pneumo-retrain"
 
 
+DATA_DOCS_ARTIFACT = "data_docs"  # where the run keeps the GX Data Docs
+
+
 def retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry_condition_fn: follow the retry policy only for transient failures."""
     try:
@@ -76,7 +79,20 @@ def gate_and_register(root: Path, params: Path) -> dict[str, Any]:
     decision["champion_now"] = champion.get("version")
     decision["run_url"] = tracking.run_url(settings, workspace, decision["run_id"])
     decision["tracking_uri"] = tracking.resolve_uri(settings.tracking.uri, workspace)
+    if workspace.data_docs.is_dir():
+        # The Data Docs travel with the run, so the decision links them over HTTP (the MLflow UI
+        # renders HTML artifacts) instead of a file:// link a browser refuses from a web page.
+        client = tracking.client_for(settings.tracking, workspace)
+        client.log_artifacts(decision["run_id"], str(workspace.data_docs), DATA_DOCS_ARTIFACT)
+        decision["data_docs_url"] = artifact_url(decision["run_url"],
+                                                 f"{DATA_DOCS_ARTIFACT}/index.html")  # fmt: skip
     return decision
+
+
+def artifact_url(run_url: str, path: str) -> str:
+    """The MLflow UI page showing one artifact of a run (HTML is rendered there)."""
+    page, _, query = run_url.partition("?")
+    return f"{page}/artifacts/{path}" + (f"?{query}" if query else "")
 
 
 @task(
@@ -137,8 +153,13 @@ def decision_markdown(
 
 
 def _links(decision: dict[str, Any], root: Path) -> list[str]:
+    """HTTP links only: a browser refuses file:// links from the Prefect UI's page."""
     docs = (Workspace(root).data_docs / "index.html").resolve()
-    lines = [f"- Data Docs (the data contract): [{docs}]({docs.as_uri()})"]
+    if decision.get("data_docs_url"):
+        lines = [f"- Data Docs (the data contract): [in the MLflow run]({decision['data_docs_url']}); "
+                 f"on disk `{docs}`"]  # fmt: skip
+    else:
+        lines = [f"- Data Docs (the data contract): on disk `{docs}` (open it in a browser)"]
     if decision.get("run_url"):
         uri = str(decision.get("tracking_uri", ""))
         local = "" if uri.startswith("http") else f" (start `mlflow ui --backend-store-uri {uri}`)"

@@ -222,8 +222,9 @@ class Guard:
             "segments": {k: list(v) for k, v in self.segments.items()}, "layout": self.layout,
             "kinds": self.kinds, "kind_names": self.kind_names, "norms": self.norms,
         }  # fmt: skip
-        with atomic_path(Path(path)) as tmp:
-            torch.save(payload, tmp)
+        from pneumo.models import write_torch
+
+        write_torch(payload, Path(path))
 
     @classmethod
     def load(cls, path: Path) -> Guard:

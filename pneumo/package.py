@@ -221,7 +221,11 @@ def _staged_metadata(
         "tta": bool(decision.get("tta", False)),
         "arch": str(model_metadata["arch"]),
         "image_size": int(model_metadata["image_size"]),
+        # Two digests, each named for what it covers: the served model (weights, decision and
+        # guard together: the model-store tag, the prediction log) and the weights file alone
+        # (models/model.pt: the registry's model_sha256 tag, `pneumo predict`'s model column).
         "sha256": digest,
+        "weights_sha256": sha256_file(staging / MODEL_FILE),
         "guard": bool(guard),
         "metrics": _headline_metrics(json.loads((staging / METRICS_FILE).read_text())),
     }

@@ -27,7 +27,8 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        # tight: legends and long tick labels placed outside the axes stay in the picture
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15)
     _pyplot().close(fig)
     return path
 

@@ -82,7 +82,12 @@ class ModelInfo(BaseModel):
     run_id: str | None = None
     source: str | None = Field(None, examples=["registry"])
     arch: str | None = Field(None, examples=["resnet"])
-    sha256: str | None = None
+    sha256: str | None = Field(
+        None, description="the served model's digest: sha256 of its weights, decision and guard"
+    )
+    weights_sha256: str | None = Field(
+        None, description="sha256 of the weights file alone (the registry's model_sha256 tag)"
+    )
 
 
 class InputInfo(BaseModel):
@@ -266,7 +271,8 @@ UPLOAD_ERRORS: dict[int, dict[str, str]] = {
         "empty_body": "the body is empty",
         "invalid_image": "the JPEG or PNG header cannot be read",
         "corrupt_image": "the file is damaged or truncated: never predicted",
-        "invalid_dicom": "the DICOM file cannot be read",
+        "invalid_dicom": "the DICOM file cannot be read (damaged, or no 'DICM' marker after its "
+        "128-byte preamble)",
     },
     408: {"body_timeout": "the body did not arrive within serve.read_timeout_s"},
     413: {
@@ -274,15 +280,19 @@ UPLOAD_ERRORS: dict[int, dict[str, str]] = {
         "too_many_pixels": "the header announces more than serve.max_pixels",
         "image_too_large": "the decoded image would be too large",
     },
+    411: {"length_required": "a body with neither Content-Length nor chunked transfer coding"},
     415: {
         "unsupported_media_type": "a content type that cannot carry a radiograph",
-        "unsupported_format": "the bytes are not a JPEG, PNG or DICOM file",
+        "unsupported_format": "the bytes are not a JPEG, PNG or DICOM file, or a JPEG kind no "
+        "radiograph uses (lossless, hierarchical or arithmetic-coded)",
         "content_type_mismatch": "the declared content type is not the file's format",
     },
     422: {
         "image_too_small": "a side is below serve.min_side",
-        "unsupported_dicom": "a DICOM kind pneumo cannot read (colour, multi-frame, ...)",
+        "unsupported_dicom": "a DICOM kind pneumo cannot read (colour, multi-frame, deflated, ...)",
     },
+    431: {"headers_too_large": "the request headers are above serve.max_header_bytes together"},
+    501: {"unsupported_transfer_coding": "a transfer coding other than plain chunked (e.g. gzip)"},
     503: {
         "overloaded": "every upload or request slot is taken: retry after Retry-After",
         "model_unavailable": "the model service is restarting or busy: retry",

@@ -157,7 +157,8 @@ def _model_info(stored: Any) -> dict[str, Any]:
         "run_id": meta.get("run_id") or None,
         "source": meta.get("source"),
         "arch": meta.get("arch"),
-        "sha256": meta.get("sha256"),
+        "sha256": meta.get("sha256"),  # the served model: weights + decision + guard
+        "weights_sha256": meta.get("weights_sha256"),  # models/model.pt alone
     }
 
 

@@ -122,10 +122,33 @@ def read_model_card(stored: Model, metrics: dict[str, Any]) -> dict[str, Any]:
             "evaluation": json.loads(evaluation.read_text()) if evaluation else metrics,
             "training_data": json.loads(split.read_text()) if split else None,
             "roc": _read_roc(roc) if roc else None,
-            "comparison": _read_table(comparison) if comparison else None,
+            "comparison": _served_comparison(_read_table(comparison), evaluation, metrics, meta)
+            if comparison
+            else None,
             "new_site": _new_site(stress, shortcut),
         }
     )
+
+
+def _served_comparison(
+    rows: list[dict[str, Any]], evaluation: Path | None, metrics: dict[str, Any], meta: Any
+) -> list[dict[str, Any]]:
+    """The comparison table with pneumo's own row taken from the served model's evaluation:
+    reports/comparison.csv is written by `pneumo compare`, which may predate this model."""
+    report = json.loads(evaluation.read_text()) if evaluation else metrics
+    test = report.get("test") or {}
+    others = [r for r in rows if not str(r.get("source", "")).startswith("measured here (pneumo")]
+    if not {"accuracy", "roc_auc"} <= set(test):
+        return others
+    served = {
+        "model": f"this model ({meta.get('arch') or 'pneumo'}, served)",
+        "source": "measured here (pneumo evaluate, the served model)",
+        "test_split": (rows[0].get("test_split") if rows else None),
+        **{k: test.get(k) for k in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")},
+        "threshold": meta.get("threshold"),
+    }
+    at = next((i for i, r in enumerate(others) if r.get("source") == "published"), len(others))
+    return [*others[:at], served, *others[at:]]
 
 
 def _new_site(stress: Path | None, shortcut: Path | None) -> dict[str, Any] | None:

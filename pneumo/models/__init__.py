@@ -99,8 +99,6 @@ def _check_json_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def save_model(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
     """Write weights + metadata atomically; metadata must name arch, image_size and options."""
-    import torch
-
     missing = {"arch", "image_size", "options"} - metadata.keys()
     if missing:
         raise ValueError(f"model metadata lacks {sorted(missing)}: load_model needs them")
@@ -111,8 +109,21 @@ def save_model(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
         "metadata": json.dumps(_check_json_metadata(metadata)),
         "state_dict": state,
     }
-    with atomic_path(Path(path)) as tmp:
-        torch.save(payload, tmp)
+    write_torch(payload, Path(path))
+
+
+def write_torch(payload: Any, path: Path) -> None:
+    """torch.save, atomically and byte-for-byte reproducible: saved to a file, torch names the
+    archive's root folder after the (temporary, random) file name, so the same weights would
+    hash differently on every run; through a buffer the root is always "archive"."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:

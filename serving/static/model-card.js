@@ -55,7 +55,14 @@
           (model.threshold_rule ? ` (rule: ${model.threshold_rule}, chosen on the validation split)` : ""),
       ],
       ["Training run", model.run_id || "—"],
-      ["Weights sha256", model.sha256 ? `${model.sha256.slice(0, 16)}…` : "—"],
+      [
+        "Weights sha256 (models/model.pt; the registry's model_sha256, pneumo predict's model)",
+        model.weights_sha256 ? `${model.weights_sha256.slice(0, 16)}…` : "—",
+      ],
+      [
+        "Served model digest (sha256 of weights, decision and guard; the prediction log's)",
+        model.sha256 ? `${model.sha256.slice(0, 16)}…` : "—",
+      ],
     ];
     const list = $("identity");
     list.replaceChildren();

@@ -149,7 +149,9 @@ def test_make_run_trains_registers_and_is_then_a_no_op_that_leaves_git_clean(
         assert f"**Decision:** unchanged: v{champion} kept" in decision
         run_id = (workspace / "models" / "run_id.txt").read_text().strip()
         assert f"/runs/{run_id}?workflowType=machine_learning)" in decision
-        assert "reports/data_docs/index.html)" in decision
+        # the Data Docs over HTTP, in the MLflow run: the Prefect UI cannot open file:// links
+        assert f"/runs/{run_id}/artifacts/data_docs/index.html?" in decision
+        assert "file://" not in decision
     assert git(workspace, "status", "--porcelain") == ""
 
     # Deterministic reruns of stages that mint no new MLflow run change no tracked file either.

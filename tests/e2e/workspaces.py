@@ -51,6 +51,9 @@ def copy_project(ws: Path) -> Path:
             shutil.copytree(
                 REPO / package, ws / package, ignore=shutil.ignore_patterns("__pycache__")
             )
+    # data.scope_root's folder, as a clone has it: its README only (no out-of-scope set)
+    (ws / "data" / "scope").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "data" / "scope" / "README.md", ws / "data" / "scope" / "README.md")
     (ws / ".venv").symlink_to(Path(sys.prefix))
     return ws
 

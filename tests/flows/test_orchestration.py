@@ -227,8 +227,11 @@ def test_a_rerun_that_changed_nothing_says_the_champion_was_kept(tmp_path: Path)
     assert verdict(_decision(newly_registered=False, version=2), skipped) == "unchanged: v1 kept"
     page = decision_markdown(_decision(newly_registered=False), skipped, "pneumo:v1-x", tmp_path)
     assert "**Decision:** unchanged: v1 kept" in page and "promoted" in page.split("\n")[4]
-    docs = (tmp_path / "reports" / "data_docs" / "index.html").resolve().as_uri()
-    assert f"]({docs})" in page
+    docs = (tmp_path / "reports" / "data_docs" / "index.html").resolve()
+    assert f"on disk `{docs}`" in page and "file://" not in page  # no link a browser refuses
+    linked = decision_markdown(_decision(newly_registered=False, data_docs_url="http://m/d.html"),
+                               skipped, None, tmp_path)  # fmt: skip
+    assert "[in the MLflow run](http://m/d.html)" in linked
     assert "[abc](http://127.0.0.1:5000/#/experiments/1/runs/abc)" in page
     assert "mlflow ui --backend-store-uri sqlite:////ws/mlruns.db" in page
 

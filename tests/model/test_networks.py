@@ -148,3 +148,16 @@ def test_an_ensemble_trains_each_member_and_predicts_their_mean(tmp_path: Path) 
     member_features = predict(ensemble.members[0], images, features=True).features
     assert np.allclose(first.features, member_features, atol=1e-5)
     assert gradcam(loaded, images).shape == (2, 64, 64)
+
+
+def test_the_same_weights_are_the_same_bytes(tmp_path: Path) -> None:
+    """A rerun that computes the same weights leaves the same file (DVC's hash and the
+    registry's model_sha256 then still agree): no temporary name inside the archive."""
+    from pneumo.models import build_model, save_model
+
+    model = build_model("resnet", 64, widths=[8, 16, 32, 64], stem_width=8)
+    metadata = {"arch": "resnet", "image_size": 64,
+                "options": {"widths": [8, 16, 32, 64], "stem_width": 8}}  # fmt: skip
+    save_model(model, tmp_path / "a.pt", metadata)
+    save_model(model, tmp_path / "b.pt", metadata)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

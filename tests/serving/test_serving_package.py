@@ -49,6 +49,12 @@ def test_workspace_model_is_imported_once_with_its_files_and_labels(
     assert stored.info.labels["threshold"] == "0.500000"
     assert stored.info.metadata["image_size"] == 64
     assert metadata["metrics"] == {"roc_auc": 0.5, "accuracy": 0.5}
+    # one digest per thing, each named: the weights file alone, and the served model
+    from pneumo.stored_model import model_digest
+    from pneumo.workspace import sha256_file
+
+    assert stored.info.metadata["weights_sha256"] == sha256_file(ws.model)
+    assert stored.info.metadata["sha256"] == model_digest(ws.model, ws.decision, ws.guard)
 
 
 def test_missing_evaluation_says_which_step_to_run(tmp_path: Path, serving_lab: ServingLab) -> None:

@@ -108,3 +108,26 @@ def test_card_files_come_only_with_the_workspace_own_weights(tmp_path: Path) -> 
     assert card_files(workspace, other, from_workspace=False) == {}
     workspace.comparison.with_suffix(".csv").unlink()
     assert COMPARISON_FILE not in card_files(workspace, workspace.model, from_workspace=True)
+
+
+def test_the_cards_own_row_is_the_served_models_not_a_stale_table(tmp_path: Path) -> None:
+    """reports/comparison.csv may predate the model: the card's pneumo row is the served one."""
+    from serving.web import _served_comparison
+
+    rows = [
+        {"model": "logistic", "source": "measured here", "test_split": "carved", "accuracy": 0.95},
+        {"model": "pneumo default (resnet)", "source": "measured here (pneumo evaluate)",
+         "test_split": "carved", "accuracy": 0.971, "threshold": 0.493},
+        {"model": "Kermany 2018", "source": "published", "test_split": "official", "accuracy": 0.93},
+    ]  # fmt: skip
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"test": {"accuracy": 0.98, "roc_auc": 0.99, "sensitivity": 0.97,
+                                               "specificity": 0.96, "f1": 0.98}}))  # fmt: skip
+    served = _served_comparison(rows, evaluation, {}, {"arch": "resnet", "threshold": 0.2265})
+    assert [r["model"] for r in served] == [
+        "logistic",
+        "this model (resnet, served)",
+        "Kermany 2018",
+    ]
+    assert served[1]["accuracy"] == 0.98 and served[1]["threshold"] == 0.2265
+    assert not any(r.get("threshold") == 0.493 for r in served)
