@@ -12,9 +12,13 @@ On a schedule:   python -m flows.retrain --serve --cron "0 3 * * 1"   (or `pneum
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -119,8 +123,32 @@ def verdict(decision: dict[str, Any], stages: dict[str, str]) -> str:
     return str(decision.get("verdict", "?"))
 
 
+@contextmanager
+def _timed(minutes: dict[str, float], name: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        minutes[name] = (time.monotonic() - started) / 60
+
+
+def write_stage_minutes(root: Path, minutes: dict[str, float]) -> Path:
+    """metrics/timing/stages.json: this machine's minutes per stage of the last run (git-ignored,
+    like the training timing: another machine takes another time)."""
+    path = Workspace(root).root / "metrics" / "timing" / "stages.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(minutes.values())
+    path.write_text(json.dumps({"minutes": {k: round(v, 2) for k, v in minutes.items()},
+                                "total_minutes": round(total, 2)}, indent=2) + "\n")  # fmt: skip
+    return path
+
+
 def decision_markdown(
-    decision: dict[str, Any], stages: dict[str, str], bento: str | None, root: Path
+    decision: dict[str, Any],
+    stages: dict[str, str],
+    bento: str | None,
+    root: Path,
+    minutes: dict[str, float] | None = None,
 ) -> str:
     """The run's story in one page: what ran, champion vs challenger, the verdict, and links."""
     headline = verdict(decision, stages)
@@ -144,12 +172,22 @@ def decision_markdown(
             ]
             lines.append(f"| {metric} | " + " | ".join(shown) + " |")
         lines.append("")
-    lines += ["| stage | status |", "|---|---|"]
-    lines += [f"| {name} | {status} |" for name, status in stages.items()]
+    minutes = minutes or {}
+    lines += ["| stage | status | minutes |", "|---|---|---|"]
+    lines += [f"| {name} | {status} | {_minutes(minutes.get(name))} |" for name, status in stages.items()]
+    for step in ("register", "package"):
+        if step in minutes:
+            lines.append(f"| {step} | done | {_minutes(minutes[step])} |")
+    if minutes:
+        lines.append(f"| **total** | | {_minutes(sum(minutes.values()))} |")
     lines += ["", *_links(decision, root)]
     if bento:
         lines += ["", f"Bento: `{bento}`"]
     return "\n".join(lines) + "\n"
+
+
+def _minutes(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
 
 
 def _links(decision: dict[str, Any], root: Path) -> list[str]:
@@ -176,15 +214,20 @@ def retrain(workspace: str = ".", params: str = "params.yaml") -> dict[str, Any]
     holder = f"flow run '{flow_run.get_name() or 'retrain'}' ({flow_run.get_id() or 'local'})"
     with workspace_lock(root, holder):
         stages = dict.fromkeys(pipeline_stages(root), SKIPPED)
+        minutes: dict[str, float] = {}
         for stage in stages_to_run(root, changed_stages(root)):
             epochs = settings.train.epochs if stage == "train" else 0
-            stages[stage] = run_stage(root, stage, epochs)
+            with _timed(minutes, stage):
+                stages[stage] = run_stage(root, stage, epochs)
         ensure_data_docs(root, params_path)
-        decision = gate_and_register(root, params_path)
-        bento = package_champion(root, params_path) if decision.get("champion_now") else None
+        with _timed(minutes, "register"):
+            decision = gate_and_register(root, params_path)
+        with _timed(minutes, "package"):
+            bento = package_champion(root, params_path) if decision.get("champion_now") else None
+        write_stage_minutes(root, minutes)
         create_markdown_artifact(
             key="retrain-decision",
-            markdown=decision_markdown(decision, stages, bento, root),
+            markdown=decision_markdown(decision, stages, bento, root, minutes),
             description="champion vs challenger, the gate's decision, links to MLflow and GX",
         )
     return {"stages": stages, "decision": decision, "bento": bento}

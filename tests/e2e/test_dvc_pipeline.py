@@ -98,6 +98,9 @@ def _check_first_run(ws: Path, run: subprocess.CompletedProcess[str], api_url: s
     assert (ws / "reports" / "data_docs" / "index.html").is_file()
     assert (ws / "plots" / "evaluate" / "evaluation.png").is_file()
     assert (ws / "plots" / "explain" / "gradcam_grid.png").is_file()
+    timing = json.loads((ws / "metrics" / "timing" / "stages.json").read_text())
+    assert set(STAGES) <= set(timing["minutes"]) and timing["total_minutes"] > 0
+    assert "| train | ran | " in run.stdout  # with its minutes
 
     # One task per stage, whose log streamed while it ran: training's epochs are seconds apart
     # from its start (a log posted only at the end would carry one timestamp).

@@ -271,3 +271,19 @@ def test_runs_from_the_command_line_are_recorded_in_prefect_home(
     assert "Error logging to API" not in retrain_run.stderr  # logs delivered before the stop
     runs = _recorded_runs(home)
     assert ("healthcheck", "COMPLETED") in runs and ("retrain", "FAILED") in runs
+
+
+def test_the_decision_says_how_long_each_stage_took(tmp_path: Path) -> None:
+    """Time to champion, stage by stage (issue 26): in the Prefect summary and a timing file."""
+    import json
+
+    from flows.retrain import decision_markdown, write_stage_minutes
+
+    ran = {"train": "ran", "evaluate": "ran"}
+    minutes = {"train": 5.21, "evaluate": 0.42, "register": 0.1, "package": 0.3}
+    page = decision_markdown(_decision(), ran, None, tmp_path, minutes)
+    assert "| stage | status | minutes |" in page
+    assert "| train | ran | 5.2 |" in page and "| package | done | 0.3 |" in page
+    assert "| **total** | | 6.0 |" in page
+    written = json.loads(write_stage_minutes(tmp_path, minutes).read_text())
+    assert written["minutes"]["train"] == 5.21 and written["total_minutes"] == 6.03
