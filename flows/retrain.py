@@ -230,7 +230,7 @@ def retrain(workspace: str = ".", params: str = "params.yaml") -> dict[str, Any]
             markdown=decision_markdown(decision, stages, bento, root, minutes),
             description="champion vs challenger, the gate's decision, links to MLflow and GX",
         )
-    return {"stages": stages, "decision": decision, "bento": bento}
+    return {"stages": stages, "decision": decision, "bento": bento, "minutes": minutes}
 
 
 def serve(workspace: str, cron: str, params: str = "params.yaml") -> None:
@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     except PneumoError as exc:
         print(f"retrain: error: {exc}", file=sys.stderr)
         return 1
-    print(decision_markdown(result["decision"], result["stages"], result["bento"], root))
+    print(decision_markdown(result["decision"], result["stages"], result["bento"], root,
+                            result.get("minutes")))  # fmt: skip
     return 0
 
 

@@ -148,6 +148,12 @@ def _committed(root: Path, rev: str, path: str) -> str | None:
     return shown.stdout if shown.returncode == 0 else None
 
 
+def _detail(root: Path, experiment: dict[str, Any], path: str) -> dict[str, Any]:
+    """A stage's JSON as the experiment committed it (lists, the intervals, included), else as
+    `dvc exp show` reported it among the metrics (experiments of older releases)."""
+    return _committed_json(root, experiment["rev"], path) or experiment["metrics"].get(path, {})
+
+
 def _committed_json(root: Path, rev: str, path: str) -> dict[str, Any]:
     text = _committed(root, rev, path)
     return json.loads(text) if text is not None else {}
@@ -227,12 +233,10 @@ def report(root: Path, recipes_file: Path | None = None, rescore: bool = False) 
     for experiment in _experiments(json.loads(done.stdout)):
         if experiment["name"] not in recipes:
             continue
-        test = experiment["metrics"].get("metrics/metrics.json", {}).get("test", {})
-        # `dvc exp show` leaves out list values, the intervals among them: read the experiment's
-        # committed metrics file for those.
-        test = {**test, "ci": _committed_json(root, experiment["rev"], "metrics/metrics.json")
-                .get("test", {}).get("ci", {})}  # fmt: skip
-        stress = experiment["metrics"].get("metrics/stress.json", {}).get("summary", {})
+        # The stages' detailed JSON (plain outputs; `dvc metrics show` has only the summaries),
+        # as the experiment committed it; older experiments had it among their metrics.
+        test = _detail(root, experiment, "metrics/metrics.json").get("test", {})
+        stress = _detail(root, experiment, "metrics/stress.json").get("summary", {})
         row: dict[str, Any] = {
             "recipe": experiment["name"],
             "why": recipes[experiment["name"]]["why"],
@@ -241,13 +245,13 @@ def report(root: Path, recipes_file: Path | None = None, rescore: bool = False) 
             row[f"test_{name}"] = test.get(name, math.nan)
             low, high = (test.get("ci") or {}).get(name, (math.nan, math.nan))
             row[f"test_{name}_ci"] = f"{low:.3f}-{high:.3f}" if math.isfinite(low) else ""
-        row["val_roc_auc"] = (
-            experiment["metrics"].get("metrics/train.json", {}).get("val_roc_auc", math.nan)
+        row["val_roc_auc"] = _detail(root, experiment, "metrics/train.json").get(
+            "val_roc_auc", math.nan
         )
         for name in STRESS_COLUMNS:
             row[f"stress_{name}"] = stress.get(name, math.nan)
         row["worst_shift"] = stress.get("worst_specificity_shift", "")
-        counterfactual = (experiment["metrics"].get("metrics/stress.json", {})
+        counterfactual = (_detail(root, experiment, "metrics/stress.json")
                           .get("counterfactual", {}).get("summary", {}))  # fmt: skip
         if rescore:
             log.info("re-scoring the counterfactual battery of %s", experiment["name"])

@@ -96,6 +96,9 @@ def evaluate(settings: Settings, workspace: Workspace = Workspace()) -> dict[str
     decision.save(workspace.decision)
     with atomic_path(workspace.eval_metrics) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
+    test_figures = report.get("test") or {}
+    workspace.write_summary("evaluate", {f"test_{k}": test_figures.get(k)
+                                         for k in ("roc_auc", "sensitivity", "specificity")})  # fmt: skip
     predictions = pd.DataFrame(
         {
             "path": test["paths"],

@@ -360,6 +360,7 @@ def guard_stage(settings: Any, workspace: Any, scope_root: Path | None = None) -
     report["scope"] = measure_sources(guard, scope, scope_f, scope_p, train_f, val_f, decision)
     with atomic_path(workspace.guard_metrics) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
+    workspace.write_summary("guard", {"guard_val_flagged": report["val"]["flagged"]})
     files = [workspace.guard_metrics]
     if len(scope):
         write_scope_report(workspace.root / "reports" / "scope.md", report, scope)

@@ -266,8 +266,9 @@ DETAIL_FILE = "detail.json"
 
 
 def summary_of(report: dict[str, Any]) -> dict[str, Any]:
-    """What metrics/stress.json holds: the headline figures `dvc metrics show`, the gate and the
-    ablation report read. Every shift, swap, rule and simulated site is in plots/stress/."""
+    """What metrics/stress.json holds: the headline figures that the gate and the ablation report
+    read (metrics/summary/stress.json has two for `dvc metrics show`). Every shift, swap, rule
+    and simulated site is in plots/stress/."""
     counterfactual = report.get("counterfactual") or {}
     return {
         "threshold": report["threshold"], "n": report["n"], "clean": report["clean"],
@@ -476,6 +477,10 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
     with atomic_path(workspace.adaptation_report) as tmp:
         tmp.write_text(markdown(report, report["adaptation"]))
     files = write_outputs(report, workspace.stress_metrics, workspace.stress_plots)
+    workspace.write_summary("stress", {
+        "cf_cue_effect": report["counterfactual"]["summary"].get("cue_effect"),
+        "stress_worst_auc": report["summary"].get("worst_roc_auc"),
+    })  # fmt: skip
     if workspace.run_id.is_file():
         from pneumo import tracking
 

@@ -410,6 +410,7 @@ def _finish(
         log.info("%s already holds these weights: kept as it is", workspace.model)
     else:
         save_model(eval_model, workspace.model, metadata)
+    workspace.write_summary("train", {"val_roc_auc": summary.get("val_roc_auc")})
     for path, content in ((workspace.train_metrics, summary), (workspace.train_timing, timing)):
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(content, indent=2) + "\n")

@@ -38,6 +38,22 @@ class Workspace:
     def validation(self) -> Path:
         return self.root / "reports" / "validation.json"
 
+    def summary(self, stage: str) -> Path:
+        """metrics/summary/STAGE.json: the stage's headline figures, what `dvc metrics show`
+        prints (the detail stays in the stage's own JSON, a plain output)."""
+        return self.root / "metrics" / "summary" / f"{stage}.json"
+
+    def write_summary(self, stage: str, values: dict[str, float]) -> Path:
+        """Write :meth:`summary` (a few flat, rounded numbers: one short line per stage)."""
+        import json
+
+        path = self.summary(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shown = {k: round(float(v), 4) for k, v in values.items() if v is not None}
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(shown, indent=2) + "\n")
+        return path
+
     @property
     def shortcut_metrics(self) -> Path:
         """The shortcut meter alone (validate): how well acquisition cues separate the classes."""

@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow's per-download progress bars: noise in a terminal and in every log (set it to true
     # to see them).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # ...and its INFO lines (creating and migrating its tables on a fresh store): warnings stay.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     handler: Handler = args.handler
     try:
         return handler(args)

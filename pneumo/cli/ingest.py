@@ -13,13 +13,13 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {"data.root": str(args.data)} if args.data else None
     settings = load_settings_of(args, overrides)
-    result = ingest(
+    ingest(
         data_root_of(args, settings),
         workspace_of(args),
         settings.ingest.max_quarantine_fraction,
         settings.ingest.workers,
     )
-    print(f"manifest: {result.images} images, {result.quarantined} quarantined")
+    # The library's INFO line already says it, with the manifest's path: no second copy here.
     return 0
 
 

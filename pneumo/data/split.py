@@ -102,7 +102,7 @@ def check_stratification(frame: pd.DataFrame, carved: list[str], tolerance: floa
 
 
 def split_metrics(frame: pd.DataFrame, facts: dict[str, object]) -> dict[str, object]:
-    """Counts per split and label, patients per split, and the leak check, for `dvc metrics show`."""
+    """Counts per split and label, patients per split, and the leak check, in metrics/split.json."""
     metrics: dict[str, object] = {}
     for name in SPLIT_NAMES:
         part = frame[frame["split"] == name]

@@ -236,10 +236,11 @@ def validate(
               **({"shortcut": meter} if meter is not None else {}), **outcome.result}  # fmt: skip
     with atomic_path(workspace.validation) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if meter is not None:  # small, for `dvc metrics show` and the model card
+    if meter is not None:  # the meter's own file, for the model card
         workspace.shortcut_metrics.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(workspace.shortcut_metrics) as tmp:
             tmp.write_text(json.dumps(meter, indent=2) + "\n")
+    workspace.write_summary("validate", {"shortcut_auc": (meter or {}).get("roc_auc")})
     index = workspace.data_docs / "index.html"
     if not outcome.success:
         raise ContractError(

@@ -98,6 +98,11 @@ def _check_first_run(ws: Path, run: subprocess.CompletedProcess[str], api_url: s
     assert (ws / "reports" / "data_docs" / "index.html").is_file()
     assert (ws / "plots" / "evaluate" / "evaluation.png").is_file()
     assert (ws / "plots" / "explain" / "gradcam_grid.png").is_file()
+    # `dvc metrics show`: one short line per stage (headline figures), readable in a terminal
+    shown = subprocess.run([BIN / "dvc", "metrics", "show"], cwd=ws, capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert "metrics/summary/evaluate.json" in shown and "test_roc_auc" in shown
+    assert max(len(line) for line in shown.splitlines()) < 200, shown
     timing = json.loads((ws / "metrics" / "timing" / "stages.json").read_text())
     assert set(STAGES) <= set(timing["minutes"]) and timing["total_minutes"] > 0
     assert "| train | ran | " in run.stdout  # with its minutes
@@ -137,6 +142,7 @@ def test_make_run_trains_registers_and_is_then_a_no_op_that_leaves_git_clean(
         champion = status(settings, Workspace(workspace))["aliases"]["champion"]["version"]
         decision = latest_artifact(api_url, "retrain-decision")["data"]
         assert f"**Decision:** promoted: v{champion} is the champion" in decision
+        _links_open_in_a_browser(workspace, decision, tmp_path)
         git(workspace, "add", "-A")
         git(workspace, "commit", "-qm", "first run")
 
@@ -164,11 +170,12 @@ def test_make_run_trains_registers_and_is_then_a_no_op_that_leaves_git_clean(
         subprocess.run(command, cwd=workspace, env=env, check=True, capture_output=True)
         assert git(workspace, "status", "--porcelain") == "", stage
 
-    # Timings: a metric DVC shows, git ignores.
+    # `dvc metrics show`: the stages' headline figures; timings are this machine's, git-ignored.
     shown = subprocess.run([BIN / "dvc", "metrics", "show", "--json"], cwd=workspace,
                            capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert "metrics/timing/train.json" in shown and '"train_minutes"' in shown
-    assert '"roc_auc"' in shown and '"images"' in shown
+    assert '"test_roc_auc"' in shown and '"shortcut_auc"' in shown and '"val_roc_auc"' in shown
+    assert "metrics/timing" not in shown
+    assert '"train_minutes"' in (workspace / "metrics" / "timing" / "train.json").read_text()
     git(workspace, "check-ignore", "-q", "metrics/timing/train.json")
 
     # Where results are logged, and how many cores work, rerun nothing; a real change does.
@@ -231,3 +238,30 @@ def test_make_run_against_shared_mlflow_and_prefect_servers(
         assert f"]({tracking_uri}/#/experiments/" in decision  # the run, on the team server
     assert not (workspace / "mlruns.db").exists()  # nothing went to the embedded store
     assert list((tmp_path / "artifacts").rglob("model.pt"))  # artifacts proxied to the server
+
+
+def _links_open_in_a_browser(ws: Path, decision: str, tmp_path: Path) -> None:
+    """The Prefect artifact's Data Docs link opens in the MLflow UI (HTTP, as a browser allows
+    from a web page) and the Data Docs on disk open as a file: both show the suites."""
+    import re
+
+    from tests.e2e.servers import mlflow_server
+    from tests.serving.browser_support import offline_browser
+
+    assert "file://" not in decision
+    link = re.search(r"\[in the MLflow run\]\((http[^)]+)\)", decision)
+    assert link, decision
+    with mlflow_server(f"sqlite:///{ws / 'mlruns.db'}", tmp_path / "ui-artifacts") as url:
+        target = re.sub(r"^http://[^/#]+", url, link.group(1))
+        with offline_browser() as browser:
+            page, _ = browser.new_page(90_000)
+            page.goto(target)
+            page.wait_for_timeout(2000)
+            for _ in range(40):  # the UI loads, then renders the artifact in a frame
+                if any("Expectation Suites" in frame.content() for frame in page.frames):
+                    break
+                page.wait_for_timeout(500)
+            assert any("Expectation Suites" in f.content() for f in page.frames), target
+            docs, _ = browser.new_page(60_000)
+            docs.goto((ws / "reports" / "data_docs" / "index.html").resolve().as_uri())
+            assert "Expectation Suites" in docs.content()

@@ -108,3 +108,17 @@ def test_report_has_slices_and_mlflow_names() -> None:
         low,
         high,
     )
+
+
+def test_saved_figures_keep_what_lies_outside_the_axes(tmp_path) -> None:  # noqa: ANN001
+    """evaluation.png was clipped on the right: a legend or label outside the axes stays in."""
+    from PIL import Image
+
+    from pneumo.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [0, 1], label="a long legend entry placed outside the axes")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0))
+    width = Image.open(_save(fig, tmp_path / "f.png", dpi=50)).size[0]
+    assert width > 4 * 50 * 1.2  # wider than the nominal 4 inches: the legend is in the picture
