@@ -404,12 +404,9 @@ def _finish(
         "fingerprint": state.fingerprint,
         "mlflow_run_id": state.run_id or None,
     }
-    if _same_weights(workspace.model, eval_model.to("cpu"), metadata):
-        # A resumed, finished run (the stage reran for a code change that trains nothing new):
-        # the same weights keep the same file, so the registry's record of this run still holds.
-        log.info("%s already holds these weights: kept as it is", workspace.model)
-    else:
-        save_model(eval_model, workspace.model, metadata)
+    # Byte-for-byte reproducible (pneumo.models.write_torch): a resumed, finished run writes
+    # the same file again, so the registry's record of this run still holds.
+    save_model(eval_model.to("cpu"), workspace.model, metadata)
     workspace.write_summary("train", {"val_roc_auc": summary.get("val_roc_auc")})
     for path, content in ((workspace.train_metrics, summary), (workspace.train_timing, timing)):
         with atomic_path(path) as tmp:
@@ -440,20 +437,3 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
         writer.writeheader()
         writer.writerows(history)
 
-
-def _same_weights(path: Path, model: torch.nn.Module, metadata: dict[str, Any]) -> bool:
-    """Whether ``path`` already holds exactly these weights from the same run and epoch."""
-    from pneumo.models import ModelFileError, load_model
-
-    if not path.is_file():
-        return False
-    try:
-        existing, recorded = load_model(path)
-    except ModelFileError:
-        return False
-    same_run = all(recorded.get(k) == metadata.get(k)
-                   for k in ("fingerprint", "mlflow_run_id", "best_epoch", "arch", "options"))  # fmt: skip
-    if not same_run:
-        return False
-    mine, theirs = model.state_dict(), existing.state_dict()
-    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
