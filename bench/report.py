@@ -3,6 +3,7 @@
     python bench/train.py > bench/results/train.json
     python bench/preprocess.py --full-size > bench/results/preprocess.json
     python bench/serve.py > bench/results/serve.json
+    python bench/dicom.py             # writes bench/results/dicom.json itself
     python bench/report.py            # rewrites the table between the markers in README.md
 
 A figure whose JSON is missing is shown as "not measured".
@@ -35,6 +36,14 @@ ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("serve", "targets.p99_ms_at_8.value", "serving /predict p99, 8 clients (target 100)", "ms"),
     ("serve", "targets.throughput_ratio_at_32.value",
      "serving throughput at 32 clients / in-process (target 0.8)", ""),
+    ("dicom", "listener.associations_1.instances_per_s",
+     "DICOM node end to end (C-STORE in -> SR in Orthanc), 1 association", "img/s"),
+    ("dicom", "listener.associations_4.instances_per_s", "  the same, 4 associations", "img/s"),
+    ("dicom", "orthanc_store_instances_per_s", "  Orthanc's own C-STORE rate (2 results per image)",
+     "inst/s"),
+    ("dicom", "predict.concurrency_1.requests_per_s", "  /predict on the same DICOM files, 1 client",
+     "img/s"),
+    ("dicom", "predict.concurrency_4.requests_per_s", "  /predict, 4 clients", "img/s"),
 )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ WORKDIR /opt/pneumo
 COPY pyproject.toml README.md ./
 COPY pneumo ./pneumo
 COPY flows ./flows
+COPY serving ./serving
 RUN pip install --no-cache-dir . "dvc[s3]==3.67.1"
 ENV PYTHONPATH=/workspace \
     DO_NOT_TRACK=1 \

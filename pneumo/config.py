@@ -445,6 +445,38 @@ class ServeSettings(_Section):
     )
 
 
+class DicomSettings(_Section):
+    """The DICOM node (serving/dicom/): `pneumo dicom-listen` and `pneumo dicom-pull`."""
+
+    ae_title: str = Field("PNEUMO", min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$",
+                          description="the listener's application entity title")  # fmt: skip
+    host: str = Field("127.0.0.1", min_length=1, description="listen address; 0.0.0.0 for all")
+    port: int = Field(11112, ge=0, le=65535, description="the listener's DICOM port (0: any free)")
+    max_associations: int = Field(
+        16, ge=1, le=256, description="associations served at once; more are rejected (busy)"
+    )
+    network_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="an association silent this long is closed"
+    )
+    destination: str | None = Field(
+        None,
+        pattern=r"^[ -~]{1,16}@[^:@\s]+:\d{1,5}$",
+        description="AE_TITLE@host:port that receives the results by C-STORE (null: none)",
+    )
+    stow_url: str | None = Field(
+        None, description="a DICOMweb root (http://pacs/dicom-web) that receives them by STOW-RS"
+    )
+    overlay: bool = Field(True, description="send a Grad-CAM Secondary Capture beside the report")
+    overlay_size: int = Field(512, ge=64, le=4096, description="the overlay's side in pixels")
+    retry_initial_s: float = Field(
+        5.0, gt=0, description="first wait before resending to a destination that was down"
+    )
+    retry_max_s: float = Field(600.0, gt=0, description="the longest wait between two attempts")
+    metrics_port: int = Field(
+        9112, ge=0, le=65535, description="Prometheus /metrics of the listener (0: none)"
+    )
+
+
 DriftMethod = Literal["wasserstein", "ks", "psi", "jensenshannon", "kl_div", "anderson"]
 
 
@@ -538,6 +570,7 @@ class Settings(_Section):
     score: ScoreSettings = ScoreSettings()
     serve: ServeSettings = ServeSettings()
     monitor: MonitorSettings = MonitorSettings()
+    dicom: DicomSettings = DicomSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -88,8 +88,15 @@ async def _decode(upload: Upload, backend: Backend) -> Radiograph:
 
 
 def _prediction(backend: Backend, result: dict[str, Any], radiograph: Radiograph) -> dict[str, Any]:
+    return prediction_of(backend.decision, result, radiograph)
+
+
+def prediction_of(
+    decision: Decision, result: dict[str, Any], radiograph: Radiograph
+) -> dict[str, Any]:
+    """One image's answer (what /predict returns and the DICOM node reports) from the model's
+    result and the decoded file."""
     probability = float(result["probability"])
-    decision = backend.decision
     # The file's own screen first (colour, aspect), then the network-side guard.
     reason = radiograph.screen_reason or result.get("ood_reason")
     return {

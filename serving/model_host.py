@@ -61,6 +61,21 @@ def load_predictor(settings: Settings, stored: Any, workers: int) -> Predictor:
     return predictor
 
 
+def model_info(stored: Any) -> dict[str, Any]:
+    """Who answered: the model-store tag plus where the model came from."""
+    meta = stored.info.metadata
+    return {
+        "name": stored.tag.name,
+        "version": stored.tag.version,
+        "mlflow_version": meta.get("mlflow_version") or None,
+        "run_id": meta.get("run_id") or None,
+        "source": meta.get("source"),
+        "arch": meta.get("arch"),
+        "sha256": meta.get("sha256"),  # the served model: weights + decision + guard
+        "weights_sha256": meta.get("weights_sha256"),  # models/model.pt alone
+    }
+
+
 def classify_batch(predictor: Predictor, images: np.ndarray) -> list[dict[str, Any]]:
     """uint8 images (N, S, S) -> one {probability, ood_score, ood_reason, model_ms, batch} per
     image, in one call: the guard reads the same forward pass's features."""

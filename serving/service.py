@@ -48,7 +48,13 @@ from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
 from serving.framing import StrictFraming
 from serving.json_routes import StrictJson
-from serving.model_host import ModelHost, ModelQueueTimeout, classify_batch, load_predictor
+from serving.model_host import (
+    ModelHost,
+    ModelQueueTimeout,
+    classify_batch,
+    load_predictor,
+    model_info,
+)
 from serving.monitoring import Monitoring, workspace_root
 from serving.openapi import openapi_document
 from serving.schema import (
@@ -147,21 +153,6 @@ def log_code_origin(service: str) -> None:
     )
 
 
-def _model_info(stored: Any) -> dict[str, Any]:
-    """Who answered: the model-store tag plus where the model came from."""
-    meta = stored.info.metadata
-    return {
-        "name": stored.tag.name,
-        "version": stored.tag.version,
-        "mlflow_version": meta.get("mlflow_version") or None,
-        "run_id": meta.get("run_id") or None,
-        "source": meta.get("source"),
-        "arch": meta.get("arch"),
-        "sha256": meta.get("sha256"),  # the served model: weights + decision + guard
-        "weights_sha256": meta.get("weights_sha256"),  # models/model.pt alone
-    }
-
-
 @bentoml.service(
     name="pneumonia-model",
     workers=ARGUMENTS.workers,
@@ -242,7 +233,7 @@ class PneumoniaService:
         stored = champion()
         settings = read_settings()
         self.serve = settings.serve
-        self.model_info = _model_info(stored)
+        self.model_info = model_info(stored)
         self.image_size = int(stored.info.metadata["image_size"])
         self.decision = Decision.load(Path(stored.path_of(DECISION_FILE)))
         self.metrics = json.loads(Path(stored.path_of(METRICS_FILE)).read_text())

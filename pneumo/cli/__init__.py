@@ -138,14 +138,17 @@ def data_root_of(args: argparse.Namespace, settings: Settings) -> Path:
 
 
 def command_names() -> list[str]:
-    """Every sub-command: the public modules of this package, found without importing them."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    """Every sub-command: the public modules of this package, found without importing them
+    (``dicom_listen.py`` is `pneumo dicom-listen`)."""
+    modules = (m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted(name.replace("_", "-") for name in modules)
 
 
 def load_command(name: str) -> Command:
-    command = importlib.import_module(f"{__name__}.{name}").COMMAND
+    module = name.replace("-", "_")
+    command = importlib.import_module(f"{__name__}.{module}").COMMAND
     if command.name != name:
-        raise RuntimeError(f"pneumo/cli/{name}.py declares command '{command.name}': rename one")
+        raise RuntimeError(f"pneumo/cli/{module}.py declares command '{command.name}': rename one")
     return command
 
 

@@ -149,14 +149,14 @@ class PredictionStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise _unavailable(self, exc) from exc
-        with self._connect() as conn:
+        with self.connect() as conn:
             if self.schema:
                 conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
             metadata.create_all(conn)
         self._ready = True
 
     @contextmanager
-    def _connect(self) -> Iterator[sa.Connection]:
+    def connect(self) -> Iterator[sa.Connection]:
         """A transaction; a store that cannot be reached raises StoreUnavailableError."""
         try:
             with self.engine.begin() as conn:
@@ -178,7 +178,7 @@ class PredictionStore:
         if not rows:
             return 0
         self.ensure()
-        with self._connect() as conn:
+        with self.connect() as conn:
             if conn.dialect.name in ("sqlite", "postgresql"):
                 dialect = __import__(f"sqlalchemy.dialects.{conn.dialect.name}", fromlist=["x"])
                 statement = dialect.insert(predictions).on_conflict_do_nothing()
@@ -195,7 +195,7 @@ class PredictionStore:
 
     def prediction(self, request_id: str) -> dict[str, Any] | None:
         self.ensure()
-        with self._connect() as conn:
+        with self.connect() as conn:
             row = conn.execute(
                 sa.select(predictions).where(predictions.c.request_id == request_id)
             ).first()
@@ -203,7 +203,7 @@ class PredictionStore:
 
     def count(self) -> int:
         self.ensure()
-        with self._connect() as conn:
+        with self.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar())
 
     def predictions_between(
@@ -216,7 +216,7 @@ class PredictionStore:
             query = query.where(predictions.c.received_at >= since)
         if until is not None:
             query = query.where(predictions.c.received_at < until)
-        with self._connect() as conn:
+        with self.connect() as conn:
             frame = pd.DataFrame(conn.execute(query.order_by("received_at")).mappings().all())
         if frame.empty:
             frame = pd.DataFrame(columns=list(PREDICTION_COLUMNS))
@@ -240,7 +240,7 @@ class PredictionStore:
     ) -> dict[str, Any] | None:
         self.ensure()
         now = utcnow()
-        with self._connect() as conn:
+        with self.connect() as conn:
             known = conn.execute(
                 sa.select(predictions.c.request_id).where(predictions.c.request_id == request_id)
             ).first()
@@ -263,7 +263,7 @@ class PredictionStore:
         columns = ["request_id", "reviewed_label", "reviewer", "patient_id", "reviews"]
         self.ensure()
         query = sa.select(feedback).order_by(feedback.c.updated_at)
-        with self._connect() as conn:
+        with self.connect() as conn:
             frame = pd.DataFrame(conn.execute(query).mappings().all())
         if frame.empty:
             return pd.DataFrame(columns=columns)
@@ -280,7 +280,7 @@ class PredictionStore:
     def add_verdict(self, summary: dict[str, Any]) -> None:
         self.ensure()
         window = summary["window"]
-        with self._connect() as conn:
+        with self.connect() as conn:
             conn.execute(
                 verdicts.insert(),
                 {
@@ -295,7 +295,7 @@ class PredictionStore:
 
     def latest_verdict(self) -> dict[str, Any] | None:
         self.ensure()
-        with self._connect() as conn:
+        with self.connect() as conn:
             row = conn.execute(
                 sa.select(verdicts).order_by(verdicts.c.created_at.desc()).limit(1)
             ).first()

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 COMPOSE = INFRA / "docker-compose.yml"
 # Services that run pneumo's own code, and so may only get settings pneumo (or its stack) reads.
-PNEUMO_SERVICES = ("prefect-worker", "serving")
+PNEUMO_SERVICES = ("prefect-worker", "serving", "dicom-node")
 TELEMETRY = (
     "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY",
     "BENTOML_DO_NOT_TRACK", "DVC_NO_ANALYTICS", "GX_ANALYTICS_ENABLED",
