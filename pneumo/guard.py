@@ -31,6 +31,7 @@ from pneumo.scope import (
     DETECTORS,
     KIND_SEGMENTS,
     LAYOUT_SEGMENT,
+    PIXELS_SEGMENT,
     ScopeSet,
     fit_kinds,
     fit_layout,
@@ -39,12 +40,13 @@ from pneumo.scope import (
     layout_scores,
     out_of_scope_log_odds,
     segment,
+    with_pixels,
 )
 from pneumo.workspace import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: the scope check (layout, kinds, norms)
+FORMAT_VERSION = 3  # 2: the scope check (layout, kinds, norms); 3: the pixel prior
 # Screen limits: the Kermany release's most extreme image is 384x127 (3.0:1).
 MAX_ASPECT = 3.2
 MAX_CHROMA = 12.0  # mean max-channel difference (0..255) of a small copy: grey JPEGs stay under 3
@@ -121,6 +123,8 @@ class Guard:
     layout: dict[str, torch.Tensor] = field(default_factory=dict)  # the one-class layout Gaussian
     kinds: dict[str, torch.Tensor] = field(default_factory=dict)  # the kind classifier, if fitted
     kind_names: list[str] = field(default_factory=list)
+    prior: dict[str, torch.Tensor] = field(default_factory=dict)  # the pixel classifier, if any
+    prior_names: list[str] = field(default_factory=list)
     # Per detector (DETECTORS order): the validation median, and its 1 - max_val_flag_rate
     # quantile minus the median.
     norms: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2))
@@ -154,7 +158,17 @@ class Guard:
                                                               LAYOUT_SEGMENT)))  # fmt: skip
         if self.kinds:
             columns.append(out_of_scope_log_odds(self.kind_probabilities(features)))
+        if self.prior:
+            columns.append(out_of_scope_log_odds(self.prior_probabilities(features)))
         return np.stack(columns, axis=1)
+
+    def features_of(self, network_features: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """What the guard reads: the network's features, and the pixels' when it has a prior."""
+        return with_pixels(network_features, images, self.segments)
+
+    def prior_probabilities(self, features: np.ndarray) -> np.ndarray:
+        return kind_probabilities(self.prior, segment(np.asarray(features, dtype=np.float32),
+                                                      self.segments, PIXELS_SEGMENT))  # fmt: skip
 
     def kind_probabilities(self, features: np.ndarray) -> np.ndarray:
         return kind_probabilities(self.kinds, segment(np.asarray(features, dtype=np.float32),
@@ -173,13 +187,18 @@ class Guard:
         """Scores, and per image why it is out of scope (None when it is in)."""
         scores = self.scores(features)
         flagged = self.flags(scores)
-        kinds = self.kind_probabilities(features) if self.kinds and flagged.any() else None
+        # Which kind it is: the network's kind classifier when fitted here, else the pixel prior.
+        kinds, names = None, self.kind_names
+        if flagged.any() and (self.kinds or self.prior):
+            kinds = self.kind_probabilities(features) if self.kinds else None
+            if kinds is None:
+                kinds, names = self.prior_probabilities(features), self.prior_names
         why: list[str | None] = []
         for index, flag in enumerate(flagged):
             if not flag:
                 why.append(None)
             elif kinds is not None and kinds[index, 1:].max() > kinds[index, 0]:
-                why.append(kind_reason(self.kind_names[1 + int(kinds[index, 1:].argmax())]))
+                why.append(kind_reason(names[1 + int(kinds[index, 1:].argmax())]))
             else:
                 why.append(
                     "unlike the paediatric frontal chest radiographs the model was trained on "
@@ -215,12 +234,13 @@ class Guard:
     def save(self, path: Path) -> None:
         payload = {
             "format_version": FORMAT_VERSION,
-            "method": "mahalanobis + layout gaussian + kind classifier",
+            "method": "mahalanobis + layout gaussian + kind classifier + pixel prior",
             "mean": self.mean, "scale": self.scale, "centres": self.centres,
             "precision": self.precision, "cutoff": self.cutoff,
             "max_val_flag_rate": self.max_val_flag_rate, "weights_sha256": self.weights_sha256,
             "segments": {k: list(v) for k, v in self.segments.items()}, "layout": self.layout,
             "kinds": self.kinds, "kind_names": self.kind_names, "norms": self.norms,
+            "prior": self.prior, "prior_names": self.prior_names,
         }  # fmt: skip
         from pneumo.models import write_torch
 
@@ -233,7 +253,8 @@ class Guard:
             raise PipelineOrderError(f"{path} not found: run `pneumo guard` after `pneumo train`")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("format_version") != FORMAT_VERSION:
+            # 2 (no pixel prior) is still read: registered versions keep serving with theirs.
+            if payload.get("format_version") not in (2, FORMAT_VERSION):
                 raise PipelineOrderError(
                     f"{path} was made by an older pneumo (no scope check): rerun `pneumo guard`"
                 )
@@ -241,8 +262,10 @@ class Guard:
                        float(payload["cutoff"]), float(payload["max_val_flag_rate"]),
                        str(payload.get("weights_sha256", "")),
                        {k: (int(v[0]), int(v[1])) for k, v in payload["segments"].items()},
-                       dict(payload["layout"]), dict(payload["kinds"]),
-                       list(payload["kind_names"]), payload["norms"])  # fmt: skip
+                       layout=dict(payload["layout"]), kinds=dict(payload["kinds"]),
+                       kind_names=list(payload["kind_names"]), norms=payload["norms"],
+                       prior=dict(payload.get("prior", {})),
+                       prior_names=list(payload.get("prior_names", [])))  # fmt: skip
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, KeyError) as exc:
             raise PipelineOrderError(
                 f"{path} is not a guard file ({exc}): rerun `pneumo guard`"
@@ -257,9 +280,10 @@ def fit(
     segments: dict[str, tuple[int, int]],
     scope: ScopeSet | None = None,
     scope_features: np.ndarray | None = None,
+    prior: tuple[dict[str, torch.Tensor], list[str]] = ({}, []),
 ) -> Guard:
     """Fit the detectors on train (and on the real out-of-scope set, when given), calibrate on
-    validation."""
+    validation; ``prior`` is the fitted pixel classifier (``segments`` then has the pixels)."""
     from pytorch_ood.detector import Mahalanobis
 
     means = torch.as_tensor(segment(train_features, segments, "means"), dtype=torch.float32)
@@ -268,7 +292,8 @@ def fit(
                                               torch.as_tensor(train_labels, dtype=torch.long))  # fmt: skip
     guard = Guard(mean, scale, detector.mu, detector.precision, float("inf"), max_val_flag_rate,
                   segments=segments,
-                  layout=fit_layout(segment(train_features, segments, LAYOUT_SEGMENT)))  # fmt: skip
+                  layout=fit_layout(segment(train_features, segments, LAYOUT_SEGMENT)),
+                  prior=prior[0], prior_names=prior[1])  # fmt: skip
     if scope is not None and len(scope) and scope_features is not None:
         guard.kinds, guard.kind_names = fit_kinds(
             segment(train_features, segments, *KIND_SEGMENTS),
@@ -301,7 +326,13 @@ def guard_stage(settings: Any, workspace: Any, scope_root: Path | None = None) -
     from pneumo.inference import predict
     from pneumo.models import load_model
     from pneumo.models.features import feature_segments
-    from pneumo.scope import load_scope_set
+    from pneumo.scope import (
+        PRIOR_FILE,
+        load_prior,
+        load_scope_set,
+        pixel_segments,
+        set_digest,
+    )
     from pneumo.scope_report import measure_probes, measure_sources, write_scope_report
     from pneumo.workspace import sha256_file
 
@@ -317,19 +348,25 @@ def guard_stage(settings: Any, workspace: Any, scope_root: Path | None = None) -
     segments = feature_segments(model, size)
     # Fitted on the features the served network computes (model.runtime), so the cut-off holds.
     network = compile_network(model, settings.model.runtime, accel, features=True)
-
-    def features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = predict(network, images, batch, accel=accel, features=True)
-        return result.probabilities, result.features  # type: ignore[return-value]
-
     root = scope_root or Path(settings.data.scope_root)
     root = root if root.is_absolute() else workspace.root / root
     scope = load_scope_set(root, size)
+    prior, prior_names, prior_set = load_prior(root / PRIOR_FILE, size)
+    if prior:
+        segments = pixel_segments(segments)
+        if len(scope) and prior_set.get("sha256") != set_digest(scope):
+            log.warning("%s was fitted on another set than %s holds now: run `pneumo scope-fit` "
+                        "and commit it", root / PRIOR_FILE, root)  # fmt: skip
+
+    def features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = predict(network, images, batch, accel=accel, features=True)
+        return result.probabilities, with_pixels(result.features, images, segments)  # type: ignore[arg-type]
+
     train, val = (load_arrays(workspace.arrays(s)) for s in ("train", "val"))
     (_, train_f), (_, val_f) = features(train["images"]), features(val["images"])
     scope_p, scope_f = features(scope.images) if len(scope) else (np.zeros(0), None)
     guard = fit(train_f, train["labels"], val_f, settings.guard.max_val_flag_rate, segments,
-                scope, scope_f)  # fmt: skip
+                scope, scope_f, (prior, prior_names))  # fmt: skip
     guard.weights_sha256 = sha256_file(workspace.model)
     guard.save(workspace.guard)
 
@@ -337,7 +374,10 @@ def guard_stage(settings: Any, workspace: Any, scope_root: Path | None = None) -
     val_reasons = reasons(guard, val_f, val_screened)[1]
     report: dict[str, Any] = {
         "method": "file screen, then the highest of: mahalanobis on block means (pytorch-ood), "
-        "a layout gaussian" + (", a kind classifier" if guard.kinds else "") + " (pneumo/scope.py)",
+        "a layout gaussian"
+        + (", a kind classifier" if guard.kinds else "")
+        + (", a pixel prior" if guard.prior else "")
+        + " (pneumo/scope.py)",
         "detectors": guard.detectors,
         "cutoff": guard.cutoff,
         "max_val_flag_rate": guard.max_val_flag_rate,

@@ -112,7 +112,10 @@ class Predictor:
                     for s, p in zip(screened, images, strict=True)]  # fmt: skip
         result = predict(self.network, images, batch_size, self.decision.tta, self.accel,
                          features=self.guard is not None)  # fmt: skip
-        scores, reasons = guard_reasons(self.guard, result.features, screened)
+        features = result.features
+        if self.guard is not None and features is not None:
+            features = self.guard.features_of(features, images)  # the pixel prior reads pixels
+        scores, reasons = guard_reasons(self.guard, features, screened)
         return Assessment(self.decision.adjust(result.probabilities), scores, reasons)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -12,6 +12,12 @@ Three detectors on the features of the served network's one forward pass
   other body parts, each with its source and licence in a manifest), a multinomial logistic
   regression on the early blocks' layout, telling in-scope from each out-of-scope kind, so a
   referral can say *why*: "an adult chest radiograph", "a lateral view".
+- ``prior``: the same kind of classifier on the model's input pixels (a 16x16 layout, the grey
+  histogram, a 16x16 edge layout: :func:`pixel_features`), which depend on no network weights.
+  `pneumo scope-fit` fits it on the train split and the set and writes ``prior.json`` into
+  ``data.scope_root``, committed: a clone without the images still ships a scope check that
+  knows adults, laterals and other body parts (the images stay outside git, the coefficients
+  do not).
 
 Each detector's score is put on one scale by the validation split (median 0, its own cut-off 1)
 and the highest one decides; the cut-off flags ``guard.max_val_flag_rate`` of validation.
@@ -25,13 +31,14 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("global", "layout", "kinds")
+DETECTORS = ("global", "layout", "kinds", "prior")
 IN_SCOPE = "in_scope"
 LAYOUT_SEGMENT = "layout1"
 KIND_SEGMENTS = ("layout0", "layout1", "layout2")
@@ -43,6 +50,11 @@ KIND_REASONS = {
 }
 MANIFEST = "manifest.csv"
 KIND_C = 0.001  # strong L2: ~900 negatives against ~2,000 columns (a held-out source measured it)
+PRIOR_FILE = "prior.json"  # in data.scope_root, committed: the pixel classifier a clone ships
+PRIOR_C = 0.1  # leave-one-source-out on the set: 0.01-1 flag the same; 0.1 keeps validation's tail
+PIXEL_GRID = 16
+PIXEL_BINS = 16
+PIXELS_SEGMENT = "pixels"
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,7 @@ def layout_scores(layout: dict[str, torch.Tensor], features: np.ndarray) -> np.n
 
 
 def fit_kinds(
-    train: np.ndarray, negatives: np.ndarray, kinds: np.ndarray
+    train: np.ndarray, negatives: np.ndarray, kinds: np.ndarray, c: float = KIND_C
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """In scope (the train split) against each out-of-scope kind, classes weighted equally."""
     from sklearn.linear_model import LogisticRegression
@@ -141,7 +153,7 @@ def fit_kinds(
     x = np.concatenate([train, negatives])
     y = np.concatenate([np.zeros(len(train), int), [names.index(k) for k in kinds]])
     mean, scale = x.mean(0), x.std(0) + 1e-6
-    model = LogisticRegression(C=KIND_C, class_weight="balanced", max_iter=3000)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
     model.fit((x - mean) / scale, y)
     coef, intercept = model.coef_, model.intercept_
     if len(names) == 2:  # sklearn's binary form: one row for class 1
@@ -167,3 +179,109 @@ def out_of_scope_log_odds(probabilities: np.ndarray) -> np.ndarray:
 
 def kind_reason(kind: str) -> str:
     return KIND_REASONS.get(kind, f"like the out-of-scope '{kind}' radiographs it was shown")
+
+
+def pixel_features(images: np.ndarray) -> np.ndarray:
+    """What the pixel prior reads from the model's input (N, S, S) uint8: where the image is
+    bright (a 16x16 grid, standardised per image), its grey histogram, and where its edges are
+    (a 16x16 grid of mean gradient, relative to the image's mean). float32 (N, 528)."""
+    x = np.asarray(images, dtype=np.float32) / 255.0
+    n, side = x.shape[0], x.shape[1]
+    if side % PIXEL_GRID:
+        raise ValueError(f"images of {side} px: the pixel prior needs a multiple of {PIXEL_GRID}")
+    block = side // PIXEL_GRID
+
+    def grid(a: np.ndarray) -> np.ndarray:
+        return a.reshape(n, PIXEL_GRID, block, PIXEL_GRID, block).mean((2, 4)).reshape(n, -1)
+
+    layout = grid(x)
+    layout = (layout - layout.mean(1, keepdims=True)) / (layout.std(1, keepdims=True) + 1e-3)
+    edges = np.abs(np.diff(x, axis=1))[:, :, :-1] + np.abs(np.diff(x, axis=2))[:, :-1, :]
+    edges = grid(np.pad(edges, ((0, 0), (0, 1), (0, 1))))
+    edges = edges / (edges.mean(1, keepdims=True) + 1e-6)
+    bins = np.minimum((x * PIXEL_BINS).astype(np.int64), PIXEL_BINS - 1).reshape(n, -1)
+    hist = np.stack([np.bincount(row, minlength=PIXEL_BINS) for row in bins]) / (side * side)
+    return np.concatenate([layout, hist, edges], axis=1).astype(np.float32)
+
+
+def with_pixels(
+    features: np.ndarray, images: np.ndarray, segments: dict[str, tuple[int, int]]
+) -> np.ndarray:
+    """The network's features with the pixel features appended, when ``segments`` has them."""
+    if PIXELS_SEGMENT not in segments:
+        return features
+    return np.concatenate([np.asarray(features, np.float32), pixel_features(images)], axis=1)
+
+
+def pixel_segments(segments: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """``segments`` with the pixel features' columns after the network's."""
+    end = max(stop for _, stop in segments.values())
+    width = 2 * PIXEL_GRID * PIXEL_GRID + PIXEL_BINS
+    return {**segments, PIXELS_SEGMENT: (end, end + width)}
+
+
+def set_digest(scope: ScopeSet) -> str:
+    """What a prior was fitted on: the set's sources, kinds and pixels."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source, kind in zip(scope.sources.tolist(), scope.kinds.tolist(), strict=True):
+        digest.update(f"{source}/{kind};".encode())
+    digest.update(np.ascontiguousarray(scope.images).tobytes())
+    return digest.hexdigest()
+
+
+def save_prior(path: Path, prior: dict[str, torch.Tensor], names: list[str], scope: ScopeSet,
+               image_size: int) -> None:  # fmt: skip
+    """``prior.json``: the fitted pixel classifier and what it was fitted on (no image)."""
+    import json
+
+    from pneumo.workspace import atomic_path
+
+    counts = {}
+    for source, kind in zip(scope.sources.tolist(), scope.kinds.tolist(), strict=True):
+        counts.setdefault(source, {"kind": kind, "n": 0})["n"] += 1
+    payload = {
+        "what": "pneumo's pixel scope prior (pneumo/scope.py): refit with `pneumo scope-fit`",
+        "format": 1, "image_size": image_size, "C": PRIOR_C, "names": names,
+        "set": {"n": len(scope), "sha256": set_digest(scope), "sources": counts},
+        **{key: prior[key].tolist() for key in ("mean", "scale", "coef", "intercept")},
+    }  # fmt: skip
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def load_prior(path: Path, image_size: int) -> tuple[dict[str, torch.Tensor], list[str], dict]:
+    """The committed prior, or nothing when it is absent or made for another image size."""
+    import json
+
+    if not path.is_file():
+        return {}, [], {}
+    payload = json.loads(path.read_text())
+    if int(payload.get("image_size", 0)) != image_size:
+        log.warning("%s was fitted on %s px images, the model reads %d: not used (run `pneumo "
+                    "scope-fit`)", path, payload.get("image_size"), image_size)  # fmt: skip
+        return {}, [], {}
+    prior = {key: torch.as_tensor(payload[key], dtype=torch.float32)
+             for key in ("mean", "scale", "coef", "intercept")}  # fmt: skip
+    return prior, list(payload["names"]), dict(payload["set"])
+
+
+def fit_prior_file(settings: Any, workspace: Any) -> dict[str, Any]:
+    """`pneumo scope-fit`: the pixel prior from the train split (in scope) and the set in
+    ``data.scope_root``, written to ``prior.json`` there (commit it: clones have no images)."""
+    from pneumo.data.preprocess import load_arrays
+    from pneumo.errors import PneumoError
+
+    root = Path(settings.data.scope_root)
+    root = root if root.is_absolute() else workspace.root / root
+    size = settings.preprocess.image_size
+    scope = load_scope_set(root, size)
+    if not len(scope):
+        raise PneumoError(f"no out-of-scope radiographs in {root} (see its README): nothing to fit")
+    train = load_arrays(workspace.arrays("train"))["images"]
+    prior, names = fit_kinds(pixel_features(train), pixel_features(scope.images), scope.kinds,
+                             PRIOR_C)  # fmt: skip
+    save_prior(root / PRIOR_FILE, prior, names, scope, size)
+    return {"path": str(root / PRIOR_FILE), "in_scope": len(train), "out_of_scope": len(scope),
+            "kinds": names[1:]}  # fmt: skip

@@ -8,6 +8,7 @@ the figures in ``metrics/guard.json`` and ``reports/scope.md``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,51 +50,63 @@ def measure_sources(
     val_features: np.ndarray,
     decision: Any,
 ) -> dict[str, Any]:
-    """Per source of the real set: flagged by the one-class detectors alone, and by the whole
-    check with the kind classifier refitted without that source; how many would be called
-    pneumonia with no flag (the harm the check exists to prevent)."""
+    """Per source of the real set, with every classifier refitted without that source (leave
+    one source out): flagged by the one-class detectors alone, by what a clone without the set
+    ships (they and the pixel prior), by the whole check; and how many would be called pneumonia
+    with no flag (the harm the check exists to prevent)."""
     from pneumo.guard import fit_kinds
-    from pneumo.scope import KIND_SEGMENTS, segment
+    from pneumo.scope import KIND_C, KIND_SEGMENTS, PIXELS_SEGMENT, PRIOR_C, segment
 
     if scope_features is None or not len(scope):
         return {"n": 0, "note": "no out-of-scope set (data.scope_root): one-class detectors only"}
-    one_class = _replace_kinds(guard, {}, []).calibrate(val_features)
+
+    def columns(names: tuple[str, ...], rest: np.ndarray, c: float) -> tuple[dict, list[str]]:
+        return fit_kinds(segment(train_features, guard.segments, *names),
+                         segment(scope_features[rest], guard.segments, *names),
+                         scope.kinds[rest], c)  # fmt: skip
+
+    one_class = replace(guard, kinds={}, kind_names=[], prior={}, prior_names=[])
+    one_class = one_class.calibrate(val_features)
     sources: dict[str, Any] = {}
     for source in sorted(set(scope.sources.tolist())):
         held = scope.sources == source
         rest = ~held
+        kinds, names, prior, prior_names = {}, [], {}, []
         if len(set(scope.kinds[rest].tolist())):
-            kinds, names = fit_kinds(segment(train_features, guard.segments, *KIND_SEGMENTS),
-                                     segment(scope_features[rest], guard.segments, *KIND_SEGMENTS),
-                                     scope.kinds[rest])  # fmt: skip
-            blind = _replace_kinds(guard, kinds, names).calibrate(val_features)
-        else:
-            blind = one_class
-        flagged = blind.flags(blind.scores(scope_features[held]))
+            kinds, names = columns(KIND_SEGMENTS, rest, KIND_C)
+            if guard.prior:
+                prior, prior_names = columns((PIXELS_SEGMENT,), rest, PRIOR_C)
+        blind = replace(guard, kinds=kinds, kind_names=names, prior=prior,
+                        prior_names=prior_names).calibrate(val_features)  # fmt: skip
+        shipped = replace(guard, kinds={}, kind_names=[], prior=prior,
+                          prior_names=prior_names).calibrate(val_features)  # fmt: skip
+        features = scope_features[held]
         if decision is not None:
             called = decision.positive(decision.adjust(scope_probabilities[held]))
         else:
             called = scope_probabilities[held] >= 0.5
-        sources[source] = {
+        flagged = blind.flags(blind.scores(features))
+        alone = one_class.flags(one_class.scores(features))
+        row = {
             "kind": str(scope.kinds[held][0]),
             "licence": scope.licences.get(source, "not recorded"),
             "n": int(held.sum()),
-            "flagged_one_class": float(
-                one_class.flags(one_class.scores(scope_features[held])).mean()
-            ),
+            "flagged_one_class": float(alone.mean()),
+            "called_pneumonia_unflagged_one_class": float((called & ~alone).mean()),
+        }
+        if guard.prior:  # what a clone without the images ships: one-class + the pixel prior
+            without = shipped.flags(shipped.scores(features))
+            row["flagged_without_set"] = float(without.mean())
+            row["called_pneumonia_unflagged_without_set"] = float((called & ~without).mean())
+        row |= {
             "flagged_held_out": float(flagged.mean()),
             "flagged_or_called_normal": float((flagged | ~called).mean()),
             "called_pneumonia_unflagged": float((called & ~flagged).mean()),
         }
+        sources[source] = row
     worst = min(s["flagged_or_called_normal"] for s in sources.values())
     return {"n": len(scope), "skipped": scope.skipped, "sources": sources,
             "worst_held_out_source": worst}  # fmt: skip
-
-
-def _replace_kinds(guard: Any, kinds: dict, names: list[str]) -> Any:
-    from dataclasses import replace
-
-    return replace(guard, kinds=kinds, kind_names=names)
 
 
 def write_scope_report(path: Path, report: dict[str, Any], scope: Any) -> None:
@@ -104,7 +117,9 @@ def write_scope_report(path: Path, report: dict[str, Any], scope: Any) -> None:
         "",
         "Written by `pneumo guard` (`dvc repro guard`) when `data.scope_root` holds a set; the "
         "images stay outside git. Each source is judged by a scope check whose kind classifier "
-        "was fitted without it (leave one source out), cut-off on the validation split.",
+        "was fitted without it (leave one source out), cut-off on the validation split. A "
+        "clone without the images ships the one-class detectors and the pixel prior fitted here "
+        "(`prior.json`, committed): its columns say what that catches.",
         "",
         f"- Detectors: {', '.join(report['detectors'])}; validation flagged "
         f"{report['val']['flagged']:.1%} (at most {report['max_val_flag_rate']:.0%}).",
@@ -112,16 +127,18 @@ def write_scope_report(path: Path, report: dict[str, Any], scope: Any) -> None:
         f"{report['non_radiographs_flagged']:.1%} flagged.",
         f"- Real set: {scope_report['n']} images ({scope_report['skipped']} unreadable, skipped).",
         "",
-        "| kind | source | n | one-class only | whole check, source held out | flagged or called "
-        "normal | called pneumonia, no flag | licence |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| kind | source | n | one-class only: flagged | ...called pneumonia, no flag | without "
+        "the images (pixel prior): flagged | ...called pneumonia, no flag | whole check: flagged "
+        "| ...flagged or called normal | ...called pneumonia, no flag | licence |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for source, row in scope_report["sources"].items():
-        lines.append(
-            f"| {row['kind']} | {source} | {row['n']} | {row['flagged_one_class']:.1%} | "
-            f"{row['flagged_held_out']:.1%} | {row['flagged_or_called_normal']:.1%} | "
-            f"{row['called_pneumonia_unflagged']:.1%} | {row['licence']} |"
-        )
+        cells = [row["kind"], source, str(row["n"])]
+        for key in ("flagged_one_class", "called_pneumonia_unflagged_one_class",
+                    "flagged_without_set", "called_pneumonia_unflagged_without_set",
+                    "flagged_held_out", "flagged_or_called_normal", "called_pneumonia_unflagged"):
+            cells.append(f"{row[key]:.1%}" if key in row else "n/a")
+        lines.append("| " + " | ".join([*cells, row["licence"]]) + " |")
     lines += ["", "Probe kinds (synthetic, from the validation split and bundled images):", "",
               "| probe | n | flagged | by the file screen |", "|---|---:|---:|---:|"]  # fmt: skip
     for kind, row in report["kinds"].items():

@@ -118,7 +118,9 @@ def _judge(
                 "the champion is kept: promote deliberately with `pneumo registry promote`"
             )
     cfg = settings.registry
-    passed, reasons = gate(challenger, champion_metrics, cfg, champion, problem, counterfactual=True)
+    passed, reasons = gate(
+        challenger, champion_metrics, cfg, champion, problem, counterfactual=True
+    )
     return GateVerdict(
         model_name=cfg.model_name, version=number, run_id=version.run_id, passed=passed,
         reasons=reasons, challenger_metrics=challenger, champion_version=champion,
@@ -196,6 +198,12 @@ def _register(
     model_sha256 = sha256_file(workspace.model)
     existing = _existing_version(registry, run_id, model_sha256, sha256_file(workspace.decision))
     if existing is not None:
+        guard = sha256_file(workspace.guard) if workspace.guard.is_file() else "none"
+        if existing.tags.get("guard_sha256", guard) != guard:
+            log.warning("models/guard.pt differs from the guard registered with %s v%s (refitted "
+                        "since): a registered version is immutable, so it keeps serving with its "
+                        "own; retrain to register a version with this one", existing.name,
+                        existing.version)  # fmt: skip
         return existing, False
     run = registry.run(run_id)
     logged = _logged_model(registry, run, settings, workspace, test)

@@ -9,6 +9,7 @@ its own registered model name, so the three logged runs are shared and the tests
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -318,7 +319,7 @@ def test_champion_of_another_image_size_is_rescored_from_the_images(
 
 
 def test_registering_the_same_run_twice_creates_one_version(
-    lab: Lab, tmp_path: Path, name: str
+    lab: Lab, tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = lab.settings(name)
     ws = lab.workspace(tmp_path, "good")
@@ -330,6 +331,12 @@ def test_registering_the_same_run_twice_creates_one_version(
     client = MlflowClient(settings.tracking.uri)
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
     assert aliases(lab, name) == {"champion": 1}
+
+    # A guard refitted since (same weights, same decision): the version is immutable and says so.
+    ws.guard.write_bytes(b"a refitted guard")
+    with caplog.at_level(logging.WARNING, logger="pneumo.registry.register"):
+        assert registry.register_and_gate(settings, ws).version == 1
+    assert "guard.pt differs from the guard registered" in caplog.text
 
     ws.decision.write_text(json.dumps({**DECISION, "threshold": 0.3, "tta": False}))
     with pytest.raises(registry.RegistryError, match="another decision.json"):

@@ -87,6 +87,13 @@ def test_guard_file_is_weights_only_and_round_trips(
         Guard.load(evil)
     with pytest.raises(PipelineOrderError, match="pneumo guard"):
         Guard.load(tmp_path / "missing.pt")
+    # A guard of the previous format (no pixel prior), as registered versions carry: still read.
+    payload = torch.load(workspace.guard, weights_only=True)
+    payload = {k: v for k, v in payload.items() if k not in ("prior", "prior_names")}
+    older = tmp_path / "older.pt"
+    torch.save({**payload, "format_version": 2}, older)
+    assert not Guard.load(older).prior
+    assert np.allclose(Guard.load(older).scores(features), loaded.scores(features))
 
 
 def test_predictions_carry_the_guard_and_flagged_images_are_referred(

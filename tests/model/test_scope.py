@@ -87,7 +87,9 @@ def test_the_exported_network_carries_the_scope_check(scoped, runtime: str) -> N
     assert features.shape[1] == max(end for _, end in segments.values())
     ours, theirs = torch_side.assess(images), exported.assess(images)
     assert np.mean(ours.out_of_distribution == theirs.out_of_distribution) >= 0.95
-    assert sum(a == b for a, b in zip(ours.ood_reasons, theirs.ood_reasons, strict=True)) >= 0.9 * len(images)
+    assert sum(
+        a == b for a, b in zip(ours.ood_reasons, theirs.ood_reasons, strict=True)
+    ) >= 0.9 * len(images)
 
 
 def test_without_a_set_the_check_is_one_class_and_says_so(
@@ -102,3 +104,57 @@ def test_without_a_set_the_check_is_one_class_and_says_so(
     guard = Guard.load(workspace.guard)
     assert not guard.kinds and guard.layout
     assert not (tmp_path / "reports" / "scope.md").exists()
+
+
+def test_a_pixel_prior_ships_the_kinds_without_the_images(scoped, tmp_path: Path) -> None:  # noqa: ANN001
+    """`pneumo scope-fit` writes prior.json (coefficients, no pixels); a clone that has only it
+    still flags and names the out-of-scope kinds."""
+    from pneumo.scope import PRIOR_FILE, fit_prior_file
+
+    trained, settings, _, standins = scoped
+    root = tmp_path / "with-set"
+    shutil.copytree(trained.root, root, dirs_exist_ok=True)
+    scope_root = root / "scope"  # the stand-in set, copied with the workspace
+    workspace = Workspace(root)
+    here = settings.model_copy(update={"data": settings.data.model_copy(
+        update={"scope_root": scope_root})})  # fmt: skip
+    fitted = fit_prior_file(here, workspace)
+    prior = json.loads((scope_root / PRIOR_FILE).read_text())
+    assert fitted["out_of_scope"] == 90 and prior["set"]["n"] == 90
+    assert prior["names"] == ["in_scope", "adult_frontal", "other_body_part"]
+    assert (scope_root / PRIOR_FILE).stat().st_size < 200_000  # coefficients, not images
+    report = guard_stage(here, workspace, scope_root)
+    assert report["detectors"] == ["global", "layout", "kinds", "prior"]
+    for row in report["scope"]["sources"].values():  # the prior refitted without each source too
+        assert {"flagged_without_set", "called_pneumonia_unflagged_without_set"} <= set(row)
+    assert report["scope"]["sources"]["standin_things"]["flagged_without_set"] >= 0.9
+    # A clone: the folder holds prior.json and nothing else.
+    clone = tmp_path / "clone-scope"
+    clone.mkdir()
+    shutil.copyfile(scope_root / PRIOR_FILE, clone / PRIOR_FILE)
+    report = guard_stage(here, workspace, clone)
+    assert report["detectors"] == ["global", "layout", "prior"]
+    assert report["val"]["flagged"] <= settings.guard.max_val_flag_rate + 1e-9
+    guard = Guard.load(workspace.guard)
+    assert guard.prior and not guard.kinds
+    predictor = Predictor.from_workspace(workspace)
+    things = predictor.assess(load_scope_set(standins, predictor.image_size).images[-30:])
+    named = [r == KIND_REASONS["other_body_part"] for r in things.ood_reasons]
+    assert np.mean(named) >= 0.8, things.ood_reasons
+
+
+def test_the_committed_prior_reads_the_pixels_the_model_sees() -> None:
+    """data/scope/prior.json (fitted on the real set) matches today's pixel features."""
+    from pneumo.config import load_settings
+    from pneumo.scope import PRIOR_FILE, load_prior, pixel_features
+
+    repo = Path(__file__).resolve().parents[2]
+    settings = load_settings(repo / "params.yaml")
+    size = settings.preprocess.image_size
+    prior, names, fitted_on = load_prior(repo / settings.data.scope_root / PRIOR_FILE, size)
+    assert names[0] == "in_scope" and {"adult_frontal", "lateral", "other_body_part"} <= set(names)
+    assert prior["coef"].shape == (
+        len(names),
+        pixel_features(np.zeros((1, size, size), np.uint8)).shape[1],
+    )
+    assert fitted_on["n"] >= 500 and len(fitted_on["sources"]) >= 6
