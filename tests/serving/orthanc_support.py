@@ -4,18 +4,15 @@ answering 127.0.0.1 only, in its own process group, its storage in a temporary f
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.serving.serving_support import free_port
+from tests.serving.serving_support import Server, free_port, wait_ready
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -28,15 +25,11 @@ def available() -> bool:
 
 
 @dataclass
-class Orthanc:
-    process: subprocess.Popen[bytes]
-    http_port: int
-    dicom_port: int
-    log: Path
+class Orthanc(Server):
+    """The PACS process (stopped by its process group, as the servers are) and its ports."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+    http_port: int = 0
+    dicom_port: int = 0
 
     @property
     def dicomweb(self) -> str:
@@ -50,18 +43,6 @@ class Orthanc:
         response = httpx.request(method, f"{self.url}{path}", timeout=60, **kwargs)
         response.raise_for_status()
         return response
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def start_orthanc(
@@ -99,16 +80,5 @@ def start_orthanc(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    orthanc = Orthanc(process, http_port, dicom_port, log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {process.returncode}:\n{orthanc.log_tail()}")
-        try:
-            if httpx.get(f"{orthanc.url}/system", timeout=2).status_code == 200:
-                return orthanc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    orthanc.stop()
-    raise RuntimeError(f"Orthanc did not answer within {timeout:.0f} s:\n{orthanc.log_tail()}")
+    orthanc = Orthanc(process, f"http://127.0.0.1:{http_port}", log, http_port, dicom_port)
+    return wait_ready(orthanc, "/system", timeout)

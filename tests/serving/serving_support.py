@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import torch
@@ -88,6 +89,9 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+ServerT = TypeVar("ServerT", bound=Server)
+
+
 def start_server(
     target: str, lab: ServingLab, log: Path, timeout: float = 180.0, params: Path | None = None
 ) -> Server:
@@ -147,18 +151,24 @@ def launch(command: list[str], cwd: Path, env: dict[str, str], log: Path, timeou
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    return wait_ready(Server(process, f"http://127.0.0.1:{port}", log), "/readyz", timeout)
+
+
+def wait_ready(server: ServerT, path: str, timeout: float) -> ServerT:
+    """Wait until GET ``path`` answers 200; stop the process and say why if it never does."""
+    args = [str(a) for a in server.process.args]  # type: ignore[union-attr]
+    what = " ".join([Path(args[0]).name, *args[1:4]])  # e.g. python3.11 -m bentoml serve
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if server.process.poll() is not None:
             raise RuntimeError(
-                f"bentoml serve exited with {process.returncode}:\n{server.log_tail()}"
+                f"{what} exited with {server.process.returncode}:\n{server.log_tail()}"
             )
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{path}", timeout=2).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"bentoml serve not ready after {timeout:.0f} s:\n{server.log_tail()}")
+    raise RuntimeError(f"{what} not ready after {timeout:.0f} s:\n{server.log_tail()}")
