@@ -42,7 +42,7 @@ run: $(STAMP)  ## the main job: the Prefect retrain flow (validate, dvc repro, g
 	@# The reports' local Vega/Bootstrap copies: without npm they fall back to CDN links (a warning).
 	-@$(BIN)/python -m pneumo.web_assets > /dev/null || echo "make vendor failed: HTML reports will need the internet"
 	@if [ -n "$(DATA)" ]; then $(BIN)/pneumo params set data.root="$(DATA)"; fi
-	$(BIN)/python -m flows.retrain --workspace .
+	$(BIN)/pneumo retrain
 
 test: $(STAMP) vendor  ## lint + the whole test suite (slow end-to-end tests included)
 	$(BIN)/ruff check pneumo flows serving tests bench

@@ -4,15 +4,13 @@ Run it on a new worker or after changing the team servers: it imports pneumo, lo
 from the workspace the worker runs in, and reports what it found as a markdown artifact.
 
     prefect deployment run healthcheck/pneumo-healthcheck     # on a work pool, see prefect.yaml
-    python -m flows.healthcheck [--workspace .]               # locally
+    pneumo healthcheck                                         # locally
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +59,3 @@ def _tracking_uri(settings: Any, root: Path) -> str:
     from pneumo.tracking import resolve_uri  # imports mlflow: only when the flow runs
 
     return resolve_uri(settings.tracking.uri, Workspace(root))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", default=".")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    print(json.dumps(healthcheck(workspace=args.workspace, params=args.params), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,16 +7,13 @@ figures to MLflow, records the verdict in the store (what `pneumo monitor status
 publishes a markdown artifact that links the report and says why. On ``alert`` with
 ``monitor.retrain_on_alert`` it starts the `retrain` deployment.
 
-Run once:        python -m flows.monitor [--workspace .] [--since ISO] [--until ISO]
+Run once:        pneumo monitor run [--since ISO] [--until ISO]
 On a schedule:   pneumo schedule monitor --cron "0 * * * *"
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,6 @@ from prefect.artifacts import create_markdown_artifact
 from flows.retrain import DEPLOYMENT_NAME as RETRAIN_DEPLOYMENT
 from flows.retrain import retry_only_transient
 from pneumo.config import Settings, load_settings
-from pneumo.errors import PneumoError
 from pneumo.monitor.store import PredictionStore, resolve_url, utcnow
 from pneumo.workspace import Workspace, atomic_path
 
@@ -190,7 +186,10 @@ def verdict_markdown(summary: dict[str, Any], report: Path | None) -> str:
         lines += ["", f"Report (verdict, then Evidently's charts): [in the MLflow run]"
                       f"({summary['report_url']}); on disk `{report}`"]  # fmt: skip
     elif report is not None:
-        lines += ["", f"Report (verdict, then Evidently's charts; works offline): on disk `{report}`"]
+        lines += [
+            "",
+            f"Report (verdict, then Evidently's charts; works offline): on disk `{report}`",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -250,40 +249,8 @@ def monitor(
         description="the monitor's verdict, its reasons and figures",
     )
     # Each reason names its own level ("warn: ..."): the status once, then the reasons.
-    print(f"monitor verdict: {summary['status']}\n" + "\n".join(f"  - {r}" for r in summary["reasons"]))
+    print(
+        f"monitor verdict: {summary['status']}\n"
+        + "\n".join(f"  - {r}" for r in summary["reasons"])
+    )
     return summary
-
-
-def serve(workspace: str, cron: str, params: str = "params.yaml") -> None:
-    """Register a cron deployment of `monitor` and run its scheduled runs in this process."""
-    monitor.serve(
-        name=DEPLOYMENT_NAME,
-        cron=cron,
-        parameters={"workspace": str(Path(workspace).resolve()), "params": params},
-        description="Compare the recent prediction log with the validation reference",
-        tags=["pneumo"],
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--workspace", default=".", help="project folder (default: %(default)s)")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--since", help="window start, UTC ISO time (default: window_hours ago)")
-    parser.add_argument("--until", help="window end, UTC ISO time (default: now)")
-    args = parser.parse_args(argv)
-    try:
-        summary = monitor(
-            workspace=args.workspace, params=args.params, since=args.since, until=args.until
-        )
-    except PneumoError as exc:
-        print(f"monitor: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: summary[k] for k in ("status", "reasons", "n", "report")}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,13 +5,12 @@ log; training shows its epochs as a progress artifact and a terminal bar. This m
 orchestration: retries with backoff for transient failures (tracking server unreachable, I/O
 errors), none for deterministic ones, a workspace lock, and a markdown artifact with the decision.
 
-Run once:        python -m flows.retrain [--workspace .]
-On a schedule:   python -m flows.retrain --serve --cron "0 3 * * 1"   (or `pneumo schedule`)
+Run once:        pneumo retrain                       (what `make run` does)
+On a schedule:   pneumo schedule retrain --cron "0 3 * * 1"
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ from prefect.tasks import exponential_backoff
 
 from flows.stages import SKIPPED, changed_stages, pipeline_stages, run_stage, stages_to_run
 from pneumo.config import load_settings
-from pneumo.errors import PneumoError
 from pneumo.locking import workspace_lock
 from pneumo.registry.client import is_transient
 from pneumo.workspace import Workspace
@@ -174,7 +172,9 @@ def decision_markdown(
         lines.append("")
     minutes = minutes or {}
     lines += ["| stage | status | minutes |", "|---|---|---|"]
-    lines += [f"| {name} | {status} | {_minutes(minutes.get(name))} |" for name, status in stages.items()]
+    lines += [
+        f"| {name} | {status} | {_minutes(minutes.get(name))} |" for name, status in stages.items()
+    ]
     for step in ("register", "package"):
         if step in minutes:
             lines.append(f"| {step} | done | {_minutes(minutes[step])} |")
@@ -233,18 +233,7 @@ def retrain(workspace: str = ".", params: str = "params.yaml") -> dict[str, Any]
     return {"stages": stages, "decision": decision, "bento": bento, "minutes": minutes}
 
 
-def serve(workspace: str, cron: str, params: str = "params.yaml") -> None:
-    """Register a cron deployment of `retrain` and run its scheduled runs in this process."""
-    retrain.serve(
-        name=DEPLOYMENT_NAME,
-        cron=cron,
-        parameters={"workspace": str(Path(workspace).resolve()), "params": params},
-        description="Retrain, gate and package pneumo's pneumonia model",
-        tags=["pneumo"],
-    )
-
-
-def _warm_up() -> None:
+def warm_up() -> None:
     """Import what the flow needs while the Prefect server boots on another core."""
     import dvc.repo.status  # noqa: F401  (the flow's first task)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the default sqlite store)
@@ -254,7 +243,7 @@ def _warm_up() -> None:
     import pneumo.registry  # noqa: F401
 
 
-def _exit(code: int) -> NoReturn:
+def exit_now(code: int) -> NoReturn:
     """Exit without the interpreter's teardown of torch, MLflow and Prefect: it is slow.
 
     Every file is closed, the local Prefect server stopped and its logs delivered by now.
@@ -263,35 +252,3 @@ def _exit(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--workspace", default=".", help="project folder (default: %(default)s)")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--serve", action="store_true", help="run on a schedule instead of once")
-    parser.add_argument(
-        "--cron", default="0 3 * * 1", help="schedule for --serve (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
-    if args.serve:
-        serve(args.workspace, args.cron, args.params)
-        return 0
-    from flows.local_api import prefect_api
-
-    root = Path(args.workspace).resolve()
-    try:
-        with prefect_api(root / ".pneumo" / "prefect-server.log", warm_up=_warm_up):
-            result = retrain(workspace=args.workspace, params=args.params)
-    except PneumoError as exc:
-        print(f"retrain: error: {exc}", file=sys.stderr)
-        return 1
-    print(decision_markdown(result["decision"], result["stages"], result["bento"], root,
-                            result.get("minutes")))  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    _exit(main())

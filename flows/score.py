@@ -9,15 +9,12 @@ chunks not done yet; the output is assembled from the chunk files in folder orde
 runs in ``model.runtime`` (pneumo/runtime.py; OpenVINO on a CPU, equal to torch fp32 to 1e-4).
 
     pneumo score FOLDER [--output scores.parquet]
-    python -m flows.score FOLDER [--output scores.csv] [--workspace .]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -286,30 +283,3 @@ def score(
         return score_on_dask.with_options(task_runner=runner)(
             folder, output, workspace, params, model, decision
         )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("folder", help="folder of radiographs, searched recursively")
-    parser.add_argument("--output", "-o", help="table to write (default: score.output)")
-    parser.add_argument("--workspace", default=".", help="project folder (default: %(default)s)")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model", help="model file (default: the workspace's models/model.pt)")
-    parser.add_argument("--decision", help="threshold file (default: models/decision.json)")
-    args = parser.parse_args(argv)
-    try:
-        summary = score(
-            args.folder, args.output, args.workspace, args.params, args.model, args.decision
-        )
-    except PneumoError as exc:
-        print(f"score: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{summary['images']} images -> {summary['output']} ({summary['reused_chunks']} of "
-          f"{summary['chunks']} chunks reused): {summary['predicted']}")  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,9 +24,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from pneumo.cli.train import PROGRESS_ENV
 from pneumo.errors import ContractError, PneumoError
-from pneumo.workspace import Workspace
+from pneumo.workspace import PROGRESS_ENV, Workspace
 
 RAN, SKIPPED, RESTORED, FAILED = (
     "ran",

@@ -13,6 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# A running stage appends its progress here (one JSON line per training epoch): the retrain
+# flow watches it while `dvc repro` runs `pneumo train` in a subprocess.
+PROGRESS_ENV = "PNEUMO_PROGRESS"
+
 
 @dataclass(frozen=True)
 class Workspace:

@@ -61,15 +61,15 @@ def describe(verdict: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.monitor import main
+    from pathlib import Path
+
+    from flows.monitor import monitor
 
     load_settings_of(args)
-    argv = ["--workspace", str(workspace_of(args).root), "--params", args.params]
-    argv += [
-        *(["--since", args.since] if args.since else []),
-        *(["--until", args.until] if args.until else []),
-    ]
-    return main(argv)
+    summary = monitor(workspace=str(workspace_of(args).root), params=Path(args.params).name,
+                      since=args.since, until=args.until)  # fmt: skip
+    print(json.dumps({k: summary[k] for k in ("status", "reasons", "n", "report")}, indent=2))
+    return 0
 
 
 COMMAND = Command(

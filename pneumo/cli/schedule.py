@@ -11,18 +11,15 @@ DEFAULT_CRONS = {"retrain": "0 3 * * 1", "monitor": "0 * * * *"}
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib
     from pathlib import Path
 
-    flow = importlib.import_module(f"flows.{args.flow}")
+    from flows.deploy import serve_on_schedule
+
     load_settings_of(args)  # refuse a broken params.yaml before registering anything
     root = workspace_of(args).root
     cron = args.cron or DEFAULT_CRONS[args.flow]
-    print(
-        f"serving deployment '{args.flow}/{flow.DEPLOYMENT_NAME}' on cron '{cron}' for {root}; "
-        "Ctrl-C stops"
-    )
-    flow.serve(str(root), cron, Path(args.params).name)
+    print(f"serving the {args.flow} flow's deployment on cron '{cron}' for {root}; Ctrl-C stops")
+    serve_on_schedule(args.flow, root, cron, Path(args.params).name)
     return 0
 
 

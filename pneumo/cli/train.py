@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 
 from pneumo.cli import Command, load_settings_of, workspace_of
-
-PROGRESS_ENV = "PNEUMO_PROGRESS"
+from pneumo.workspace import PROGRESS_ENV
 
 
 def progress_writer(path: Path, epochs: int):  # -> pneumo.train.EpochHook

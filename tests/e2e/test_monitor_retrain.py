@@ -44,8 +44,8 @@ def test_an_alert_starts_the_retrain_deployment(tmp_path: Path, real_root: Path)
                                     capture_output=True, text=True, timeout=300)  # fmt: skip
         assert registered.returncode == 0, registered.stderr[-3000:]
         run = subprocess.run(
-            [sys.executable, "-m", "flows.monitor", "--workspace", str(workspace.root),
-             "--since", since.isoformat(), "--until", until.isoformat()],
+            [sys.executable, "-m", "pneumo.cli", "--params", str(workspace.root / "params.yaml"),
+             "monitor", "run", "--since", since.isoformat(), "--until", until.isoformat()],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]

@@ -261,11 +261,12 @@ def test_runs_from_the_command_line_are_recorded_in_prefect_home(
     assert home.is_relative_to(tool_homes) and PREFECT_HOME.value() == home
     ws = _workspace(tmp_path, synthetic_root)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    check = subprocess.run([sys.executable, "-m", "flows.healthcheck", "--workspace", str(ws)],
+    pneumo = [sys.executable, "-m", "pneumo.cli", "--params", str(ws / "params.yaml")]
+    check = subprocess.run([*pneumo, "healthcheck"],
                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert check.returncode == 0, check.stderr[-3000:]
     (ws / "params.yaml").write_text("split:\n  sed: 42\n")  # fails inside the flow, quickly
-    retrain_run = subprocess.run([sys.executable, "-m", "flows.retrain", "--workspace", str(ws)],
+    retrain_run = subprocess.run([*pneumo, "retrain"],
                                  env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert retrain_run.returncode == 1 and "unknown key 'split.sed'" in retrain_run.stderr
     assert "Error logging to API" not in retrain_run.stderr  # logs delivered before the stop
