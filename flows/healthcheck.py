@@ -32,9 +32,7 @@ def healthcheck(workspace: str = ".", params: str = "params.yaml") -> dict[str, 
     """Load the workspace's settings; a worker that cannot do this cannot retrain either."""
     root = Path(workspace).resolve()
     settings = load_settings(root / params)  # ConfigError names the broken key
-    data_root = (
-        settings.data.root if settings.data.root.is_absolute() else root / settings.data.root
-    )
+    data_root = Workspace(root).resolve(settings.data.root)
     report = {
         "pneumo": pneumo.__version__,
         "python": platform.python_version(),

@@ -121,3 +121,20 @@ def deliver_pending() -> None:
 
     APILogWorker.drain_all(timeout=30)
     EventsWorker.drain_all(timeout=30)
+
+
+def prefect_console() -> None:
+    """Let Prefect print the run's log in its own format (time, level, which task run).
+
+    The `pneumo` command sets up plain logging for its one-line messages; Prefect keeps out of
+    the way of any handler already on the root logger, so a flow run from the command line would
+    lose the task names. The flows' commands hand the terminal back to Prefect with this.
+    """
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    setup_logging(incremental=False)

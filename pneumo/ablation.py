@@ -94,8 +94,7 @@ def queue(
     unknown = sorted(set(names or []) - set(recipes))
     if unknown:
         raise ConfigError(f"unknown recipe(s) {unknown}: {RECIPES_FILE} has {sorted(recipes)}")
-    data_root = Path(settings.data.root)
-    data_root = data_root if data_root.is_absolute() else (root / data_root).resolve()
+    data_root = Workspace(root).resolve(settings.data.root).resolve()
     shared = {
         "data.root": str(data_root),
         "tracking.uri": resolve_uri(settings.tracking.uri, Workspace(root)),
@@ -209,8 +208,9 @@ def rescore_counterfactual(root: Path, rev: str, params: dict[str, Any]) -> dict
         predictor = Predictor.from_files(_cached_output(root, rev, "models/model.pt"), decision,
                                          settings.model.accelerator(), settings.model.runtime)  # fmt: skip
     val = load_arrays(Workspace(root).arrays("val"))
-    data_root = Path((params.get("data") or {}).get("root") or settings.data.root)
-    data_root = data_root if data_root.is_absolute() else root / data_root
+    data_root = Workspace(root).resolve(
+        (params.get("data") or {}).get("root") or settings.data.root
+    )
     size = predictor.image_size
     working = working_copies([str(data_root / p) for p in val["paths"]], size,
                              settings.preprocess.workers)  # fmt: skip

@@ -348,8 +348,7 @@ def guard_stage(settings: Any, workspace: Any, scope_root: Path | None = None) -
     segments = feature_segments(model, size)
     # Fitted on the features the served network computes (model.runtime), so the cut-off holds.
     network = compile_network(model, settings.model.runtime, accel, features=True)
-    root = scope_root or Path(settings.data.scope_root)
-    root = root if root.is_absolute() else workspace.root / root
+    root = workspace.resolve(scope_root or settings.data.scope_root)
     scope = load_scope_set(root, size)
     prior, prior_names, prior_set = load_prior(root / PRIOR_FILE, size)
     if prior:

@@ -273,8 +273,7 @@ def fit_prior_file(settings: Any, workspace: Any) -> dict[str, Any]:
     from pneumo.data.preprocess import load_arrays
     from pneumo.errors import PneumoError
 
-    root = Path(settings.data.scope_root)
-    root = root if root.is_absolute() else workspace.root / root
+    root = workspace.resolve(settings.data.scope_root)
     size = settings.preprocess.image_size
     scope = load_scope_set(root, size)
     if not len(scope):

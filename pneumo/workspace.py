@@ -75,6 +75,12 @@ class Workspace:
     def split_metrics(self) -> Path:
         return self.root / "metrics" / "split.json"
 
+    def resolve(self, setting: str | Path) -> Path:
+        """A folder setting (``data.root``, ``data.scope_root``): relative ones are relative to
+        the workspace, as dvc.yaml's paths are. The one place that says so."""
+        path = Path(setting)
+        return path if path.is_absolute() else self.root / path
+
     @property
     def arrays_dir(self) -> Path:
         return self.shared_arrays or self.root / "data" / "arrays"

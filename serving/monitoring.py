@@ -21,6 +21,7 @@ import pandas as pd
 from pneumo.config import MonitorSettings
 from pneumo.data.kermany import CLASSES
 from pneumo.monitor.images import ImageKeeper
+from pneumo.monitor.stats import log_rates
 from pneumo.monitor.store import (
     PredictionStore,
     StoreUnavailableError,
@@ -224,7 +225,6 @@ def live_summary(frame: pd.DataFrame) -> dict[str, Any]:
         return {"days": [], "total": {"requests": 0}}
     frame = frame.assign(
         day=pd.to_datetime(frame["received_at"]).dt.strftime("%Y-%m-%d"),
-        positive=frame["label"] == "PNEUMONIA",
         reviewed=frame["reviewed_label"].notna(),
         agrees=frame["reviewed_label"] == frame["label"],
     )
@@ -233,9 +233,7 @@ def live_summary(frame: pd.DataFrame) -> dict[str, Any]:
         reviewed = int(part["reviewed"].sum())
         return {
             "requests": len(part),
-            "positive_rate": float(part["positive"].mean()),
-            "ood_rate": float(part["out_of_distribution"].astype(bool).mean()),
-            "referral_rate": float(part["refer_to_radiologist"].astype(bool).mean()),
+            **log_rates(part),
             "reviewed": reviewed,
             "agreement": float(part.loc[part["reviewed"], "agrees"].mean()) if reviewed else None,
         }

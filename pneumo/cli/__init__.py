@@ -130,8 +130,7 @@ def workspace_of(args: argparse.Namespace) -> Workspace:
 
 def data_root_of(args: argparse.Namespace, settings: Settings) -> Path:
     """Relative dataset paths are relative to the folder holding params.yaml, as in dvc.yaml."""
-    root = Path(settings.data.root)
-    return root if root.is_absolute() else Path(args.params).resolve().parent / root
+    return workspace_of(args).resolve(settings.data.root)
 
 
 # ------------------------------------------------------------------ the command table

@@ -11,6 +11,9 @@ from pneumo.cli import Command, workspace_of
 
 def run(args: argparse.Namespace) -> int:
     from flows.healthcheck import healthcheck
+    from flows.local_api import prefect_console
+
+    prefect_console()
 
     report = healthcheck(workspace=str(workspace_of(args).root), params=Path(args.params).name)
     print(json.dumps(report, indent=2))

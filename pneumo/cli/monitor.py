@@ -63,7 +63,10 @@ def describe(verdict: dict[str, Any]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from flows.local_api import prefect_console
     from flows.monitor import monitor
+
+    prefect_console()
 
     load_settings_of(args)
     summary = monitor(workspace=str(workspace_of(args).root), params=Path(args.params).name,

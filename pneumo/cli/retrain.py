@@ -11,9 +11,10 @@ from pneumo.errors import PneumoError
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.local_api import prefect_api
+    from flows.local_api import prefect_api, prefect_console
     from flows.retrain import decision_markdown, exit_now, retrain, warm_up
 
+    prefect_console()
     root = workspace_of(args).root  # params.yaml is read by the flow: a bad one fails its run
     try:
         with prefect_api(root / ".pneumo" / "prefect-server.log", warm_up=warm_up):

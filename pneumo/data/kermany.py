@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-CLASSES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
-LABEL_INDEX: dict[str, int] = {"NORMAL": 0, "PNEUMONIA": 1}
+NORMAL, PNEUMONIA = "NORMAL", "PNEUMONIA"  # the class names, as the dataset's folders spell them
+CLASSES: tuple[str, ...] = (NORMAL, PNEUMONIA)
+LABEL_INDEX: dict[str, int] = {NORMAL: 0, PNEUMONIA: 1}
 SUBTYPES: tuple[str, ...] = ("none", "bacterial", "viral", "unknown")
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpeg", ".jpg", ".png")
 SOURCES: tuple[str, ...] = ("kermany", "feedback")  # where a manifest's image came from

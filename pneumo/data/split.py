@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumo.data.kermany import NORMAL, PNEUMONIA
 from pneumo.errors import PipelineOrderError, SplitError
 from pneumo.workspace import Workspace, atomic_path
 
@@ -90,10 +91,10 @@ def check_patient_disjoint(frame: pd.DataFrame) -> None:
 def check_stratification(frame: pd.DataFrame, carved: list[str], tolerance: float) -> None:
     """Raise if a carved split's pneumonia share drifts from its pool's by more than ``tolerance``."""
     pool = frame[frame["split"].isin(["train", *carved])]
-    share = (pool["label"] == "PNEUMONIA").mean()
+    share = (pool["label"] == PNEUMONIA).mean()
     for name in carved:
         part = pool[pool["split"] == name]
-        drift = abs((part["label"] == "PNEUMONIA").mean() - share) if len(part) else 1.0
+        drift = abs((part["label"] == PNEUMONIA).mean() - share) if len(part) else 1.0
         if drift > tolerance:
             raise SplitError(
                 f"{name} split pneumonia share is off by {drift:.3f} (> split.stratify_tolerance="
@@ -108,10 +109,10 @@ def split_metrics(frame: pd.DataFrame, facts: dict[str, object]) -> dict[str, ob
         part = frame[frame["split"] == name]
         metrics[name] = {
             "images": len(part),
-            "NORMAL": int((part["label"] == "NORMAL").sum()),
-            "PNEUMONIA": int((part["label"] == "PNEUMONIA").sum()),
+            NORMAL: int((part["label"] == NORMAL).sum()),
+            PNEUMONIA: int((part["label"] == PNEUMONIA).sum()),
             "patients": int(part["patient_id"].nunique()),
-            "pneumonia_share": round(float((part["label"] == "PNEUMONIA").mean()), 4)
+            "pneumonia_share": round(float((part["label"] == PNEUMONIA).mean()), 4)
             if len(part)
             else 0.0,
         }

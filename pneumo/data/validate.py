@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumo.config import ValidateSettings
 from pneumo.data.ingest import MANIFEST_COLUMNS
-from pneumo.data.kermany import CLASSES, SOURCES, SPLITS, SUBTYPES
+from pneumo.data.kermany import CLASSES, PNEUMONIA, SOURCES, SPLITS, SUBTYPES
 from pneumo.errors import ContractError, PipelineOrderError
 from pneumo.workspace import Workspace, atomic_path
 
@@ -168,7 +168,7 @@ def validate_manifest(
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     frame = manifest.reset_index(drop=True).copy()
-    frame["is_pneumonia"] = (frame["label"] == "PNEUMONIA").astype("int64")
+    frame["is_pneumonia"] = (frame["label"] == PNEUMONIA).astype("int64")
     context = _context(docs_dir)
     asset = context.data_sources.add_pandas("manifest").add_dataframe_asset("manifest")
     batch = asset.add_batch_definition_whole_dataframe("whole_manifest")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from pneumo.data.kermany import LABEL_INDEX
 from pneumo.metrics import binary_metrics, bootstrap_intervals
-from pneumo.monitor.stats import STAT_COLUMNS
+from pneumo.monitor.stats import STAT_COLUMNS, log_rates
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,6 @@ def drift_report(
             "drifted": any(test.status.name == "FAIL" for test in result.tests),
         }
     return results, snapshot
-
-
-def _rate(values: pd.Series) -> float:
-    return float(values.astype(bool).mean()) if len(values) else float("nan")
 
 
 def live_performance(window: pd.DataFrame, evaluate: Any, min_feedback: int) -> dict[str, Any]:
@@ -168,22 +164,15 @@ def assess(
     )
     summary["input_drift"] = {c: drift[c] for c in STAT_COLUMNS}
     summary["input_drift_share"] = float(np.mean([drift[c]["drifted"] for c in STAT_COLUMNS]))
+    now, then = log_rates(current), log_rates(reference)
+    rates = {name: {"window": now[name], "reference": then[name]} for name in now}
     summary["prediction_drift"] = {
         "probability": drift["probability"],
         "label": drift["label"],
-        "positive_rate": {
-            "window": _rate(current["label"] == "PNEUMONIA"),
-            "reference": _rate(reference["label"] == "PNEUMONIA"),
-        },
+        "positive_rate": rates["positive_rate"],
     }
-    summary["ood_rate"] = {
-        "window": _rate(current["out_of_distribution"]),
-        "reference": _rate(reference["out_of_distribution"]),
-    }
-    summary["referral_rate"] = {
-        "window": _rate(current["refer_to_radiologist"]),
-        "reference": _rate(reference["refer_to_radiologist"]),
-    }
+    summary["ood_rate"] = rates["ood_rate"]
+    summary["referral_rate"] = rates["referral_rate"]
     summary["prevalence"] = live_prevalence(current, reference, about)
     summary["live"] = live_performance(current, settings.evaluate, monitor.min_feedback)
     shas = set(window["model_sha256"].dropna())

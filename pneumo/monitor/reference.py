@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pneumo.data.kermany import CLASSES
 from pneumo.errors import PipelineOrderError
-from pneumo.monitor.stats import statistics_table
+from pneumo.monitor.stats import log_rates, statistics_table
 from pneumo.stored_model import model_digest
 from pneumo.workspace import Workspace, atomic_path
 
@@ -65,9 +65,7 @@ def reference_stage(settings: Any, workspace: Workspace) -> dict[str, Any]:
         "threshold": predictor.threshold,
         "split": "val",
         "n": len(frame),
-        "positive_rate": float((frame["label"] == "PNEUMONIA").mean()),
-        "ood_rate": float(frame["out_of_distribution"].mean()),
-        "referral_rate": float(frame["refer_to_radiologist"].mean()),
+        **log_rates(frame),
     }
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata(

@@ -8,7 +8,11 @@ pixels (black 0 or white 255).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from pneumo.data.kermany import PNEUMONIA
 
 PERCENTILES: tuple[int, ...] = (1, 5, 25, 50, 75, 95, 99)
 STAT_COLUMNS: tuple[str, ...] = (
@@ -39,3 +43,16 @@ def statistics_table(images: np.ndarray) -> dict[str, np.ndarray]:
     """Column -> values for a stack of images (N, S, S)."""
     rows = [input_statistics(image) for image in images]
     return {column: np.array([row[column] for row in rows]) for column in STAT_COLUMNS}
+
+
+def log_rates(frame: Any) -> dict[str, float]:
+    """The prediction log's three rates over rows of it (a pandas frame): called pneumonia,
+    out of distribution, referred to a radiologist. NaN for no rows. The monitor's verdict, its
+    reference and the service's live tab all count them here."""
+    if not len(frame):
+        return dict.fromkeys(("positive_rate", "ood_rate", "referral_rate"), float("nan"))
+    return {
+        "positive_rate": float((frame["label"] == PNEUMONIA).mean()),
+        "ood_rate": float(frame["out_of_distribution"].astype(bool).mean()),
+        "referral_rate": float(frame["refer_to_radiologist"].astype(bool).mean()),
+    }

@@ -58,7 +58,6 @@ def _decode_test_split(
     """The test images at another model's input size, decoded by the one preprocessing function."""
     from pneumo.data.preprocess import decode_many
 
-    root = Path(settings.data.root)
-    root = root if root.is_absolute() else workspace.root / root
+    root = workspace.resolve(settings.data.root)
     log.info("champion expects %d px: decoding the test split again from %s", size, root)
     return decode_many([str(root / p) for p in paths], size, settings.preprocess.workers, "rescore")
