@@ -35,6 +35,7 @@ from pneumo.stored_model import (
     METRICS_FILE,
     MODEL_FILE,
     ROC_FILE,
+    SERVE_ARGS_ENV,
     SHORTCUT_FILE,
     SPLIT_FILE,
     STRESS_FILE,
@@ -48,9 +49,6 @@ log = logging.getLogger(__name__)
 # says what a Bento carries (``include``); nothing else here knows the serving layout.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 BENTOFILE = SOURCE_ROOT / "serving" / "bentofile.yaml"
-# Bento arguments for one `pneumo serve` (JSON): BentoML 1.4 loads a Bento's recorded arguments
-# over `bentoml serve --arg`, so serving/service.py reads these overrides from the environment.
-SERVE_ARGS_ENV = "PNEUMO_SERVE_ARGS"
 
 
 class PackagingError(PneumoError):

@@ -26,6 +26,9 @@ SHORTCUT_FILE = "shortcut.json"  # the data's shortcut meter (validate)
 EVALUATION_FILE = "evaluation.json"
 # The alias under which a Bento names its model: the service loads the model of this alias.
 CHAMPION_ALIAS = "champion"
+# Bento arguments for one `pneumo serve` (JSON): BentoML 1.4 loads a Bento's recorded arguments
+# over `bentoml serve --arg`, so serving/service.py reads these overrides from the environment.
+SERVE_ARGS_ENV = "PNEUMO_SERVE_ARGS"
 
 
 def model_digest(model: Path, decision: Path, guard: Path | None = None) -> str:

@@ -40,8 +40,7 @@ from starlette.responses import Response
 
 from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
-from pneumo.package import SERVE_ARGS_ENV
-from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE
+from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE, SERVE_ARGS_ENV
 from serving import api as routes
 from serving import timing
 from serving.api import ModelUnavailableError, create_app
