@@ -20,7 +20,6 @@ import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +41,6 @@ from pneumo.scope import (
     segment,
     with_pixels,
 )
-from pneumo.workspace import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -313,116 +311,3 @@ def reasons(
     if guard is not None and features is not None and len(screened):
         scores, judged = guard.judge(features)
     return scores, [screen or why for screen, why in zip(screened, judged, strict=True)]
-
-
-def guard_stage(settings: Any, workspace: Any, scope_root: Path | None = None) -> dict[str, Any]:
-    """The `guard` stage: fit on train (and the real out-of-scope set under ``data.scope_root``,
-    when there is one), calibrate on validation, measure on the probe kinds and on each source of
-    the set with the kind classifier refitted without it."""
-    import json
-
-    from pneumo.accel import configure_threads
-    from pneumo.data.preprocess import load_arrays
-    from pneumo.inference import predict
-    from pneumo.models import load_model
-    from pneumo.models.features import feature_segments
-    from pneumo.scope import (
-        PRIOR_FILE,
-        load_prior,
-        load_scope_set,
-        pixel_segments,
-        set_digest,
-    )
-    from pneumo.scope_report import measure_probes, measure_sources, write_scope_report
-    from pneumo.workspace import sha256_file
-
-    configure_threads(settings.model.threads)
-    from pneumo.runtime import compile_network
-
-    model, metadata = load_model(workspace.model)
-    size, accel, batch = (
-        int(metadata["image_size"]),
-        settings.model.accelerator(),
-        settings.model.batch_size,
-    )
-    segments = feature_segments(model, size)
-    # Fitted on the features the served network computes (model.runtime), so the cut-off holds.
-    network = compile_network(model, settings.model.runtime, accel, features=True)
-    root = workspace.resolve(scope_root or settings.data.scope_root)
-    scope = load_scope_set(root, size)
-    prior, prior_names, prior_set = load_prior(root / PRIOR_FILE, size)
-    if prior:
-        segments = pixel_segments(segments)
-        if len(scope) and prior_set.get("sha256") != set_digest(scope):
-            log.warning("%s was fitted on another set than %s holds now: run `pneumo scope-fit` "
-                        "and commit it", root / PRIOR_FILE, root)  # fmt: skip
-
-    def features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = predict(network, images, batch, accel=accel, features=True)
-        return result.probabilities, with_pixels(result.features, images, segments)  # type: ignore[arg-type]
-
-    train, val = (load_arrays(workspace.arrays(s)) for s in ("train", "val"))
-    (_, train_f), (_, val_f) = features(train["images"]), features(val["images"])
-    scope_p, scope_f = features(scope.images) if len(scope) else (np.zeros(0), None)
-    guard = fit(train_f, train["labels"], val_f, settings.guard.max_val_flag_rate, segments,
-                scope, scope_f, (prior, prior_names))  # fmt: skip
-    guard.weights_sha256 = sha256_file(workspace.model)
-    guard.save(workspace.guard)
-
-    val_screened = [Screening(size, size, 0.0).reason(p) for p in val["images"]]
-    val_reasons = reasons(guard, val_f, val_screened)[1]
-    report: dict[str, Any] = {
-        "method": "file screen, then the highest of: mahalanobis on block means (pytorch-ood), "
-        "a layout gaussian"
-        + (", a kind classifier" if guard.kinds else "")
-        + (", a pixel prior" if guard.prior else "")
-        + " (pneumo/scope.py)",
-        "detectors": guard.detectors,
-        "cutoff": guard.cutoff,
-        "max_val_flag_rate": guard.max_val_flag_rate,
-        "val": {
-            "n": len(val_reasons),
-            "flagged": float(np.mean([r is not None for r in val_reasons])),
-        },  # fmt: skip
-        "kinds": measure_probes(guard, val["images"], size, settings.guard, features),
-    }
-    from pneumo.guard_probes import NON_RADIOGRAPHS
-
-    non = [report["kinds"][k] for k in NON_RADIOGRAPHS]
-    report["non_radiographs_flagged"] = sum(k["flagged"] * k["n"] for k in non) / sum(
-        k["n"] for k in non
-    )
-    from pneumo.decision import Decision
-
-    # Whether an unflagged out-of-scope image would be called pneumonia: the evaluated decision.
-    decision = Decision.load(workspace.decision) if workspace.decision.is_file() else None
-    report["scope"] = measure_sources(guard, scope, scope_f, scope_p, train_f, val_f, decision)
-    with atomic_path(workspace.guard_metrics) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    workspace.write_summary("guard", {"guard_val_flagged": report["val"]["flagged"]})
-    files = [workspace.guard_metrics]
-    if len(scope):
-        write_scope_report(workspace.root / "reports" / "scope.md", report, scope)
-        files.append(workspace.root / "reports" / "scope.md")
-    if workspace.run_id.is_file():
-        from pneumo import tracking
-
-        tracking.log_to_run(settings, workspace, workspace.run_id.read_text().strip(),
-                            guard_run_metrics(report), files, "guard")  # fmt: skip
-    log.info("guard: %.1f %% of validation flagged, %.1f %% of non-radiographs; scope set: %d "
-             "images", 100 * report["val"]["flagged"], 100 * report["non_radiographs_flagged"],
-             len(scope))  # fmt: skip
-    return report
-
-
-def guard_run_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The MLflow run's view of metrics/guard.json: one flag rate per probe kind and source."""
-    flat = {"guard/val_flagged": report["val"]["flagged"],
-            "guard/non_radiographs_flagged": report["non_radiographs_flagged"]}  # fmt: skip
-    flat |= {f"guard/probe/{kind}": v["flagged"] for kind, v in report["kinds"].items()}
-    for source, v in report["scope"].get("sources", {}).items():
-        flat[f"guard/scope/{v['kind']}/{source}/flagged_held_out"] = v["flagged_held_out"]
-        flat[f"guard/scope/{v['kind']}/{source}/called_pneumonia_unflagged"] = v[
-            "called_pneumonia_unflagged"
-        ]
-    return {k: float(v) for k, v in flat.items()}

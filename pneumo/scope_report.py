@@ -80,33 +80,35 @@ def measure_sources(
                         prior_names=prior_names).calibrate(val_features)  # fmt: skip
         shipped = replace(guard, kinds={}, kind_names=[], prior=prior,
                           prior_names=prior_names).calibrate(val_features)  # fmt: skip
-        features = scope_features[held]
         if decision is not None:
             called = decision.positive(decision.adjust(scope_probabilities[held]))
         else:
             called = scope_probabilities[held] >= 0.5
-        flagged = blind.flags(blind.scores(features))
-        alone = one_class.flags(one_class.scores(features))
-        row = {
-            "kind": str(scope.kinds[held][0]),
-            "licence": scope.licences.get(source, "not recorded"),
-            "n": int(held.sum()),
-            "flagged_one_class": float(alone.mean()),
-            "called_pneumonia_unflagged_one_class": float((called & ~alone).mean()),
-        }
-        if guard.prior:  # what a clone without the images ships: one-class + the pixel prior
-            without = shipped.flags(shipped.scores(features))
-            row["flagged_without_set"] = float(without.mean())
-            row["called_pneumonia_unflagged_without_set"] = float((called & ~without).mean())
-        row |= {
-            "flagged_held_out": float(flagged.mean()),
-            "flagged_or_called_normal": float((flagged | ~called).mean()),
-            "called_pneumonia_unflagged": float((called & ~flagged).mean()),
-        }
+        checks = {"one_class": one_class, "without_set": shipped if guard.prior else None,
+                  "held_out": blind}  # fmt: skip
+        row = {"kind": str(scope.kinds[held][0]),
+               "licence": scope.licences.get(source, "not recorded"), "n": int(held.sum()),
+               **_rates(checks, scope_features[held], called)}  # fmt: skip
         sources[source] = row
     worst = min(s["flagged_or_called_normal"] for s in sources.values())
     return {"n": len(scope), "skipped": scope.skipped, "sources": sources,
             "worst_held_out_source": worst}  # fmt: skip
+
+
+def _rates(checks: dict[str, Any], features: np.ndarray, called: np.ndarray) -> dict[str, float]:
+    """Per check: the share flagged and the share called pneumonia with no flag (the whole
+    check's under the plain names, with the share flagged or called normal)."""
+    rates: dict[str, float] = {}
+    for name, check in checks.items():
+        if check is None:  # no pixel prior: no "without the set" column
+            continue
+        flagged = check.flags(check.scores(features))
+        suffix = "" if name == "held_out" else f"_{name}"
+        rates[f"flagged_{name}"] = float(flagged.mean())
+        if name == "held_out":
+            rates["flagged_or_called_normal"] = float((flagged | ~called).mean())
+        rates[f"called_pneumonia_unflagged{suffix}"] = float((called & ~flagged).mean())
+    return rates
 
 
 def write_scope_report(path: Path, report: dict[str, Any], scope: Any) -> None:
@@ -134,9 +136,15 @@ def write_scope_report(path: Path, report: dict[str, Any], scope: Any) -> None:
     ]
     for source, row in scope_report["sources"].items():
         cells = [row["kind"], source, str(row["n"])]
-        for key in ("flagged_one_class", "called_pneumonia_unflagged_one_class",
-                    "flagged_without_set", "called_pneumonia_unflagged_without_set",
-                    "flagged_held_out", "flagged_or_called_normal", "called_pneumonia_unflagged"):
+        for key in (
+            "flagged_one_class",
+            "called_pneumonia_unflagged_one_class",
+            "flagged_without_set",
+            "called_pneumonia_unflagged_without_set",
+            "flagged_held_out",
+            "flagged_or_called_normal",
+            "called_pneumonia_unflagged",
+        ):
             cells.append(f"{row[key]:.1%}" if key in row else "n/a")
         lines.append("| " + " | ".join([*cells, row["licence"]]) + " |")
     lines += ["", "Probe kinds (synthetic, from the validation split and bundled images):", "",

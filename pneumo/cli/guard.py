@@ -9,7 +9,7 @@ from pneumo.cli import Command, load_settings_of, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.guard import guard_stage
+    from pneumo.guard_stage import guard_stage
 
     settings, workspace = load_settings_of(args), workspace_of(args)
     root = Path(settings.data.scope_root)

@@ -110,7 +110,7 @@ def install(recorder: Recorder) -> None:
 
 def imported_modules() -> list[str]:
     """Files of the pneumo package this process imported, relative to the repository."""
-    root = Path(config.__file__).resolve().parent
+    root = Path(config.__file__).resolve().parents[1]  # pneumo/: config is a package
     files = set()
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)

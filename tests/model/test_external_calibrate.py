@@ -30,7 +30,7 @@ def registered(
 ) -> tuple[Workspace, Settings]:
     """A real model (64 px) trained, evaluated, guarded and registered as champion v1."""
     from pneumo.evaluate import evaluate
-    from pneumo.guard import guard_stage
+    from pneumo.guard_stage import guard_stage
     from pneumo.registry import register_and_gate
     from pneumo.stress import stress
     from pneumo.train import train

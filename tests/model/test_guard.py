@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo import guard as guard_module
 from pneumo.config import Settings
 from pneumo.data.preprocess import decode_radiograph, load_arrays
 from pneumo.decision import Decision
 from pneumo.errors import PipelineOrderError
 from pneumo.guard import Guard, Screening, screen_file
 from pneumo.guard_probes import probe_kinds
+from pneumo.guard_stage import guard_stage
 from pneumo.inference import predict
 from pneumo.models import load_model
 from pneumo.predict import Predictor, predict_paths
@@ -46,7 +46,7 @@ def test_screen_flags_colour_odd_aspect_and_uniform_images() -> None:
 @pytest.fixture(scope="module")
 def fitted(briefly_trained: tuple[Workspace, Settings]) -> tuple[Workspace, Settings, dict]:
     workspace, settings = briefly_trained
-    report = guard_module.guard_stage(settings, workspace)
+    report = guard_stage(settings, workspace)
     Decision(0.5, "fixed", referral_margin=0.1).save(workspace.decision)  # no test split here
     return workspace, settings, report
 

@@ -16,7 +16,8 @@ import pytest
 from pneumo.config import Settings
 from pneumo.data.preprocess import load_arrays
 from pneumo.decision import Decision
-from pneumo.guard import Guard, guard_stage
+from pneumo.guard import Guard
+from pneumo.guard_stage import guard_stage
 from pneumo.models import load_model
 from pneumo.models.features import feature_segments
 from pneumo.predict import Predictor

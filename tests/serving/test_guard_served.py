@@ -53,7 +53,7 @@ def _arrays(workspace, real_root: Path, split: str, per_class: int, offset: int)
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> Iterator[Server]:
-    from pneumo.guard import guard_stage
+    from pneumo.guard_stage import guard_stage
     from pneumo.package import import_champion
     from pneumo.train import train
 
