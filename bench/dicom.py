@@ -44,6 +44,7 @@ from bench.servers import start_server, stop_server  # noqa: E402
 from pneumo.config import load_settings  # noqa: E402
 from pneumo.params_file import set_param  # noqa: E402
 from pneumo.workspace import Workspace  # noqa: E402
+from serving.dicom.results import part10  # noqa: E402
 from serving.dicom.send import Destination, store, wrap_radiograph  # noqa: E402
 from tests.serving import orthanc_support  # noqa: E402
 from tests.serving.serving_support import free_port  # noqa: E402
@@ -56,12 +57,8 @@ LEVEL_TIMEOUT_S = 600
 def instances() -> list[Any]:
     from pydicom import dcmread
 
-    datasets = []
-    for path in sorted(ORIGINALS.rglob("*.jpeg")):
-        buffer = io.BytesIO()
-        wrap_radiograph(path.read_bytes()).save_as(buffer, enforce_file_format=True)
-        datasets.append(dcmread(io.BytesIO(buffer.getvalue())))
-    return datasets
+    return [dcmread(io.BytesIO(part10(wrap_radiograph(path.read_bytes()))))
+            for path in sorted(ORIGINALS.rglob("*.jpeg"))]  # fmt: skip
 
 
 def reports_in(orthanc: orthanc_support.Orthanc) -> int:
@@ -129,11 +126,7 @@ def main() -> None:
     if not orthanc_support.available():
         raise SystemExit("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb")
     datasets = instances()
-    bodies = []
-    for ds in datasets:
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        bodies.append(buffer.getvalue())
+    bodies = [part10(ds) for ds in datasets]
     result: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(),
                                           "cores": len(os.sched_getaffinity(0))}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-dicom-") as tmp:

@@ -8,13 +8,9 @@ import signal
 import threading
 
 from pneumo.cli import Command, arg, load_settings_of, workspace_of
+from pneumo.cli.package import MODEL_SOURCE_ARGS
 
-SOURCE_ARGS = (
-    arg("--from-workspace", action="store_true",
-        help="serve this workspace's models/ instead of the registry's champion"),
-    arg("--model-version", default="champion", metavar="ALIAS_OR_VERSION",
-        help="registry alias or version number (default: %(default)s)"),
-)  # fmt: skip
+SOURCE_ARGS = MODEL_SOURCE_ARGS  # which model: the registry's champion by default
 NODE_ARGS = (
     arg("--destination", metavar="AE@HOST:PORT",
         help="where results go by C-STORE (default: dicom.destination)"),

@@ -13,11 +13,12 @@ SOURCE_DESCRIPTION = (
     "in serve.bentoml_home; the Bento is tagged with the model version and rebuilt only when the "
     "service code or params change."
 )
-SOURCE_ARGS = (
+# Which model: the registry's (an alias or version) or this workspace's (also `pneumo dicom-*`).
+MODEL_SOURCE_ARGS = (
     arg(
         "--from-workspace",
         action="store_true",
-        help="package models/model.pt + decision.json + metrics/metrics.json of this workspace",
+        help="use models/model.pt + decision.json + metrics/metrics.json of this workspace",
     ),
     arg(
         "--model-version",
@@ -25,6 +26,9 @@ SOURCE_ARGS = (
         metavar="ALIAS_OR_VERSION",
         help="registry alias or version number (default: %(default)s)",
     ),
+)
+SOURCE_ARGS = (
+    *MODEL_SOURCE_ARGS,
     arg("--force", action="store_true", help="rebuild the Bento even if up to date"),
 )
 

@@ -10,14 +10,12 @@ listener's outbox or the next pull).
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom import Dataset
-
 from serving.dicom.node import DicomNode, Refusal
+from serving.dicom.results import part10
 
 log = logging.getLogger("pneumo.dicom")
 
@@ -33,12 +31,6 @@ class PullSummary:
     refused: list[dict[str, str]] = field(default_factory=list)
     delivered: int = 0
     pending: int = 0
-
-
-def _part10(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _value(item: dict[str, Any], tag: str) -> str | None:
@@ -82,7 +74,7 @@ def pull(
                 continue
             dataset = client.retrieve_instance(study_uid, series_uid, sop_uid)
             try:
-                scored = node.score(_part10(dataset), "dicomweb", url)
+                scored = node.score(part10(dataset), "dicomweb", url)
             except Refusal as refusal:
                 log.warning("refused %s: %s: %s", sop_uid, refusal.code, refusal.reason)
                 summary.refused.append({"sop_instance_uid": sop_uid, "reason": refusal.reason})

@@ -89,7 +89,8 @@ def _content(prediction: dict[str, Any], model: dict[str, Any], source: Dataset)
     return hd.sr.ContentSequence([root], is_root=True)
 
 
-def _part10(dataset: Dataset) -> bytes:
+def part10(dataset: Dataset) -> bytes:
+    """A dataset as the bytes of a DICOM Part 10 file (preamble, file meta, dataset)."""
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -109,7 +110,7 @@ def structured_report(source: Dataset, prediction: dict[str, Any], model: dict[s
         series_description=f"pneumo {model['name']} {model['version']}"[:64],
     )
     return Result("report", str(source.StudyInstanceUID), str(report.SeriesInstanceUID),
-                  str(report.SOPInstanceUID), str(report.SOPClassUID), _part10(report))  # fmt: skip
+                  str(report.SOPInstanceUID), str(report.SOPClassUID), part10(report))  # fmt: skip
 
 
 def overlay_capture(
@@ -139,7 +140,7 @@ def overlay_capture(
     ]
     capture.BurnedInAnnotation = "NO"
     return Result("overlay", str(source.StudyInstanceUID), str(capture.SeriesInstanceUID),
-                  str(capture.SOPInstanceUID), str(capture.SOPClassUID), _part10(capture))  # fmt: skip
+                  str(capture.SOPInstanceUID), str(capture.SOPClassUID), part10(capture))  # fmt: skip
 
 
 def _walk(items: Any) -> Any:

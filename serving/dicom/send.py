@@ -27,11 +27,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pneumo.data.dicom import is_dicom
 from pneumo.errors import PneumoError
 
 log = logging.getLogger(__name__)
-
-DICOM_MAGIC = b"DICM"
 
 
 class SendError(PneumoError):
@@ -59,10 +58,6 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
-
-
-def is_dicom(data: bytes) -> bool:
-    return data[128:132] == DICOM_MAGIC
 
 
 def wrap_radiograph(

@@ -14,6 +14,7 @@ from pydicom import Dataset, dcmread
 from pneumo.config import Settings, load_settings
 from serving.dicom.listener import Listener
 from serving.dicom.node import DicomNode
+from serving.dicom.results import part10
 from serving.dicom.send import wrap_radiograph
 from tests.serving.serving_support import ServingLab
 
@@ -34,12 +35,6 @@ def start_listener(lab: ServingLab, folder: Path, **dicom: Any) -> Listener:
     settings = dicom_settings(lab, folder, **dicom)
     node = DicomNode(settings, bentoml.models.get(lab.model_tag), folder)
     return Listener(node, settings.dicom).start()
-
-
-def part10(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def radiograph_instance(path: Path, study_uid: str | None = None) -> Dataset:

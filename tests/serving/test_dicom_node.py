@@ -31,10 +31,9 @@ from pynetdicom import AE
 from serving.dicom.listener import UNCOMPRESSED
 from serving.dicom.outbox import metrics
 from serving.dicom.pull import pull
-from serving.dicom.results import read_report
+from serving.dicom.results import part10, read_report
 from tests.serving import orthanc_support
 from tests.serving.dicom_support import (
-    part10,
     radiograph_instance,
     retrieve,
     series_by_modality,
