@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from bench.serve import bench_workspace  # noqa: E402
 from bench.servers import start_server, stop_server  # noqa: E402
 from pneumo.config import load_settings  # noqa: E402
-from pneumo.params_file import set_param  # noqa: E402
+from pneumo.config.params_file import set_param  # noqa: E402
 from pneumo.workspace import Workspace  # noqa: E402
 from serving.dicom.results import part10  # noqa: E402
 from serving.dicom.send import Destination, store, wrap_radiograph  # noqa: E402
@@ -167,7 +167,7 @@ def main() -> None:
             listener.terminate()
             listener.wait(timeout=60)
             orthanc.stop()
-        from pneumo.package import import_champion
+        from pneumo.registry.bento import import_champion
 
         tag, _, _ = import_champion(settings, workspace, from_workspace=True)
         process, url = start_server(params, root / ".bentoml", tag, root / "serve.log", 300)

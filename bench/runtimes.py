@@ -1,7 +1,7 @@
 """Benchmark: the network's forward pass in each inference runtime, on real radiographs.
 
 torch (fp32, and bf16 autocast where the CPU computes bf16 natively), OpenVINO (fp32, bf16) and
-ONNX Runtime (fp32), each exported as serving exports it (pneumo/runtime.py), then timed through
+ONNX Runtime (fp32), each exported as serving exports it (pneumo/inference/runtime.py), then timed through
 :func:`pneumo.inference.predict_proba` at batch 1 and 32, without and with test-time
 augmentation (6 views per image). Reports the median milliseconds per call, images/s at batch
 32, and the largest probability gap to torch fp32 on the same images: the evidence for
@@ -81,8 +81,8 @@ def measure(network: Any, images: np.ndarray, accel: Accelerator) -> dict[str, f
 
 def compare(model_path: Path, images: np.ndarray, threads: int = 0) -> dict[str, Any]:
     """Every engine of :data:`ENGINES` this machine can run, timed on ``images``."""
+    from pneumo.inference.runtime import export_network
     from pneumo.models import load_model
-    from pneumo.runtime import export_network
 
     threads = configure_threads(threads)
     model, _ = load_model(model_path)

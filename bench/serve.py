@@ -50,8 +50,8 @@ sys.path.insert(0, str(REPO))  # serving/ is a folder of the repository, not an 
 from bench import runtimes  # noqa: E402
 from bench.servers import cpu_seconds, start_server, stop_server  # noqa: E402
 from pneumo.config import Settings, load_settings  # noqa: E402
-from pneumo.params_file import set_param  # noqa: E402
-from pneumo.runtime import resolve_runtime  # noqa: E402
+from pneumo.config.params_file import set_param  # noqa: E402
+from pneumo.inference.runtime import resolve_runtime  # noqa: E402
 from pneumo.workspace import Workspace  # noqa: E402
 from serving import timing as server_timing  # noqa: E402
 
@@ -106,7 +106,7 @@ def in_process(
     """Decode with the service's upload path and predict all images in one call, here: the
     median of ``rounds``, in wall time and in CPU time (this process, all threads)."""
     from pneumo.accel import configure_threads
-    from pneumo.predict import Predictor
+    from pneumo.inference.predictor import Predictor
     from serving.inputs import read_radiograph
 
     threads = configure_threads(settings.model.threads)
@@ -231,7 +231,7 @@ def run_config(
     name: str, root: Path, images: list[bytes], args: argparse.Namespace, deadline: float
 ) -> dict[str, Any]:
     """Serve the model under one configuration of CONFIGS and load it at every level."""
-    from pneumo.package import import_champion
+    from pneumo.registry.bento import import_champion
 
     overrides, tta = CONFIGS[name]
     folder = root / name

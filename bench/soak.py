@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from bench.serve import bench_workspace  # noqa: E402
 from bench.servers import start_server, stop_server  # noqa: E402
 from pneumo.config import load_settings  # noqa: E402
-from pneumo.params_file import set_param  # noqa: E402
+from pneumo.config.params_file import set_param  # noqa: E402
 from pneumo.workspace import Workspace  # noqa: E402
 
 LEVEL_MB_PER_MIN = 2.0  # below this in the second half: memory has levelled off
@@ -108,7 +108,7 @@ def main() -> None:
         "--originals", type=Path, default=REPO.parent / "shared" / "data" / "originals"
     )
     args = parser.parse_args()
-    from pneumo.package import import_champion
+    from pneumo.registry.bento import import_champion
 
     images = [p.read_bytes() for p in sorted(args.originals.rglob("*.jpeg"))]
     with tempfile.TemporaryDirectory(prefix="pneumo-soak-") as tmp:

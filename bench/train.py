@@ -35,8 +35,8 @@ from pneumo.data.augment import BatchAugmentation
 from pneumo.data.preprocess import decode_many, load_arrays
 from pneumo.data.transforms import augment_batch, build_augmentation, standardize
 from pneumo.inference import predict_proba, prepare
-from pneumo.optimization import batch_loss, build_optimizer, update_ema
-from pneumo.train import build_network
+from pneumo.training.optimization import batch_loss, build_optimizer, update_ema
+from pneumo.training.train import build_network
 from pneumo.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]

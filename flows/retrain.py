@@ -105,12 +105,12 @@ def artifact_url(run_url: str, path: str) -> str:
 )
 def package_champion(root: Path, params: Path) -> str:
     """Build the Bento of the current champion (reused when it is already built)."""
-    from pneumo.package import package
+    from pneumo.registry.bento import package
 
     return str(package(load_settings(params), Workspace(root)))
 
 
-def verdict(decision: dict[str, Any], stages: dict[str, str]) -> str:
+def run_headline(decision: dict[str, Any], stages: dict[str, str]) -> str:
     """The headline: a rerun that changed nothing keeps the champion it found."""
     unchanged = not decision.get("newly_registered", True) and all(
         outcome == SKIPPED for outcome in stages.values()
@@ -149,7 +149,7 @@ def decision_markdown(
     minutes: dict[str, float] | None = None,
 ) -> str:
     """The run's story in one page: what ran, champion vs challenger, the verdict, and links."""
-    headline = verdict(decision, stages)
+    headline = run_headline(decision, stages)
     lines = ["# pneumo retrain", "", f"**Decision:** {headline}", ""]
     if headline.startswith("unchanged"):
         lines += [
@@ -239,8 +239,8 @@ def warm_up() -> None:
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the default sqlite store)
     import torch  # noqa: F401  (packaging opens the champion's weights)
 
-    import pneumo.package  # noqa: F401
     import pneumo.registry  # noqa: F401
+    import pneumo.registry.bento  # noqa: F401
 
 
 def exit_now(code: int) -> NoReturn:

@@ -1,12 +1,12 @@
 """The `score` flow: predict a large folder in chunks on Dask, resumable chunk by chunk.
 
 Each chunk of ``score.chunk_size`` images is one Prefect task that calls
-:func:`pneumo.predict.predict_paths`, the code behind ``pneumo predict``, on a local Dask cluster
+:func:`pneumo.inference.predictor.predict_paths`, the code behind ``pneumo predict``, on a local Dask cluster
 (``score.n_workers`` processes) or on any Dask scheduler (``score.dask_address``). A chunk's rows
 are kept in ``score.work_dir`` under a key made of its files (path, size, modification time) and
 of the model and threshold files, so a rerun after an interruption or a crash scores only the
 chunks not done yet; the output is assembled from the chunk files in folder order. The network
-runs in ``model.runtime`` (pneumo/runtime.py; OpenVINO on a CPU, equal to torch fp32 to 1e-4).
+runs in ``model.runtime`` (pneumo/inference/runtime.py; OpenVINO on a CPU, equal to torch fp32 to 1e-4).
 
     pneumo score FOLDER [--output scores.parquet]
 """
@@ -94,7 +94,7 @@ def _predictor(
 
     The device and precision of ``model.*`` are resolved here, on the worker that runs them.
     """
-    from pneumo.predict import Predictor
+    from pneumo.inference.predictor import Predictor
 
     return Predictor.from_files(Path(model_path), Path(decision_path), inference.accelerator(),
                                 runtime=inference.runtime)  # fmt: skip
@@ -113,7 +113,7 @@ def score_chunk(
 ) -> dict[str, int]:
     """Predict one chunk with `predict_paths` and keep its rows (written atomically)."""
     from pneumo.accel import configure_threads
-    from pneumo.predict import predict_paths
+    from pneumo.inference.predictor import predict_paths
 
     configure_threads(threads)  # one Dask worker thread = this many torch threads
     predictor = _predictor(model_path, decision_path, scorer_key, inference)
@@ -219,7 +219,7 @@ def score_on_dask(
     work_dir = settings.work_dir if settings.work_dir.is_absolute() else root / settings.work_dir
     model_path = Path(model) if model else ws.model
     decision_path = Path(decision) if decision else ws.decision
-    from pneumo.predict import Predictor, collect_images
+    from pneumo.inference.predictor import Predictor, collect_images
 
     # A missing or broken model (or an unavailable model.device) fails here, once.
     Predictor.from_files(model_path, decision_path, inference.accelerator(),
@@ -261,7 +261,7 @@ def score_on_dask(
 
 
 @flow(name="score")
-def score(
+def score_folder(
     folder: str,
     output: str | None = None,
     workspace: str = ".",

@@ -1,6 +1,6 @@
 """What a packaged model holds in the BentoML model store: the one list of its file names.
 
-`pneumo package` (pneumo/package.py) writes these files into the model store; the service and its
+`pneumo package` (pneumo/registry/bento.py) writes these files into the model store; the service and its
 model card (serving/) read them back. Both import the names from here, as every step imports the
 workspace's layout from pneumo/workspace.py.
 """

@@ -109,7 +109,7 @@ class Workspace:
 
     @property
     def guard(self) -> Path:
-        """The input guard fitted on the model's features (pneumo/guard.py), shipped with it."""
+        """The input guard fitted on the model's features (pneumo/inference/guard.py), shipped with it."""
         return self.root / "models" / "guard.pt"
 
     @property

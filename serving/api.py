@@ -190,7 +190,7 @@ async def predict_batch(request: Request, backend: Backend) -> Response:
 async def explain(request: Request, backend: Backend) -> Response:
     """Grad-CAM of the pneumonia logit: a PNG overlay, the raw map with ?format=json, or
     ?format=layers (the web page): the model's view and the heatmap colours as PNG data URLs."""
-    from pneumo.explain import overlay_png
+    from pneumo.inference.gradcam import overlay_png
 
     started = time.perf_counter()
     wanted = request.query_params.get("format", "png").lower()

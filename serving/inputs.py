@@ -31,7 +31,7 @@ from pneumo.data.preprocess import (
     UnsupportedImageError,
     decode_radiograph,
 )
-from pneumo.guard import Screening
+from pneumo.inference.guard import Screening
 
 # Declared content type -> the format it promises (None: "look at the bytes").
 ACCEPTED_TYPES: dict[str, str | None] = {
@@ -72,7 +72,7 @@ class Radiograph:
     """A decoded upload: the model's (S, S) uint8 pixels and what the file was.
 
     ``screen_reason`` is the guard's cheap screen of the file itself (colour, aspect ratio;
-    pneumo/guard.py), None when it passed; the network-side check happens in the model service.
+    pneumo/inference/guard.py), None when it passed; the network-side check happens in the model service.
     """
 
     pixels: np.ndarray

@@ -30,7 +30,7 @@ from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
 from serving import timing
 
 if TYPE_CHECKING:
-    from pneumo.predict import Predictor
+    from pneumo.inference.predictor import Predictor
 
 log = logging.getLogger("pneumo.serving")
 
@@ -43,7 +43,7 @@ class ModelQueueTimeout(Exception):
 def load_predictor(settings: Settings, stored: Any, workers: int) -> Predictor:
     """The stored model (a ``bentoml.Model``) in its configured runtime, warmed up."""
     from pneumo.accel import available_cores, configure_threads
-    from pneumo.predict import Predictor
+    from pneumo.inference.predictor import Predictor
 
     threads = configure_threads(settings.model.threads or max(1, available_cores() // workers))
     # Predictor.from_files loads weights with torch.load(weights_only=True): never unpickles.
@@ -118,7 +118,7 @@ class ModelHost:
         return await job.future
 
     async def gradcam(self, images: np.ndarray) -> np.ndarray:
-        from pneumo.explain import gradcam
+        from pneumo.inference.gradcam import gradcam
 
         model = self.predictor.model  # Grad-CAM needs gradients: always torch
         pixels = np.require(images, np.uint8, ["C", "W"])

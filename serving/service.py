@@ -185,7 +185,7 @@ class PneumoniaModel:
     @bentoml.api
     def gradcam(self, images: np.ndarray) -> np.ndarray:
         """Grad-CAM heatmaps (N, S, S) in [0, 1] of the pneumonia logit."""
-        from pneumo.explain import gradcam
+        from pneumo.inference.gradcam import gradcam
 
         return gradcam(self.predictor.model, np.require(images, np.uint8, ["C", "W"]))
 

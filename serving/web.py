@@ -53,10 +53,10 @@ def explain_layers(pixels: np.ndarray, heatmap: np.ndarray) -> dict[str, str]:
     """The model's view of the upload and its Grad-CAM colours, as two PNG data URLs.
 
     The page stacks them with a CSS opacity, which blends exactly like
-    :func:`pneumo.explain.overlay` with ``alpha`` = the opacity; a DICOM upload, which a
+    :func:`pneumo.inference.gradcam.overlay` with ``alpha`` = the opacity; a DICOM upload, which a
     browser cannot show, is displayed from the first layer.
     """
-    from pneumo.explain import overlay
+    from pneumo.inference.gradcam import overlay
 
     return {
         "image": _png_data_url(Image.fromarray(pixels, mode="L")),

@@ -64,8 +64,8 @@ def write_counterfactual(
     from PIL import Image
 
     from pneumo.data.preprocess import decode_radiograph
+    from pneumo.evaluation.stress import counterfactual_report
     from pneumo.inference import predict_proba
-    from pneumo.stress import counterfactual_report
 
     side = images.shape[1]
     working = np.stack([np.asarray(Image.fromarray(i).resize((2 * side, 2 * side))) for i in images])

@@ -10,7 +10,7 @@ the handler and one declarative ``COMMAND`` entry (name, help, arguments, handle
     from pneumo.cli import Command, arg, load_settings_of, workspace_of
 
     def run(args: argparse.Namespace) -> int:
-        from pneumo.stress import stress  # heavy imports inside the handler: --help stays fast
+        from pneumo.evaluation.stress import stress  # heavy imports inside the handler: --help stays fast
 
         print(stress(load_settings_of(args), workspace_of(args), args.severity))
         return 0

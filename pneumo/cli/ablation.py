@@ -8,7 +8,7 @@ from pneumo.cli import Command, arg, load_settings_of, workspace_of
 
 
 def queue(args: argparse.Namespace) -> int:
-    from pneumo.ablation import queue as queue_recipes
+    from pneumo.evaluation.ablation import queue as queue_recipes
 
     workspace = workspace_of(args)
     names = queue_recipes(workspace.root, load_settings_of(args), args.recipes or None, args.until)
@@ -19,7 +19,7 @@ def queue(args: argparse.Namespace) -> int:
 
 
 def start(args: argparse.Namespace) -> int:
-    from pneumo.ablation import start as start_queue
+    from pneumo.evaluation.ablation import start as start_queue
 
     print(start_queue(workspace_of(args).root) or "queue started")
     print("each experiment runs the code it was queued with; progress: `dvc queue status`, "
@@ -28,7 +28,7 @@ def start(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from pneumo.ablation import report as write_report
+    from pneumo.evaluation.ablation import report as write_report
 
     workspace = workspace_of(args)
     table = write_report(workspace.root, rescore=args.rescore)

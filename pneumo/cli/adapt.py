@@ -9,7 +9,7 @@ from pneumo.cli.calibrate import site_arguments
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.adapt import adapt
+    from pneumo.site.adapt import adapt
 
     source = str(args.version) if args.version is not None else args.alias
     workspace = workspace_of(args)

@@ -24,7 +24,7 @@ SHOWN = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.calibrate import calibrate
+    from pneumo.site.calibrate import calibrate
 
     source = str(args.version) if args.version is not None else args.alias
     workspace = workspace_of(args)

@@ -8,7 +8,7 @@ from pneumo.cli import Command, load_settings_of, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.compare import compare, to_markdown
+    from pneumo.training.baselines import compare, to_markdown
 
     workspace = workspace_of(args)
     table = compare(load_settings_of(args), workspace)

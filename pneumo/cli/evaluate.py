@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         return external(args)
     if args.name or args.alias or args.version is not None:
         raise PneumoError("--name, --alias and --version go with --external FOLDER")
-    from pneumo.evaluate import evaluate
+    from pneumo.evaluation.evaluate import evaluate
 
     report = evaluate(load_settings_of(args), workspace_of(args))
     _print(report, ("test", "test_bacterial", "test_viral"))
@@ -31,11 +31,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def external(args: argparse.Namespace) -> int:
-    from pneumo.external import evaluate_external
+    from pneumo.evaluation.external import evaluate_external
 
     version = str(args.version) if args.version is not None else args.alias
-    workspace = workspace_of(args)
-    report = evaluate_external(load_settings_of(args), workspace, args.external, args.name, version)
+    settings, workspace = load_settings_of(args), workspace_of(args)
+    model = None
+    if version is not None:
+        from pneumo.registry import version_predictor
+
+        model = version_predictor(settings, workspace, version)
+    report = evaluate_external(settings, workspace, args.external, args.name, model)
     name = report["dataset"]["name"]
     model = report["model"]
     source = f"registry v{model['version']}" if model["source"] == "registry" else "workspace model"

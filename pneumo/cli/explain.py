@@ -8,7 +8,7 @@ from pneumo.cli import Command, load_settings_of, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.explain_stage import explain_workspace
+    from pneumo.evaluation.explain_stage import explain_workspace
 
     written = explain_workspace(load_settings_of(args), workspace_of(args))
     print("explanations: " + ", ".join(str(p) for p in written))

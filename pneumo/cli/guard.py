@@ -9,7 +9,7 @@ from pneumo.cli import Command, load_settings_of, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.guard_stage import guard_stage
+    from pneumo.evaluation.guard_stage import guard_stage
 
     settings, workspace = load_settings_of(args), workspace_of(args)
     root = Path(settings.data.scope_root)
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 COMMAND = Command(
     "guard",
     help="fit the scope check on the model's features; flag rates per kind and source",
-    description="Fits the scope check (pneumo/scope.py) on the train split's network features: a "
+    description="Fits the scope check (pneumo/inference/scope.py) on the train split's network features: a "
     "Mahalanobis detector on block means (pytorch-ood), a one-class layout Gaussian and, when "
     "data.scope_root holds real out-of-scope radiographs (adults, laterals, other body parts), a "
     "classifier that names what an image is. Its cut-off flags at most guard.max_val_flag_rate "

@@ -33,8 +33,8 @@ SOURCE_ARGS = (
 )
 
 
-def package_and_report(args: argparse.Namespace) -> Any:  # -> pneumo.package.Packaged
-    from pneumo.package import package
+def package_and_report(args: argparse.Namespace) -> Any:  # -> pneumo.registry.bento.Packaged
+    from pneumo.registry.bento import package
 
     packaged = package(
         load_settings_of(args),

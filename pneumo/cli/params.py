@@ -10,7 +10,7 @@ from pneumo.errors import PneumoError
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.params_file import set_param
+    from pneumo.config.params_file import set_param
 
     if args.action == "show":
         print(load_settings_of(args).model_dump_json(indent=2, by_alias=True))

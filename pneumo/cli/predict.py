@@ -10,7 +10,7 @@ from pneumo.errors import PneumoError
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.predict import Predictor, predict
+    from pneumo.inference.predictor import Predictor, write_predictions
 
     settings = load_settings_of(args)
     workspace = workspace_of(args)
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
             settings.model.runtime,
             None if args.model else workspace.guard,  # the guard belongs to the workspace's model
         )
-    frame = predict(
+    frame = write_predictions(
         args.paths, args.output, predictor, settings.preprocess.workers, args.batch_size
     )
     failed = int(frame["error"].notna().sum())

@@ -1,4 +1,4 @@
-"""`pneumo scope-fit`: fit the pixel scope prior on the out-of-scope set (pneumo/scope.py)."""
+"""`pneumo scope-fit`: fit the pixel scope prior on the out-of-scope set (pneumo/inference/scope.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pneumo.cli import Command, load_settings_of, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.scope import fit_prior_file
+    from pneumo.inference.scope import fit_prior_file
 
     fitted = fit_prior_file(load_settings_of(args), workspace_of(args))
     print(f"{fitted['path']}: {fitted['in_scope']} train images in scope against "

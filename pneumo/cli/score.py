@@ -10,9 +10,9 @@ from pneumo.cli.predict import MODEL_ARGS
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.score import score
+    from flows.score import score_folder
 
-    summary = score(
+    summary = score_folder(
         str(args.folder.resolve()),
         str(args.output.resolve()) if args.output else None,
         str(workspace_of(args).root),

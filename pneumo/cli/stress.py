@@ -8,7 +8,7 @@ from pneumo.cli import Command, load_settings_of, workspace_of
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.stress import stress
+    from pneumo.evaluation.stress import stress
 
     report = stress(load_settings_of(args), workspace_of(args))
     clean, summary = report["clean"], report["summary"]

@@ -16,7 +16,7 @@ from pneumo.cli import Command, load_settings_of, workspace_of
 from pneumo.workspace import PROGRESS_ENV
 
 
-def progress_writer(path: Path, epochs: int):  # -> pneumo.train.EpochHook
+def progress_writer(path: Path, epochs: int):  # -> pneumo.training.train.EpochHook
     """An ``on_epoch_end`` hook appending each epoch's row to ``path`` (one JSON object a line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -28,7 +28,7 @@ def progress_writer(path: Path, epochs: int):  # -> pneumo.train.EpochHook
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.train import train
+    from pneumo.training.train import train
 
     settings = load_settings_of(args)
     progress = os.environ.get(PROGRESS_ENV)

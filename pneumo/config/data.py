@@ -17,7 +17,7 @@ class DataSettings(_Section):
         Path("data/scope"),
         description="real radiographs outside the model's scope (adults, laterals, other body "
         "parts): <kind>/<source>/<file> with a manifest.csv; the guard's scope check learns to "
-        "name them when the folder holds any (pneumo/scope.py)",
+        "name them when the folder holds any (pneumo/inference/scope.py)",
     )
 
 

@@ -94,7 +94,7 @@ class CalibrateSettings(_Section):
 
 
 class AdaptSettings(_Section):
-    """`pneumo adapt FOLDER --site NAME`: label-free prevalence adaptation (pneumo/adapt.py)."""
+    """`pneumo adapt FOLDER --site NAME`: label-free prevalence adaptation (pneumo/site/adapt.py)."""
 
     min_images: int = Field(100, ge=20, description="refuse folders with fewer images")
     max_flag_rate: float = Field(
@@ -114,7 +114,7 @@ class AdaptSettings(_Section):
 
 
 class GuardSettings(_Section):
-    """`pneumo guard`: the out-of-distribution detector shipped with the model (pneumo/guard.py)."""
+    """`pneumo guard`: the out-of-distribution detector shipped with the model (pneumo/inference/guard.py)."""
 
     max_val_flag_rate: float = Field(
         0.02, gt=0.0, lt=0.5, description="share of validation images the cut-off may flag"

@@ -32,7 +32,7 @@ class ModelSettings(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="for inference")
     runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
         "auto",
-        description="engine of serving and batch scoring (pneumo/runtime.py); auto: "
+        description="engine of serving and batch scoring (pneumo/inference/runtime.py); auto: "
         "openvino on a CPU, torch on a GPU",
     )
     threads: int = Field(0, ge=0, description="torch threads for inference; 0 = one per core")

@@ -194,7 +194,7 @@ def conv_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def with_features(model: nn.Module) -> nn.Module:
     """``model`` as a module returning (logits, features): every convolution block's spatial mean.
 
-    What the input guard measures distances on (pneumo/guard.py); exportable to ONNX, so an
+    What the input guard measures distances on (pneumo/inference/guard.py); exportable to ONNX, so an
     exported network computes both in its one forward pass.
     """
     from pneumo.models.features import WithFeatures

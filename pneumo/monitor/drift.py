@@ -2,7 +2,7 @@
 
 Drift is Evidently's (one ``ValueDrift`` per input statistic and for the probability, with
 ``monitor.drift_method``), rates are counts, live sensitivity/specificity/accuracy and their
-bootstrap intervals come from :mod:`pneumo.metrics`. ``monitor.*`` thresholds turn the figures
+bootstrap intervals come from :mod:`pneumo.decision.metrics`. ``monitor.*`` thresholds turn the figures
 into ``ok`` / ``warn`` / ``alert``, each reason in words; a window with fewer than
 ``monitor.min_predictions`` distinct images is ``insufficient``: "not enough data (N < min)".
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.data.kermany import LABEL_INDEX
-from pneumo.metrics import binary_metrics, bootstrap_intervals
+from pneumo.decision.metrics import binary_metrics, bootstrap_intervals
 from pneumo.monitor.stats import STAT_COLUMNS, log_rates
 
 log = logging.getLogger(__name__)
@@ -37,22 +37,6 @@ class Assessment:
     snapshot: Any | None
 
 
-def evidently() -> Any:
-    """Import Evidently 0.7 under pandas 3.
-
-    Its legacy test module imports ``infer_dtype_from_object`` from pandas' internals at import
-    time, a helper pandas 3 removed; only its column-type test (unused here) calls it. The
-    stand-in below is defined only when pandas lacks the name.
-    """
-    from pandas.core.dtypes import common
-
-    if not hasattr(common, "infer_dtype_from_object"):
-        common.infer_dtype_from_object = lambda dtype: pd.api.types.pandas_dtype(dtype).type  # type: ignore[attr-defined]
-    import evidently
-
-    return evidently
-
-
 def distinct_images(window: pd.DataFrame) -> pd.DataFrame:
     """One row per image (the first request that sent it), with its latest review."""
     return window.drop_duplicates("image_sha256", keep="first").reset_index(drop=True)
@@ -62,7 +46,6 @@ def drift_report(
     current: pd.DataFrame, reference: pd.DataFrame, method: str, threshold: float | None
 ) -> tuple[dict[str, dict[str, Any]], Any]:
     """Evidently's drift per input statistic and for the probability, and its snapshot."""
-    evidently()
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
@@ -123,7 +106,7 @@ def live_prevalence(
     """The window's pneumonia prevalence estimated from its (unlabelled) answers, the way
     `pneumo adapt` estimates a site's: EM on posteriors Platt-calibrated on the reference
     (validation) split, BBSE as a cross-check, bootstrap intervals. Flagged images are left out."""
-    from pneumo.prevalence import estimate_prevalence, fit_calibration
+    from pneumo.decision.prevalence import estimate_prevalence, fit_calibration
 
     labels = reference["true_label"].map(LABEL_INDEX).to_numpy()
     known = reference["probability"].notna().to_numpy()
@@ -177,55 +160,65 @@ def assess(
     summary["live"] = live_performance(current, settings.evaluate, monitor.min_feedback)
     shas = set(window["model_sha256"].dropna())
     summary["reference_model_matches"] = shas <= {about.get("model_sha256")}
-    status, reasons = verdict(summary, settings)
+    status, reasons = drift_verdict(summary, settings)
     return Assessment({**summary, "status": status, "reasons": reasons}, snapshot)
 
 
-def verdict(summary: dict[str, Any], settings: Any) -> tuple[str, list[str]]:
+Finding = tuple[str, str]  # (warn | alert, what raised it, in words)
+
+
+def _graded(value: float, warn: float, alert: float, text: str) -> list[Finding]:
+    if value > alert:
+        return [("alert", f"{text} (alert above {alert:g})")]
+    if value > warn:
+        return [("warn", f"{text} (warn above {warn:g})")]
+    return []
+
+
+def drift_verdict(summary: dict[str, Any], settings: Any) -> tuple[str, list[str]]:
     """ok / warn / alert and every reason that raised it, in words."""
-    monitor, registry = settings.monitor, settings.registry
-    findings: list[tuple[str, str]] = []
+    findings = [
+        *_input_findings(summary, settings.monitor),
+        *_prevalence_findings(summary.get("prevalence") or {}, settings.monitor),
+        *_output_findings(summary, settings.monitor),
+        *_live_findings(summary["live"], settings.registry),
+    ]
+    if not summary.get("reference_model_matches", True):
+        findings.append(("warn", "the window holds another model than the reference's: "
+                                 "prediction drift compares different models"))  # fmt: skip
+    if not findings:
+        return "ok", ["no drift, rates within limits"]
+    status = max((level for level, _ in findings), key=SEVERITY.__getitem__)
+    return status, [f"{level}: {text}" for level, text in findings]
 
-    def check(value: float, warn: float, alert: float, text: str) -> None:
-        if value > alert:
-            findings.append(("alert", f"{text} (alert above {alert:g})"))
-        elif value > warn:
-            findings.append(("warn", f"{text} (warn above {warn:g})"))
 
+def _input_findings(summary: dict[str, Any], monitor: Any) -> list[Finding]:
+    """The inputs' statistics and the positive rate."""
     drifted = [c for c, v in summary["input_drift"].items() if v["drifted"]]
-    share = summary["input_drift_share"]
-    check(
-        share,
+    findings = _graded(
+        summary["input_drift_share"],
         monitor.input_drift_warn_share - 1e-9,
         monitor.input_drift_alert_share - 1e-9,
         f"input drift in {len(drifted)} of {len(STAT_COLUMNS)} statistics: {', '.join(drifted)}",
     )
     rates = summary["prediction_drift"]["positive_rate"]
-    check(
+    findings += _graded(
         abs(rates["window"] - rates["reference"]),
         monitor.positive_rate_warn,
         monitor.positive_rate_alert,
         f"positive rate {rates['window']:.1%} vs {rates['reference']:.1%} on the validation split",
     )
-    prevalence = summary.get("prevalence") or {}
-    if "estimate" in prevalence:
-        low, high = prevalence["interval"]
-        away = max(low - prevalence["reference"], prevalence["reference"] - high, 0.0)
-        check(away, monitor.prevalence_warn, monitor.prevalence_alert,
-              f"estimated pneumonia prevalence {prevalence['estimate']:.1%} "
-              f"[{low:.1%}-{high:.1%}] vs {prevalence['reference']:.1%} on the validation split: "
-              "the operating point may no longer fit; adapt it with `pneumo adapt FOLDER --site "
-              "NAME` on the window's images (kept when monitor.keep_images is on: "
-              "`pneumo feedback export`)")  # fmt: skip
+    return findings
+
+
+def _output_findings(summary: dict[str, Any], monitor: Any) -> list[Finding]:
+    """The probabilities' drift and the OOD and referral rates."""
+    findings: list[Finding] = []
     probability = summary["prediction_drift"]["probability"]
     if probability["drifted"]:
-        findings.append(
-            (
-                "warn",
-                f"the probabilities drifted ({probability['method']} "
-                f"{probability['score']:.3g}, threshold {probability['threshold']:g})",
-            )
-        )
+        findings.append(("warn", f"the probabilities drifted ({probability['method']} "
+                                 f"{probability['score']:.3g}, threshold "
+                                 f"{probability['threshold']:g})"))  # fmt: skip
     limits = {
         "ood_rate": (monitor.ood_rate_warn, monitor.ood_rate_alert),
         "referral_rate": (monitor.referral_rate_warn, monitor.referral_rate_alert),
@@ -233,8 +226,27 @@ def verdict(summary: dict[str, Any], settings: Any) -> tuple[str, list[str]]:
     for name, (warn, alert) in limits.items():
         rate = summary[name]
         text = f"{name.replace('_', ' ')} {rate['window']:.1%} vs {rate['reference']:.1%}"
-        check(rate["window"] - rate["reference"], warn, alert, text + " on the validation split")
-    live = summary["live"]
+        findings += _graded(rate["window"] - rate["reference"], warn, alert,
+                            text + " on the validation split")  # fmt: skip
+    return findings
+
+
+def _prevalence_findings(prevalence: dict[str, Any], monitor: Any) -> list[Finding]:
+    if "estimate" not in prevalence:
+        return []
+    low, high = prevalence["interval"]
+    away = max(low - prevalence["reference"], prevalence["reference"] - high, 0.0)
+    return _graded(away, monitor.prevalence_warn, monitor.prevalence_alert,
+                   f"estimated pneumonia prevalence {prevalence['estimate']:.1%} "
+                   f"[{low:.1%}-{high:.1%}] vs {prevalence['reference']:.1%} on the validation "
+                   "split: the operating point may no longer fit; adapt it with `pneumo adapt "
+                   "FOLDER --site NAME` on the window's images (kept when monitor.keep_images is "
+                   "on: `pneumo feedback export`)")  # fmt: skip
+
+
+def _live_findings(live: dict[str, Any], registry: Any) -> list[Finding]:
+    """Reviewed predictions against the gate's floors: alert when the interval is below."""
+    findings: list[Finding] = []
     for metric, floor in (
         ("sensitivity", registry.min_sensitivity),
         ("specificity", registry.min_specificity),
@@ -244,26 +256,9 @@ def verdict(summary: dict[str, Any], settings: Any) -> tuple[str, list[str]]:
         if value is None or np.isnan(value):
             continue
         if interval[1] is not None and interval[1] < floor:
-            findings.append(
-                (
-                    "alert",
-                    f"live {metric} {value:.1%} (interval up to {interval[1]:.1%}) "
-                    f"below the gate's floor {floor:.0%}",
-                )
-            )
+            findings.append(("alert", f"live {metric} {value:.1%} (interval up to "
+                                      f"{interval[1]:.1%}) below the gate's floor {floor:.0%}"))  # fmt: skip
         elif value < floor:
-            findings.append(
-                ("warn", f"live {metric} {value:.1%} below the gate's floor {floor:.0%}")
-            )
-    if not summary.get("reference_model_matches", True):
-        findings.append(
-            (
-                "warn",
-                "the window holds another model than the reference's: "
-                "prediction drift compares different models",
-            )
-        )
-    if not findings:
-        return "ok", ["no drift, rates within limits"]
-    status = max((level for level, _ in findings), key=SEVERITY.__getitem__)
-    return status, [f"{level}: {text}" for level, text in findings]
+            findings.append(("warn", f"live {metric} {value:.1%} below the gate's floor "
+                                     f"{floor:.0%}"))  # fmt: skip
+    return findings

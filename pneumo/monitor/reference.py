@@ -52,7 +52,7 @@ def reference_stage(settings: Any, workspace: Workspace) -> dict[str, Any]:
     """Write models/reference.parquet for this workspace's evaluated model."""
     from pneumo.accel import configure_threads
     from pneumo.data.preprocess import load_arrays
-    from pneumo.predict import Predictor
+    from pneumo.inference.predictor import Predictor
 
     configure_threads(settings.model.threads)
     predictor = Predictor.from_workspace(

@@ -23,7 +23,12 @@ from pneumo.registry.client import (
 from pneumo.registry.gate import gate
 from pneumo.registry.promotion import PromotionError, promote, rollback
 from pneumo.registry.register import register_and_gate
-from pneumo.registry.status import champion_predictor, download_version, status
+from pneumo.registry.status import (
+    champion_predictor,
+    download_version,
+    status,
+    version_predictor,
+)
 from pneumo.registry.verdict import GateVerdict, verdict_table
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "RegistryUnavailableError",
     "champion_predictor",
     "download_version",
+    "version_predictor",
     "gate",
     "is_transient",
     "promote",

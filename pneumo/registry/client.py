@@ -28,6 +28,7 @@ from pneumo.errors import PipelineOrderError, PneumoError
 from pneumo.workspace import Workspace
 
 if TYPE_CHECKING:
+    import numpy as np
     from mlflow.entities import LoggedModel, Run
     from mlflow.entities.model_registry import ModelVersion
 
@@ -214,6 +215,25 @@ class RegistryClient:
             lambda: list(self.client.search_logged_models([experiment_id], filter_string=query)),
         )
         return sorted(found, key=lambda m: m.creation_timestamp or 0)
+
+    def logged_model(self, run: Run, model_path: Path, example: np.ndarray) -> LoggedModel:
+        """The run's logged pyfunc model, logging ``model_path`` to the run when it has none
+        (training with ``tracking.log_model`` off, or a site version's new run)."""
+        run_id = run.info.run_id
+        found = self.logged_models(run.info.experiment_id, run_id)
+        if found:
+            return found[-1]
+        from pneumo.inference import predict_proba
+        from pneumo.models import load_model
+
+        log.info("run %s has no logged model: logging %s", run_id, model_path.name)
+        model, metadata = load_model(model_path)
+        probabilities = predict_proba(model, example, tta=bool(metadata.get("tta", False)))
+        tracking.log_model_to_run(self.uri, run_id, model_path, example, probabilities)
+        found = self.logged_models(run.info.experiment_id, run_id)
+        if not found:
+            raise RegistryError(f"logging the model of run {run_id} failed: see the log above")
+        return found[-1]
 
     def add_model_files(self, model_id: str, files: list[Path]) -> None:
         """Upload files next to a logged model's MLmodel (same name = replaced)."""

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pneumo import tracking
 from pneumo.config import Settings
 from pneumo.decision import Decision
+from pneumo.decision.metrics import point_metrics
 from pneumo.errors import PipelineOrderError, PneumoError
-from pneumo.metrics import point_metrics
 from pneumo.registry.client import WEIGHTS_ARTIFACT, RegistryClient, RegistryError, connect
 from pneumo.registry.gate import REPORTED_METRICS, floors, gate
 from pneumo.registry.promotion import (
@@ -36,7 +36,7 @@ from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
-    from mlflow.entities import LoggedModel, Run
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _apply(
     workspace: Workspace,
 ) -> None:
     """Record the verdict on the version (tags, description), then move the aliases if it passed."""
-    from pneumo.evaluate import metrics_table
+    from pneumo.evaluation.evaluate import metrics_table
 
     number = verdict.version
     registry.set_tags(number, _verdict_tags(verdict, workspace))
@@ -206,7 +206,7 @@ def _register(
                         existing.version)  # fmt: skip
         return existing, False
     run = registry.run(run_id)
-    logged = _logged_model(registry, run, settings, workspace, test)
+    logged = registry.logged_model(run, workspace.model, test["images"][:2])
     with tempfile.TemporaryDirectory(prefix="pneumo-registry-") as tmp:
         weights = registry.download(logged.artifact_location, WEIGHTS_ARTIFACT, Path(tmp))
         if sha256_file(weights) != model_sha256:
@@ -246,34 +246,6 @@ def _existing_version(
                 )
             return existing
     return None
-
-
-def _logged_model(
-    registry: RegistryClient,
-    run: Run,
-    settings: Settings,
-    workspace: Workspace,
-    test: dict[str, np.ndarray],
-) -> LoggedModel:
-    """The pyfunc model the training logged; logged now when training ran with log_model off."""
-    run_id = run.info.run_id
-    found = registry.logged_models(run.info.experiment_id, run_id)
-    if found:
-        return found[-1]
-    from pneumo.inference import predict_proba
-    from pneumo.models import load_model
-
-    log.info(
-        "run %s has no logged model (tracking.log_model off?): logging models/model.pt", run_id
-    )
-    model, metadata = load_model(workspace.model)
-    example = test["images"][:2]
-    probabilities = predict_proba(model, example, tta=bool(metadata.get("tta", False)))
-    tracking.log_model_to_run(settings, workspace, run_id, workspace.model, example, probabilities)
-    found = registry.logged_models(run.info.experiment_id, run_id)
-    if not found:
-        raise RegistryError(f"logging the model of run {run_id} failed: see the log above")
-    return found[-1]
 
 
 def _registration_tags(

@@ -2,7 +2,7 @@
 
 The gate compares like with like: the challenger's test metrics (from ``pneumo evaluate``) and the
 champion's own weights and ``decision.json`` run through the same :func:`pneumo.inference.predict_proba`
-and :func:`pneumo.evaluate.score` on the same test images.
+and :func:`pneumo.evaluation.evaluate.score` on the same test images.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.config import Settings
-from pneumo.metrics import point_metrics
+from pneumo.decision.metrics import point_metrics
 from pneumo.registry.client import RegistryClient
 from pneumo.registry.gate import REPORTED_METRICS
 from pneumo.workspace import Workspace
@@ -31,8 +31,8 @@ def rescore(
 ) -> dict[str, float]:
     """A version's gate metrics on ``test`` (the workspace's test arrays) at its own threshold."""
     from pneumo.accel import configure_threads
-    from pneumo.evaluate import score
-    from pneumo.predict import Predictor
+    from pneumo.evaluation.evaluate import score_split
+    from pneumo.inference.predictor import Predictor
 
     accel = settings.model.accelerator()
     with tempfile.TemporaryDirectory(prefix="pneumo-rescore-") as tmp:
@@ -48,7 +48,7 @@ def rescore(
     decision = predictor.decision
     # Point estimates only: the gate compares them, so the bootstrap would be wasted work.
     point_only = settings.evaluate.model_copy(update={"bootstrap_samples": 0})
-    report = score(test["labels"], probabilities, test["patient_ids"], decision, point_only)
+    report = score_split(test["labels"], probabilities, test["patient_ids"], decision, point_only)
     return point_metrics(report["test"], REPORTED_METRICS)
 
 

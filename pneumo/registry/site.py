@@ -52,20 +52,13 @@ def register_site_version(
     settings: Settings, workspace: Workspace, candidate: SiteCandidate, example: Any
 ) -> GateVerdict:
     """A new version with the site's decision; alias ``site-NAME`` only if the gate passes."""
-    from pneumo.inference import predict_proba
-    from pneumo.models import load_model
-
-    model, _ = load_model(candidate.model)
     metrics = {f"site/{k}": v for k, v in candidate.site_metrics.items()}
     run_id = tracking.log_standalone_run(settings, workspace, f"calibrate-{candidate.site}",
                                          candidate.report_files, metrics)  # fmt: skip
-    tracking.log_model_to_run(settings, workspace, run_id, candidate.model, example,
-                              predict_proba(model, example))  # fmt: skip
     decision = Decision.load(candidate.decision)
     cfg = settings.registry
     with connect(settings, workspace) as registry:
-        experiment = registry.run(run_id).info.experiment_id
-        logged = registry.logged_models(experiment, run_id)[-1]
+        logged = registry.logged_model(registry.run(run_id), candidate.model, example)
         shipped = [candidate.decision, *([candidate.guard] if candidate.guard else [])]
         registry.add_model_files(logged.model_id, shipped)
         tags = {

@@ -22,7 +22,7 @@ from pneumo.workspace import Workspace, atomic_path, sha256_file
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-    from pneumo.predict import Predictor
+    from pneumo.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,24 @@ def download_version(
     }
 
 
-def champion_predictor(settings: Settings, workspace: Workspace = Workspace()) -> Predictor:
-    """The registry's champion (weights, threshold, guard), e.g. for `pneumo predict --champion`."""
-    from pneumo.predict import Predictor
+def version_predictor(
+    settings: Settings, workspace: Workspace, alias_or_version: str | int
+) -> tuple[Predictor, dict[str, Any]]:
+    """A registered version ready to score (weights, its own threshold, its guard), and its record."""
+    from pneumo.inference.predictor import Predictor
 
-    with tempfile.TemporaryDirectory(prefix="pneumo-champion-") as tmp:
-        info = download_version(settings, workspace, CHAMPION, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="pneumo-registry-") as tmp:
         folder = Path(tmp)
+        info = download_version(settings, workspace, alias_or_version, folder)
         predictor = Predictor.from_files(folder / MODEL_FILE, folder / DECISION_FILE,
                                          settings.model.accelerator(), settings.model.runtime,
                                          folder / GUARD_FILE)  # fmt: skip
+    return predictor, info
+
+
+def champion_predictor(settings: Settings, workspace: Workspace = Workspace()) -> Predictor:
+    """The registry's champion (weights, threshold, guard), e.g. for `pneumo predict --champion`."""
+    predictor, info = version_predictor(settings, workspace, CHAMPION)
     return replace(predictor, model_id=f"{info['name']}/v{info['version']}:{predictor.model_id}")
 
 

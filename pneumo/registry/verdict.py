@@ -112,7 +112,7 @@ def model_description(settings: RegistrySettings) -> str:
 def version_description(verdict: GateVerdict, intervals: pd.DataFrame, ci_level: float) -> str:
     """A version's description: the gate's table and verdict, then its test metrics with intervals.
 
-    ``intervals``: rows of :func:`pneumo.evaluate.metrics_table` for the test split.
+    ``intervals``: rows of :func:`pneumo.evaluation.evaluate.metrics_table` for the test split.
     """
     champion = f"champion v{verdict.champion_version}" if verdict.champion_version else "champion"
     rows = [

@@ -102,7 +102,7 @@ class DicomNode:
         self.monitoring.record("dicom", request_id, prediction, radiograph, data, started)
         results = [structured_report(header, prediction, self.model_info)]
         if heatmap is not None:
-            from pneumo.explain import overlay
+            from pneumo.inference.gradcam import overlay
 
             rgb = overlay(radiograph.pixels, heatmap)
             results.append(overlay_capture(header, rgb, prediction, self.model_info,
@@ -119,7 +119,7 @@ class DicomNode:
         return Scored(request_id, prediction, instance, results)
 
     def _heatmap(self, pixels: np.ndarray) -> np.ndarray:
-        from pneumo.explain import gradcam
+        from pneumo.inference.gradcam import gradcam
 
         return gradcam(self.predictor.model, pixels)[0]  # Grad-CAM needs gradients: torch
 

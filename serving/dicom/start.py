@@ -14,7 +14,7 @@ from serving.dicom.node import DicomNode
 def open_node(
     settings: Settings, workspace: Workspace, from_workspace: bool, alias_or_version: str
 ) -> DicomNode:
-    from pneumo.package import bentoml_home, import_champion
+    from pneumo.registry.bento import bentoml_home, import_champion
 
     home = bentoml_home(settings, workspace)
     tag, _, _ = import_champion(settings, workspace, from_workspace, alias_or_version)

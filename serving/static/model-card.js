@@ -290,7 +290,7 @@
       "they orient rather than compare like for like."));
   }
 
-  // Beside the carved test: what a new site's acquisition does (pneumo/stress.py, validation split).
+  // Beside the carved test: what a new site's acquisition does (pneumo/evaluation/stress.py, validation split).
   function renderNewSite(site, evaluation) {
     const box = $("new-site");
     box.replaceChildren();

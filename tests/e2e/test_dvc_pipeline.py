@@ -112,7 +112,7 @@ def _check_first_run(ws: Path, run: subprocess.CompletedProcess[str], api_url: s
     log = task_log(api_url, "train")
     messages = [record["message"] for record in log]
     assert "> pneumo train" in messages
-    epochs = [i for i, m in enumerate(messages) if "pneumo.train: epoch " in m]
+    epochs = [i for i, m in enumerate(messages) if "pneumo.training.train: epoch " in m]
     assert len(epochs) == 2, messages
     started, last_epoch = (
         datetime.fromisoformat(log[i]["timestamp"])

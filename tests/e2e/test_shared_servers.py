@@ -108,8 +108,8 @@ def _restore_mlflow_globals() -> Iterator[None]:
 def _trained_workspace(root: Path, settings: Settings) -> tuple[Workspace, str]:
     """What `pneumo train` + `pneumo evaluate` leave behind, tracked with pneumo's own functions."""
     from pneumo.data.preprocess import save_arrays
+    from pneumo.decision.metrics import binary_metrics
     from pneumo.inference import predict_proba
-    from pneumo.metrics import binary_metrics
     from pneumo.models import save_model
 
     ws = Workspace(root)

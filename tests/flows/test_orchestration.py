@@ -217,14 +217,14 @@ def _decision(**changes: object) -> dict:
 
 
 def test_a_rerun_that_changed_nothing_says_the_champion_was_kept(tmp_path: Path) -> None:
-    from flows.retrain import decision_markdown, verdict
+    from flows.retrain import decision_markdown, run_headline
 
     ran = {"train": "ran", "evaluate": "ran"}
     skipped = dict.fromkeys(ran, "skipped (unchanged)")
-    assert verdict(_decision(), ran) == "promoted: v1 is the champion"
-    assert verdict(_decision(newly_registered=False), skipped) == "unchanged: v1 kept"
+    assert run_headline(_decision(), ran) == "promoted: v1 is the champion"
+    assert run_headline(_decision(newly_registered=False), skipped) == "unchanged: v1 kept"
     # A champion rolled back by hand since: the artifact names the champion there is now.
-    assert verdict(_decision(newly_registered=False, version=2), skipped) == "unchanged: v1 kept"
+    assert run_headline(_decision(newly_registered=False, version=2), skipped) == "unchanged: v1 kept"
     page = decision_markdown(_decision(newly_registered=False), skipped, "pneumo:v1-x", tmp_path)
     assert "**Decision:** unchanged: v1 kept" in page and "promoted" in page.split("\n")[4]
     docs = (tmp_path / "reports" / "data_docs" / "index.html").resolve()

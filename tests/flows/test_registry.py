@@ -35,7 +35,7 @@ from pneumo.config import Settings, load_settings
 from pneumo.data.preprocess import save_arrays
 from pneumo.decision import Decision
 from pneumo.errors import ConfigError, PipelineOrderError
-from pneumo.evaluate import score
+from pneumo.evaluation.evaluate import score_split
 from pneumo.inference import predict_proba
 from pneumo.models import build_model, save_model
 from pneumo.registry import client as registry_client
@@ -119,7 +119,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
         path = root / name / "model.pt"
         save_model(model, path, {"arch": "paper_cnn1", "image_size": SIZE, "options": OPTIONS})
         probabilities = predict_proba(model, test_images)
-        report = score(test_labels, probabilities, test_frame["patient_id"].to_numpy(),
+        report = score_split(test_labels, probabilities, test_frame["patient_id"].to_numpy(),
                        Decision(**DECISION), settings.evaluate)  # fmt: skip
         with model_run(settings, Workspace(root), name) as run_id:
             tracking.log_pyfunc_model(path, test_images[:2], probabilities[:2])

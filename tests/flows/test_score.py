@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.score import chunk_result, model_key, plan_chunks, score
+from flows.score import chunk_result, model_key, plan_chunks, score_folder
 from pneumo.config import ModelSettings, ScoreSettings
 from pneumo.errors import ConfigError
-from pneumo.predict import Predictor, collect_images, predict_paths
+from pneumo.inference.predictor import Predictor, collect_images, predict_paths
 
 PER_CLASS = 300  # 600 images in chunks of 100 on 2 Dask workers
 
@@ -70,7 +70,7 @@ def test_score_folder_on_dask_matches_predict_and_resumes_one_chunk(
     ws = _workspace(tmp_path)
     files = collect_images([folder])
 
-    first = score(str(folder), None, str(ws), "params.yaml", str(model), str(decision))
+    first = score_folder(str(folder), None, str(ws), "params.yaml", str(model), str(decision))
 
     assert first["images"] == len(files) == 2 * PER_CLASS
     assert (first["chunks"], first["scored_chunks"], first["reused_chunks"]) == (6, 6, 0)
@@ -100,7 +100,7 @@ def test_score_folder_on_dask_matches_predict_and_resumes_one_chunk(
     before = {r: r.stat().st_mtime_ns for r in results}
     results[3].unlink()
 
-    second = score(str(folder), "rescored.csv", str(ws), "params.yaml", str(model), str(decision))
+    second = score_folder(str(folder), "rescored.csv", str(ws), "params.yaml", str(model), str(decision))
 
     assert (second["scored_chunks"], second["reused_chunks"]) == (1, 5)
     assert results[3].is_file()
@@ -166,7 +166,7 @@ def test_cli_score_command_reaches_the_flow(
         return {"images": 3, "output": "x.csv", "predicted": {"NORMAL": 3}, "unreadable": 0,
                 "chunks": 1, "reused_chunks": 0}  # fmt: skip
 
-    monkeypatch.setattr(flows.score, "score", fake_score)
+    monkeypatch.setattr(flows.score, "score_folder", fake_score)
     (tmp_path / "params.yaml").write_text("")
     assert (
         main(["--params", str(tmp_path / "params.yaml"), "score", str(tmp_path), "-o", "x.csv"])

@@ -26,7 +26,7 @@ def briefly_trained(
     tmp_path_factory: pytest.TempPathFactory, real_root: Path, originals_root: Path
 ) -> tuple[Workspace, Settings]:
     """A model trained briefly on 640 real images: good enough for behavioural tests."""
-    from pneumo.train import train
+    from pneumo.training.train import train
 
     workspace = make_workspace(
         tmp_path_factory.mktemp("trained"), real_root, originals_root, {"train": 640, "val": 160}

@@ -12,8 +12,8 @@ from PIL import Image
 
 from pneumo.data.preprocess import decode_radiograph
 from pneumo.data.shortcut import edge_energy
-from pneumo.metrics import binary_metrics
-from pneumo.stress import (
+from pneumo.decision.metrics import binary_metrics
+from pneumo.evaluation.stress import (
     COUNTERFACTUALS,
     counterfactual_images,
     counterfactual_report,

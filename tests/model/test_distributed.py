@@ -18,7 +18,7 @@ from pneumo.data.preprocess import load_arrays
 from pneumo.errors import ConfigError
 from pneumo.inference import predict_proba
 from pneumo.models import load_model
-from pneumo.train import train
+from pneumo.training.train import train
 from pneumo.workspace import Workspace
 from tests.model.realdata import REPO, copy_workspace, fast_settings
 

@@ -15,8 +15,8 @@ from pneumo.config import Settings, load_settings
 from pneumo.data.ingest import ingest
 from pneumo.data.preprocess import preprocess
 from pneumo.data.split import split
-from pneumo.evaluate import evaluate
-from pneumo.predict import Predictor, predict
+from pneumo.evaluation.evaluate import evaluate
+from pneumo.inference.predictor import Predictor, write_predictions
 from pneumo.workspace import Workspace, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def trained(
     ingest(data, ws)
     split(ws.manifest, 0.2, 0.2, 0, 0.1, ws)
     preprocess(ws.split, data, 64, ws)
-    from pneumo.train import train
+    from pneumo.training.train import train
 
     train(settings, ws)
     evaluate(settings, ws)
@@ -147,7 +147,7 @@ def test_predict_folder_matches_evaluation_and_survives_bad_files(
     out = tmp_path / "predictions.csv"
     # As `pneumo predict` and `pneumo evaluate` build it: the same runtime and precision.
     predictor = Predictor.from_workspace(ws, settings.model.accelerator(), settings.model.runtime)
-    frame = predict([tmp_path / "incoming"], out, predictor, workers=1)
+    frame = write_predictions([tmp_path / "incoming"], out, predictor, workers=1)
     assert len(frame) == 7 and out.is_file()
     bad = frame[frame["path"].str.endswith("broken.jpeg")].iloc[0]
     assert bad["error"].startswith("cannot decode image") and pd.isna(bad["probability"])
@@ -168,7 +168,7 @@ def test_predict_full_size_originals(
 ) -> None:
     _, ws = trained
     predictor = Predictor.from_workspace(ws)
-    frame = predict([originals_root], ws.root / "originals.csv", predictor)
+    frame = write_predictions([originals_root], ws.root / "originals.csv", predictor)
     assert len(frame) == 48 and frame["error"].isna().all()
     assert frame["probability"].between(0, 1).all()
     assert set(frame["predicted_label"]) <= {"NORMAL", "PNEUMONIA"}
@@ -181,7 +181,7 @@ def test_compare_table_has_baselines_default_model_and_published_rows(
     import mlflow
 
     from pneumo import tracking
-    from pneumo.compare import compare
+    from pneumo.training.baselines import compare
 
     settings, ws = trained
     quick = settings.model_copy(

@@ -15,9 +15,15 @@ from pneumo.config import ModelSettings
 from pneumo.data.preprocess import decode_radiograph
 from pneumo.data.transforms import standardize
 from pneumo.decision import Decision
-from pneumo.explain import activation_maps, find_target_layer, gradcam, overlay, overlay_png
-from pneumo.explain_stage import explain, select_examples
+from pneumo.evaluation.explain_stage import explain, select_examples
 from pneumo.inference import predict_proba
+from pneumo.inference.gradcam import (
+    activation_maps,
+    find_target_layer,
+    gradcam,
+    overlay,
+    overlay_png,
+)
 from pneumo.models import ARCHITECTURES, build_model, conv_blocks
 
 SIZE = 64

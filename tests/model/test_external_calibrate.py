@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
+from pneumo import registry
 from pneumo.config import Settings
 from pneumo.data.kermany import CLASSES, LABEL_INDEX
 from pneumo.data.preprocess import load_arrays
-from pneumo.external import ExternalDataError, evaluate_external
+from pneumo.decision.metrics import binary_metrics, precision_tolerance
+from pneumo.evaluation.external import ExternalDataError, evaluate_external
 from pneumo.inference import PROBABILITY_PRECISION
-from pneumo.metrics import binary_metrics, precision_tolerance
-from pneumo.predict import Predictor, predict_paths
+from pneumo.inference.predictor import Predictor, predict_paths
 from pneumo.workspace import Workspace, sha256_file
 from tests.model.realdata import fast_settings, make_workspace
 
@@ -29,11 +30,11 @@ def registered(
     tmp_path_factory: pytest.TempPathFactory, real_root: Path, originals_root: Path
 ) -> tuple[Workspace, Settings]:
     """A real model (64 px) trained, evaluated, guarded and registered as champion v1."""
-    from pneumo.evaluate import evaluate
-    from pneumo.guard_stage import guard_stage
+    from pneumo.evaluation.evaluate import evaluate
+    from pneumo.evaluation.guard_stage import guard_stage
+    from pneumo.evaluation.stress import stress
     from pneumo.registry import register_and_gate
-    from pneumo.stress import stress
-    from pneumo.train import train
+    from pneumo.training.train import train
 
     root = tmp_path_factory.mktemp("site")
     workspace = make_workspace(root, real_root, originals_root, {"train": 640, "val": 160})
@@ -104,7 +105,8 @@ def test_external_evaluation_equals_predict_plus_scoring_by_hand(
         assert low <= report["external"][name] <= high
     assert (workspace.external_plots("site-a") / "roc.csv").is_file()
     # The registry's champion is the same weights and threshold: the same numbers.
-    via_registry = evaluate_external(settings, workspace, folder, "site-a", "champion")
+    champion = registry.version_predictor(settings, workspace, "champion")
+    via_registry = evaluate_external(settings, workspace, folder, "site-a", champion)
     assert via_registry["model"]["source"] == "registry" and via_registry["model"]["version"] == 1
     assert via_registry["external"]["roc_auc"] == pytest.approx(report["external"]["roc_auc"])
 
@@ -134,8 +136,8 @@ def test_bad_external_folders_are_refused_with_the_reason(
 def test_calibration_moves_the_threshold_with_the_site_and_keeps_the_weights(
     registered: tuple[Workspace, Settings], real_root: Path, tmp_path: Path
 ) -> None:
-    from pneumo.calibrate import calibrate
     from pneumo.registry import status
+    from pneumo.site.calibrate import calibrate
 
     workspace, settings = registered
     files = _unseen(real_root, workspace, 40, skip=30)
@@ -197,8 +199,8 @@ def test_calibration_moves_the_threshold_with_the_site_and_keeps_the_weights(
 def test_calibration_refuses_a_small_sample_and_names_what_is_missing(
     registered: tuple[Workspace, Settings], real_root: Path, tmp_path: Path
 ) -> None:
-    from pneumo.calibrate import calibrate
     from pneumo.registry import status
+    from pneumo.site.calibrate import calibrate
 
     workspace, settings = registered
     before = status(settings, workspace)["aliases"]
@@ -211,9 +213,9 @@ def test_calibration_refuses_a_small_sample_and_names_what_is_missing(
 def test_adapt_estimates_the_site_prevalence_from_unlabelled_images(
     registered: tuple[Workspace, Settings], real_root: Path, tmp_path: Path
 ) -> None:
-    from pneumo.adapt import AdaptationError, adapt
     from pneumo.registry import status
     from pneumo.registry.client import connect
+    from pneumo.site.adapt import AdaptationError, adapt
 
     workspace, settings = registered
     settings = settings.model_copy(update={"adapt": settings.adapt.model_copy(

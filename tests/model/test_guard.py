@@ -15,12 +15,12 @@ from pneumo.config import Settings
 from pneumo.data.preprocess import decode_radiograph, load_arrays
 from pneumo.decision import Decision
 from pneumo.errors import PipelineOrderError
-from pneumo.guard import Guard, Screening, screen_file
-from pneumo.guard_probes import probe_kinds
-from pneumo.guard_stage import guard_stage
-from pneumo.inference import predict
+from pneumo.evaluation.guard_probes import probe_kinds
+from pneumo.evaluation.guard_stage import guard_stage
+from pneumo.inference import forward_pass
+from pneumo.inference.guard import Guard, Screening, screen_file
+from pneumo.inference.predictor import Predictor, predict_paths
 from pneumo.models import load_model
-from pneumo.predict import Predictor, predict_paths
 from pneumo.workspace import Workspace
 
 
@@ -78,7 +78,7 @@ def test_guard_file_is_weights_only_and_round_trips(
     loaded = Guard.load(workspace.guard)
     model, _ = load_model(workspace.model)
     images = load_arrays(workspace.arrays("val"))["images"][:16]
-    features = predict(model, images, features=True).features
+    features = forward_pass(model, images, features=True).features
     assert np.allclose(loaded.scores(features), Guard.load(workspace.guard).scores(features))
     evil = tmp_path / "guard.pt"
     with open(evil, "wb") as handle:  # a pickle that would run code: refused, never executed
@@ -135,7 +135,7 @@ def test_a_guard_refuses_weights_it_was_not_fitted_on(
     fitted: tuple[Workspace, Settings, dict], tmp_path: Path
 ) -> None:
     """Retraining without rerunning `pneumo guard` must say so, not flag every image."""
-    from pneumo.guard import GuardMismatchError
+    from pneumo.inference.guard import GuardMismatchError
     from pneumo.models import save_model
     from pneumo.workspace import sha256_file
 
@@ -157,9 +157,9 @@ def test_packaging_refuses_a_guard_fitted_on_other_weights(
     fitted: tuple[Workspace, Settings, dict], tmp_path: Path
 ) -> None:
     """`pneumo package` after a retrain without `pneumo guard`: refused, naming the command."""
-    from pneumo.guard import GuardMismatchError
+    from pneumo.inference.guard import GuardMismatchError
     from pneumo.models import save_model
-    from pneumo.package import fetch_from_workspace
+    from pneumo.registry.bento import fetch_from_workspace
 
     workspace, _, _ = fitted
     copy = Workspace(tmp_path / "ws")

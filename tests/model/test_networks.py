@@ -118,9 +118,9 @@ def test_metadata_is_stored_as_json_text(tmp_path: Path) -> None:
 
 
 def test_an_ensemble_trains_each_member_and_predicts_their_mean(tmp_path: Path) -> None:
-    from pneumo.explain import gradcam
-    from pneumo.inference import predict
-    from pneumo.optimization import batch_loss
+    from pneumo.inference import forward_pass
+    from pneumo.inference.gradcam import gradcam
+    from pneumo.training.optimization import batch_loss
 
     options = {"widths": [8, 16], "stem_width": 8, "dropout": 0.0}
     ensemble = build_model("resnet", 64, members=3, **options)
@@ -139,13 +139,13 @@ def test_an_ensemble_trains_each_member_and_predicts_their_mean(tmp_path: Path) 
                                              "options": options, "members": 3})  # fmt: skip
     loaded, metadata = load_model(tmp_path / "e.pt")
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64)).astype(np.uint8)
-    first, again = predict(ensemble, images, features=True), predict(loaded, images)
+    first, again = forward_pass(ensemble, images, features=True), forward_pass(loaded, images)
     assert np.allclose(first.probabilities, again.probabilities, atol=1e-6)
     single = build_model("resnet", 64, **options)
-    single_features = predict(single, images, features=True).features
+    single_features = forward_pass(single, images, features=True).features
     # The guard reads the first member's blocks (pneumo/models/features.py: guard_view).
     assert first.features.shape[1] == single_features.shape[1]
-    member_features = predict(ensemble.members[0], images, features=True).features
+    member_features = forward_pass(ensemble.members[0], images, features=True).features
     assert np.allclose(first.features, member_features, atol=1e-5)
     assert gradcam(loaded, images).shape == (2, 64, 64)
 

@@ -1,4 +1,4 @@
-"""The inference runtimes (pneumo/runtime.py): OpenVINO and ONNX Runtime compute what torch does.
+"""The inference runtimes (pneumo/inference/runtime.py): OpenVINO and ONNX Runtime compute what torch does.
 
 On a briefly trained model and real radiographs (the 48 full-size originals and validation
 images, decoded by ``decode_radiograph``), with and without test-time augmentation.
@@ -19,15 +19,15 @@ from pneumo.config import Settings
 from pneumo.data.preprocess import decode_radiograph, load_arrays
 from pneumo.errors import ConfigError
 from pneumo.inference import predict_proba, tta_views
-from pneumo.models import build_model, load_model
-from pneumo.predict import Predictor
-from pneumo.runtime import (
+from pneumo.inference.predictor import Predictor
+from pneumo.inference.runtime import (
     ExportedNetwork,
     RuntimeMismatchError,
     check_network,
     compile_network,
     resolve_runtime,
 )
+from pneumo.models import build_model, load_model
 from pneumo.workspace import Workspace
 
 FP32 = Accelerator("cpu", "fp32")

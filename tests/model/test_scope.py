@@ -1,4 +1,4 @@
-"""The scope check (pneumo/scope.py): fitted with a real-like out-of-scope set, it names what an
+"""The scope check (pneumo/inference/scope.py): fitted with a real-like out-of-scope set, it names what an
 image is, every source is measured held out, and it travels in the exported networks.
 
 Stand-ins here (tests/model/scope_support.py); reports/scope.md has the real set's figures.
@@ -16,12 +16,12 @@ import pytest
 from pneumo.config import Settings
 from pneumo.data.preprocess import load_arrays
 from pneumo.decision import Decision
-from pneumo.guard import Guard
-from pneumo.guard_stage import guard_stage
+from pneumo.evaluation.guard_stage import guard_stage
+from pneumo.inference.guard import Guard
+from pneumo.inference.predictor import Predictor
+from pneumo.inference.scope import KIND_REASONS, load_scope_set
 from pneumo.models import load_model
 from pneumo.models.features import feature_segments
-from pneumo.predict import Predictor
-from pneumo.scope import KIND_REASONS, load_scope_set
 from pneumo.workspace import Workspace
 from tests.model.scope_support import write_standin_set
 
@@ -82,9 +82,9 @@ def test_the_exported_network_carries_the_scope_check(scoped, runtime: str) -> N
     size = int(metadata["image_size"])
     images = load_scope_set(scope_root, size).images
     segments = feature_segments(model, size)
-    from pneumo.inference import predict
+    from pneumo.inference import forward_pass
 
-    features = predict(exported.network, images[:4], features=True).features
+    features = forward_pass(exported.network, images[:4], features=True).features
     assert features.shape[1] == max(end for _, end in segments.values())
     ours, theirs = torch_side.assess(images), exported.assess(images)
     assert np.mean(ours.out_of_distribution == theirs.out_of_distribution) >= 0.95
@@ -110,7 +110,7 @@ def test_without_a_set_the_check_is_one_class_and_says_so(
 def test_a_pixel_prior_ships_the_kinds_without_the_images(scoped, tmp_path: Path) -> None:  # noqa: ANN001
     """`pneumo scope-fit` writes prior.json (coefficients, no pixels); a clone that has only it
     still flags and names the out-of-scope kinds."""
-    from pneumo.scope import PRIOR_FILE, fit_prior_file
+    from pneumo.inference.scope import PRIOR_FILE, fit_prior_file
 
     trained, settings, _, standins = scoped
     root = tmp_path / "with-set"
@@ -147,7 +147,7 @@ def test_a_pixel_prior_ships_the_kinds_without_the_images(scoped, tmp_path: Path
 def test_the_committed_prior_reads_the_pixels_the_model_sees() -> None:
     """data/scope/prior.json (fitted on the real set) matches today's pixel features."""
     from pneumo.config import load_settings
-    from pneumo.scope import PRIOR_FILE, load_prior, pixel_features
+    from pneumo.inference.scope import PRIOR_FILE, load_prior, pixel_features
 
     repo = Path(__file__).resolve().parents[2]
     settings = load_settings(repo / "params.yaml")

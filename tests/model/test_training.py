@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import pneumo.train as train_module
+import pneumo.training.train as train_module
 from pneumo.data.preprocess import load_arrays
 from pneumo.errors import PipelineOrderError
 from pneumo.inference import predict_proba
 from pneumo.models import load_model
-from pneumo.train import TrainingDivergedError, train
+from pneumo.training.train import TrainingDivergedError, train
 from pneumo.workspace import Workspace
 from tests.model.realdata import copy_workspace, fast_settings
 

@@ -3,7 +3,7 @@ its reference, and windows of the prediction log made from real (or shifted) ima
 
 The "validation split" is a seeded, class-balanced sample of the shared train folder; replays
 are other images of the same folder (the same distribution, not the same files), and shifted
-replays are those images darkened and re-compressed (pneumo/stress.py), as a new site might
+replays are those images darkened and re-compressed (pneumo/evaluation/stress.py), as a new site might
 send them.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from pneumo.config import Settings, load_settings
+from pneumo.config.params_file import set_param
 from pneumo.data.kermany import CLASSES
 from pneumo.data.preprocess import decode_many, decode_radiograph, save_arrays
+from pneumo.evaluation.shifts import darker, jpeg
 from pneumo.monitor.reference import reference_stage
-from pneumo.params_file import set_param
-from pneumo.stress import darker, jpeg
 from pneumo.workspace import Workspace
 from tests.serving.serving_support import IMAGE_SIZE, REPO, make_workspace
 
@@ -91,7 +91,7 @@ def log_images(settings: Settings, root: Path, images: list[bytes], model_info: 
     import time
     from types import SimpleNamespace
 
-    from pneumo.predict import Predictor
+    from pneumo.inference.predictor import Predictor
     from serving.api import _prediction
     from serving.inputs import read_radiograph
     from serving.monitoring import Monitoring

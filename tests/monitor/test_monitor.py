@@ -12,7 +12,7 @@ import pytest
 
 from pneumo.config import Settings
 from pneumo.data.preprocess import decode_radiograph
-from pneumo.monitor.drift import assess, verdict
+from pneumo.monitor.drift import assess, drift_verdict
 from pneumo.monitor.reference import load_reference
 from pneumo.monitor.stats import PERCENTILES, input_statistics
 from pneumo.monitor.store import PredictionStore, resolve_url, utcnow
@@ -169,6 +169,6 @@ def test_the_window_prevalence_is_estimated_and_a_move_proposes_adapt(
     assert proposes == (low - prevalence["reference"] > settings.monitor.prevalence_warn)
     # The same verdict on a window whose interval lies far from the reference: warn, and adapt.
     far = {**summary, "prevalence": {**prevalence, "estimate": 0.85, "interval": [0.78, 0.9]}}
-    status, reasons = verdict(far, settings)
+    status, reasons = drift_verdict(far, settings)
     assert status in ("warn", "alert")
     assert any("prevalence 85.0% [78.0%-90.0%]" in r and "pneumo adapt" in r for r in reasons)

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from pneumo.config import load_settings
-from pneumo.params_file import set_param
+from pneumo.config.params_file import set_param
 from serving.service import MODEL_TAG_ENV, PARAMS_ENV
 from tests.serving.serving_support import REPO, ServingLab, make_workspace
 
@@ -37,7 +37,7 @@ def _reset_bentoml_stores() -> None:
 
 @pytest.fixture(scope="session")
 def serving_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingLab]:
-    from pneumo.package import import_champion
+    from pneumo.registry.bento import import_champion
 
     root = tmp_path_factory.mktemp("serving")
     params = root / "params.yaml"

@@ -131,7 +131,7 @@ def serving(
 def start_source_server(lab: ServingLab, folder: Path, **overrides: str) -> Server:
     """`bentoml serve` of the source tree with the lab's params.yaml changed by ``overrides``
     (dotted keys), written to ``folder``; the log goes there too."""
-    from pneumo.params_file import set_param
+    from pneumo.config.params_file import set_param
 
     params = folder / "params.yaml"
     shutil.copyfile(lab.params, params)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pneumo.package import package
+from pneumo.registry.bento import package
 from serving.service import MODEL_TAG_ENV, PARAMS_ENV
 from tests.serving.serving_support import REPO, Server, ServingLab, free_port, launch
 

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 from pneumo.config import load_settings
+from pneumo.config.params_file import set_param
 from pneumo.data.preprocess import decode_many, save_arrays
-from pneumo.guard_probes import documents, noise
-from pneumo.params_file import set_param
+from pneumo.evaluation.guard_probes import documents, noise
 from tests.serving.serving_support import (
     IMAGE_SIZE,
     REPO,
@@ -53,9 +53,9 @@ def _arrays(workspace, real_root: Path, split: str, per_class: int, offset: int)
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> Iterator[Server]:
-    from pneumo.guard_stage import guard_stage
-    from pneumo.package import import_champion
-    from pneumo.train import train
+    from pneumo.evaluation.guard_stage import guard_stage
+    from pneumo.registry.bento import import_champion
+    from pneumo.training.train import train
 
     root = tmp_path_factory.mktemp("guarded")
     params = root / "params.yaml"
@@ -133,7 +133,7 @@ def test_a_scan_damaged_jpeg_is_refused(guarded: Server, originals_root: Path) -
 
 def test_out_of_scope_radiographs_are_referred_saying_what_they_are(guarded: Server) -> None:
     """The packaged guard holds the kind classifier: /predict and /predict_batch name the kind."""
-    from pneumo.scope import KIND_REASONS
+    from pneumo.inference.scope import KIND_REASONS
     from tests.model.scope_support import other_things
 
     things = [_png(image) for image in other_things(6, np.random.default_rng(3))]

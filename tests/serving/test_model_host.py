@@ -17,7 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from pneumo.config import ServeSettings
-from pneumo.predict import Assessment
+from pneumo.inference.predictor import Assessment
 from serving import timing
 from serving.api import ModelUnavailableError
 from serving.model_host import ModelHost, ModelQueueTimeout
@@ -173,13 +173,13 @@ def test_every_answer_says_where_its_time_went(
 def test_grad_cam_time_counts_as_the_model_s(
     asgi_client: TestClient, jpeg_paths: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pneumo.explain
+    import pneumo.inference.gradcam
 
     def slow_gradcam(model: Any, images: np.ndarray, **_: Any) -> np.ndarray:
         time.sleep(0.08)
         return np.zeros(images.shape, np.float32)
 
-    monkeypatch.setattr(pneumo.explain, "gradcam", slow_gradcam)
+    monkeypatch.setattr(pneumo.inference.gradcam, "gradcam", slow_gradcam)
     headers = {"content-type": "image/jpeg"}
     data = jpeg_paths[2].read_bytes()
     response = asgi_client.post("/explain?format=json", content=data, headers=headers)

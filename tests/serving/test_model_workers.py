@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from pneumo.predict import Predictor, predict_paths
+from pneumo.inference.predictor import Predictor, predict_paths
 from serving import timing
 from tests.serving.serving_support import Server, ServingLab, start_source_server
 

@@ -3,7 +3,7 @@ in .dvc/config) and the Great Expectations Data Docs, opened as files in headles
 every request that would leave the machine aborted.
 
 Both are made from real radiographs with pneumo's own code: the plots from a copy of dvc.yaml,
-params.yaml and .dvc/config with evaluation curves written by pneumo.plots, the Data Docs by
+params.yaml and .dvc/config with evaluation curves written by pneumo.evaluation.plots, the Data Docs by
 the validate step on a small Kermany folder of shared images. Charts and tables must actually
 draw (pixels on the canvases, rows in the tables), not only load. Screenshots go to
 test-artifacts/.
@@ -25,8 +25,8 @@ import pytest
 from pneumo.config import ValidateSettings
 from pneumo.data.ingest import ingest
 from pneumo.data.validate import validate
-from pneumo.plots import evaluation_curves
-from pneumo.stress import SHIFTS
+from pneumo.evaluation.plots import evaluation_curves
+from pneumo.evaluation.shifts import SHIFTS
 from pneumo.web_assets import WebAssetsError, vendor
 from pneumo.workspace import Workspace
 from tests.serving.browser_support import OfflineBrowser, offline_browser, screenshot
@@ -92,7 +92,7 @@ def _write_plot_data(root: Path) -> None:
     shifts = [s.name for s in SHIFTS]
     (root / "plots" / "stress").mkdir(parents=True)
     severities = [1] * len(shifts) + [2] * len(shifts)
-    # As pneumo/stress.py writes it: one `case` (shift@severity) per bar.
+    # As pneumo/evaluation/stress.py writes it: one `case` (shift@severity) per bar.
     pd.DataFrame({"case": [f"{n}@{v}" for n, v in zip(shifts * 2, severities, strict=True)],
                   "shift": shifts * 2, "severity": severities,
                   "roc_auc": rng.uniform(0.9, 1.0, 2 * len(shifts))}).to_csv(

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from pneumo.accel import configure_threads
 from pneumo.data.preprocess import decode_many
 from pneumo.inference import PROBABILITY_DECIMALS, PROBABILITY_PRECISION
-from pneumo.predict import Predictor, predict_paths
+from pneumo.inference.predictor import Predictor, predict_paths
 from tests.serving.serving_support import ServingLab
 
 

@@ -19,8 +19,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from pneumo.config.params_file import set_param
 from pneumo.monitor.store import PredictionStore, resolve_url
-from pneumo.params_file import set_param
 from tests.serving.serving_support import Server, ServingLab, serving
 
 pytestmark = pytest.mark.slow

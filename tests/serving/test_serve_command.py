@@ -8,9 +8,10 @@ import json
 
 import pytest
 
+from pneumo.cli.serve import serve_command
 from pneumo.config import Settings
 from pneumo.errors import ConfigError
-from pneumo.package import SERVE_ARGS_ENV, serve_command
+from pneumo.stored_model import SERVE_ARGS_ENV
 
 
 def test_params_give_the_defaults_and_flags_override_them() -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from pneumo.inference import PROBABILITY_PRECISION
-from pneumo.predict import Predictor, predict_paths
+from pneumo.inference.predictor import Predictor, predict_paths
 from tests.serving.serving_samples import (
     Case,
     dicom8,

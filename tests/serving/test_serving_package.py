@@ -13,11 +13,11 @@ from pneumo import registry, tracking
 from pneumo.cli import main
 from pneumo.config import load_settings
 from pneumo.data.preprocess import save_arrays
+from pneumo.decision.metrics import binary_metrics
 from pneumo.errors import PipelineOrderError
 from pneumo.inference import predict_proba
-from pneumo.metrics import binary_metrics
 from pneumo.models import save_model
-from pneumo.package import PackagingError, import_champion
+from pneumo.registry.bento import PackagingError, import_champion
 from pneumo.stored_model import DECISION_FILE, METRICS_FILE, MODEL_FILE
 from pneumo.workspace import Workspace
 from tests.serving.serving_support import ServingLab, make_workspace

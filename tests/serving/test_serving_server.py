@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.predict import Predictor, predict_paths
+from pneumo.inference.predictor import Predictor, predict_paths
 from tests.serving.serving_samples import (
     dicom8,
     dicom16_inverted_rescaled,
@@ -123,7 +123,7 @@ def test_built_bento_serves_the_packaged_model(
 ) -> None:
     import bentoml
 
-    from pneumo.package import package
+    from pneumo.registry.bento import package
 
     packaged = package(serving_lab.settings, serving_lab.workspace, from_workspace=True)
     assert packaged.model_tag == serving_lab.model_tag

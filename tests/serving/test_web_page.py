@@ -22,14 +22,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pneumo.compare import COLUMNS, PUBLISHED, write_table
 from pneumo.config import load_settings
 from pneumo.data.split import split_metrics
 from pneumo.decision import Decision
-from pneumo.evaluate import score
+from pneumo.decision.metrics import binary_metrics
+from pneumo.evaluation.evaluate import score_split
+from pneumo.evaluation.plots import evaluation_curves
 from pneumo.inference import PROBABILITY_PRECISION
-from pneumo.metrics import binary_metrics
-from pneumo.plots import evaluation_curves
+from pneumo.training.baselines import COLUMNS, PUBLISHED, write_table
 from tests.serving.browser_support import OfflineBrowser, offline_browser, screenshot
 from tests.serving.serving_samples import dicom8, png_bytes
 from tests.serving.serving_support import (
@@ -57,7 +57,7 @@ def write_card_sources(lab: ServingLab, root: Path) -> Path:
     subtypes = np.where(labels == 0, "none", np.where(np.arange(n) % 8 == 1, "viral", "bacterial"))
     patients = np.array([f"p{i // 2}" for i in range(n)])
     decision = Decision(THRESHOLD, "fixed", 0.9, 0.8)
-    report = score(labels, probabilities, patients, decision, settings.evaluate, subtypes)
+    report = score_split(labels, probabilities, patients, decision, settings.evaluate, subtypes)
     report["val"] = binary_metrics(labels[:60], probabilities[:60], THRESHOLD)
     workspace.eval_metrics.write_text(json.dumps(report, indent=2))
     evaluation_curves(workspace.eval_plots, labels, probabilities, THRESHOLD, bins=10)
@@ -78,7 +78,7 @@ def write_card_sources(lab: ServingLab, root: Path) -> Path:
     rows = [
         {**measured, "model": "logistic regression on pixels", "accuracy": 0.81,
          "sensitivity": 0.86, "specificity": 0.66, "f1": 0.87, "roc_auc": 0.84, "threshold": 0.47},
-        {**measured, "source": "measured here (pneumo evaluate)",  # as pneumo/compare.py writes it
+        {**measured, "source": "measured here (pneumo evaluate)",  # as pneumo/training/baselines.py writes it
          "model": "pneumo default (resnet)", "threshold": THRESHOLD,
          **{k: ours[k] for k in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")}},
         *({"source": "published", "test_split": "official Kermany test (624 images)", **p}
@@ -91,7 +91,7 @@ def write_card_sources(lab: ServingLab, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def card_lab(serving_lab: ServingLab, tmp_path_factory: pytest.TempPathFactory) -> ServingLab:
     """A second model, with its card files, packaged into a Bento in the lab's BentoML home."""
-    from pneumo.package import package
+    from pneumo.registry.bento import package
     from pneumo.workspace import Workspace
 
     root = write_card_sources(serving_lab, tmp_path_factory.mktemp("card"))

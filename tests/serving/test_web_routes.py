@@ -17,7 +17,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from pneumo.inference import PROBABILITY_PRECISION
-from pneumo.package import card_files
+from pneumo.registry.bento import card_files
 from pneumo.stored_model import COMPARISON_FILE, EVALUATION_FILE, ROC_FILE, SPLIT_FILE
 from tests.serving.serving_support import IMAGE_SIZE, ServingLab, make_workspace
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pneumo import ablation
+from pneumo.evaluation import ablation
 
 # A stage that writes the two metrics files a pneumo experiment has, from one param.
 WRITE = """
@@ -69,3 +69,42 @@ def test_report_lists_run_recipes_with_their_intervals(project: Path) -> None:
     assert "0.400 (collimation@2)" in markdown and "| 4.5 |" in markdown
     csv = (project / "reports" / "ablation.csv").read_text()
     assert csv.splitlines()[0].startswith("recipe,why")
+
+
+def test_training_minutes_come_from_the_store_the_settings_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's client goes through resolve_uri: a workspace-relative SQLite path is the
+    workspace's store wherever the command runs, and MLFLOW_TRACKING_URI (the team server)
+    overrides it."""
+    import mlflow
+
+    for who in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{who}_NAME", "t")
+        monkeypatch.setenv(f"GIT_{who}_EMAIL", "t@example.org")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (root / "models").mkdir(parents=True)
+    elsewhere.mkdir()
+
+    def run_with(store: Path, minutes: float) -> str:
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+        run = client.create_run(client.create_experiment("pneumo"))
+        client.log_metric(run.info.run_id, "train/minutes", minutes)
+        return run.info.run_id
+
+    local = run_with(root / "mlruns.db", 4.5)
+    (root / "models" / "run_id.txt").write_text(local + "\n")
+    _run("git", "init", "-q", cwd=root)
+    _run("git", "add", "models/run_id.txt", cwd=root)
+    _run("git", "commit", "-qm", "trained", cwd=root)
+    params = {"tracking": {"uri": "sqlite:///mlruns.db"}}
+    monkeypatch.chdir(elsewhere)  # a relative path must not mean ./mlruns.db here
+    assert ablation._minutes(params, root, "HEAD") == 4.5
+    # The team's server (here another store) wins over params.yaml, as everywhere else.
+    team = elsewhere / "team.db"
+    shared = run_with(team, 7.0)
+    (root / "models" / "run_id.txt").write_text(shared + "\n")
+    _run("git", "commit", "-qam", "trained on the team store", cwd=root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{team}")
+    assert ablation._minutes(params, root, "HEAD") == 7.0

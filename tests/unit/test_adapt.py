@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pneumo.decision import Decision
-from pneumo.prevalence import (
+from pneumo.decision.prevalence import (
     Calibration,
     bbse_prevalence,
     em_prevalence,

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from pneumo.config import load_settings
+from pneumo.config.params_file import set_param
 from pneumo.errors import ConfigError
-from pneumo.params_file import set_param
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -79,7 +79,7 @@ def test_margin_and_tta_travel_with_the_decision() -> None:
 
 def test_the_conformal_band_covers_each_class_and_agrees_with_the_calls() -> None:
     from pneumo.decision import conformal_band
-    from pneumo.operating_point import referral_table
+    from pneumo.decision.operating_point import referral_table
 
     rng = np.random.default_rng(0)
     y = (np.arange(2000) % 3 != 0).astype(int)

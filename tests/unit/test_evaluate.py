@@ -6,8 +6,8 @@ from sklearn import metrics as skm
 
 from pneumo.config import EvaluateSettings
 from pneumo.decision import choose_threshold
-from pneumo.evaluate import metrics_table, mlflow_metrics, score
-from pneumo.metrics import binary_metrics, bootstrap_intervals, expected_calibration_error
+from pneumo.decision.metrics import binary_metrics, bootstrap_intervals, expected_calibration_error
+from pneumo.evaluation.evaluate import metrics_table, mlflow_metrics, score_split
 
 
 def test_metrics_on_a_hand_checked_example() -> None:
@@ -65,8 +65,8 @@ def test_test_labels_cannot_reach_the_threshold() -> None:
     decision = choose_threshold(y_val, p_val, settings)
     groups = np.arange(len(y_test)).astype(str)
     subtypes = np.where(y_test == 1, "bacterial", "none")
-    honest = score(y_test, p_test, groups, decision, settings, subtypes)
-    flipped = score(1 - y_test, p_test, groups, decision, settings, subtypes)
+    honest = score_split(y_test, p_test, groups, decision, settings, subtypes)
+    flipped = score_split(1 - y_test, p_test, groups, decision, settings, subtypes)
     assert honest["threshold"] == flipped["threshold"] == decision.to_json()
     assert honest["test"]["accuracy"] != flipped["test"]["accuracy"]
 
@@ -91,7 +91,7 @@ def test_report_has_slices_and_mlflow_names() -> None:
     subtypes = np.where(y == 1, rng.choice(["bacterial", "viral"], y.size), "none")
     settings = EvaluateSettings(bootstrap_samples=20)
     decision = choose_threshold(y, p, settings)
-    report = score(y, p, np.arange(300).astype(str), decision, settings, subtypes)
+    report = score_split(y, p, np.arange(300).astype(str), decision, settings, subtypes)
     assert {"test", "test_bacterial", "test_viral"} <= report.keys()
     assert report["test_viral"]["n"] == (y == 0).sum() + (subtypes == "viral").sum()
     flat = mlflow_metrics(report)
@@ -114,7 +114,7 @@ def test_saved_figures_keep_what_lies_outside_the_axes(tmp_path) -> None:  # noq
     """evaluation.png was clipped on the right: a legend or label outside the axes stays in."""
     from PIL import Image
 
-    from pneumo.plots import _pyplot, _save
+    from pneumo.evaluation.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4, 3))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from pneumo.config import EvaluateSettings
-from pneumo.operating_point import CANDIDATE_RULES, PREVALENCES, rule_table
+from pneumo.decision.operating_point import CANDIDATE_RULES, PREVALENCES, rule_table
 
 
 def _sets(shift_down: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:

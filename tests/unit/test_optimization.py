@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pneumo.config import TrainSettings
-from pneumo.optimization import (
+from pneumo.training.optimization import (
     batch_loss,
     build_optimizer,
     epoch_order,

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pneumo import ablation
 from pneumo.config import load_settings
+from pneumo.evaluation import ablation
 
 REPO = Path(__file__).resolve().parents[2]
 

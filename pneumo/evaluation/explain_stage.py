@@ -1,7 +1,7 @@
 """The `explain` stage: Grad-CAM and activation figures of sampled test images, per outcome.
 
 What the reviewer of a run looks at (reports/explain/, logged to MLflow); the heatmaps come from
-:mod:`pneumo.explain`, the same code the service's /explain runs.
+:mod:`pneumo.inference.gradcam`, the same code the service's /explain runs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 from pneumo.config import Settings
 from pneumo.data.kermany import CLASSES
 from pneumo.decision import Decision
-from pneumo.explain import (
+from pneumo.inference.gradcam import (
     ACTIVATION_CHANNELS,
     GROUPS,
     HEATMAP_CMAP,
@@ -207,7 +207,7 @@ def explain_workspace(settings: Settings, workspace: Workspace = Workspace()) ->
     """The `explain` stage: Grad-CAM grids for the test split at the evaluated threshold."""
     from pneumo.accel import configure_threads
     from pneumo.data.preprocess import load_arrays
-    from pneumo.predict import Predictor
+    from pneumo.inference.predictor import Predictor
 
     configure_threads(settings.model.threads)
     predictor = Predictor.from_workspace(

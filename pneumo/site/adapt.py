@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.errors import PneumoError
-from pneumo.prevalence import (
+from pneumo.decision.prevalence import (
     estimate_prevalence,
     fit_calibration,
     judge_move,
     moved_decision,
 )
+from pneumo.errors import PneumoError
 from pneumo.workspace import atomic_path
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ def adapt(
     with the alias site-NAME; refuses (AdaptationError) too few, too foreign or too vague images.
     """
     from pneumo.accel import configure_threads
-    from pneumo.external import _safe_name
-    from pneumo.predict import collect_images
+    from pneumo.evaluation.external import _safe_name
+    from pneumo.inference.predictor import collect_images
 
     cfg = settings.adapt
     site = _safe_name(site)
@@ -77,36 +77,22 @@ def adapt(
 def _assess_site(
     settings: Any, workspace: Any, files: list[Path], site: str, source_name: str, tmp: Path
 ) -> tuple[dict[str, Any], Any, np.ndarray]:
-    from pneumo.data.preprocess import decode_files, load_arrays
-    from pneumo.inference import predict
-    from pneumo.predict import Predictor
-    from pneumo.registry import download_version
+    from pneumo.data.preprocess import load_arrays
+    from pneumo.inference import forward_pass
     from pneumo.registry.site import SiteCandidate
     from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
 
     cfg = settings.adapt
     source = tmp / "source"
-    info = download_version(settings, workspace, source_name, source)
-    predictor = Predictor.from_files(source / MODEL_FILE, source / DECISION_FILE,
-                                     settings.model.accelerator(), settings.model.runtime,
-                                     source / GUARD_FILE)  # fmt: skip
-    pixels, errors = decode_files([str(f) for f in files], predictor.image_size,
-                                  settings.preprocess.workers, "site images")  # fmt: skip
-    readable = np.array([e is None for e in errors])
-    assessed = predictor.assess(pixels[readable], batch_size=settings.model.batch_size)
+    info, predictor, pixels, readable, assessed = _screened(settings, workspace, files,
+                                                            source_name, source)  # fmt: skip
     flagged = float(assessed.out_of_distribution.mean()) if readable.any() else 1.0
-    if flagged > cfg.max_flag_rate:
-        raise AdaptationError(
-            f"the guard flags {flagged:.0%} of the site's images as unlike the training "
-            f"radiographs (allowed {cfg.max_flag_rate:.0%}, adapt.max_flag_rate): the model is "
-            "not fit for this site's images, and its probabilities cannot estimate anything"
-        )
     base = predictor.decision
     batch, tta, accel = settings.model.batch_size, base.tta, predictor.accel
-    raw = predict(predictor.network, pixels[readable], batch, tta, accel).probabilities
+    raw = forward_pass(predictor.network, pixels[readable], batch, tta, accel).probabilities
     site_raw = raw[~assessed.out_of_distribution]
     val = load_arrays(workspace.arrays("val"))
-    val_raw = predict(predictor.network, val["images"], batch, tta, accel).probabilities
+    val_raw = forward_pass(predictor.network, val["images"], batch, tta, accel).probabilities
     val_p = base.adjust(val_raw)
     calibration = fit_calibration(val["labels"], val_p)
     estimate = estimate_prevalence(base.adjust(site_raw), calibration, val["labels"], val_p,
@@ -148,6 +134,35 @@ def _assess_site(
         "validation split resampled to that prevalence",
     )  # fmt: skip
     return report, candidate, pixels[readable][:2]
+
+
+def _screened(
+    settings: Any, workspace: Any, files: list[Path], source_name: str, source: Path
+) -> tuple[dict[str, Any], Any, np.ndarray, np.ndarray, Any]:
+    """The source version (downloaded to ``source``), the site's pixels and the guard's look at
+    the readable ones; refuses a site whose images the guard mostly flags."""
+    from pneumo.data.preprocess import decode_files
+    from pneumo.inference.predictor import Predictor
+    from pneumo.registry import download_version
+    from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
+
+    info = download_version(settings, workspace, source_name, source)
+    predictor = Predictor.from_files(source / MODEL_FILE, source / DECISION_FILE,
+                                     settings.model.accelerator(), settings.model.runtime,
+                                     source / GUARD_FILE)  # fmt: skip
+    pixels, errors = decode_files([str(f) for f in files], predictor.image_size,
+                                  settings.preprocess.workers, "site images")  # fmt: skip
+    readable = np.array([e is None for e in errors])
+    assessed = predictor.assess(pixels[readable], batch_size=settings.model.batch_size)
+    flagged = float(assessed.out_of_distribution.mean()) if readable.any() else 1.0
+    limit = settings.adapt.max_flag_rate
+    if flagged > limit:
+        raise AdaptationError(
+            f"the guard flags {flagged:.0%} of the site's images as unlike the training "
+            f"radiographs (allowed {limit:.0%}, adapt.max_flag_rate): the model is "
+            "not fit for this site's images, and its probabilities cannot estimate anything"
+        )
+    return info, predictor, pixels, readable, assessed
 
 
 def _sha256_of_files(files: list[Path]) -> str:

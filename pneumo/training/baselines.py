@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumo.config import Settings
 from pneumo.decision import choose_threshold
-from pneumo.metrics import binary_metrics
+from pneumo.decision.metrics import binary_metrics
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def paper_cnn(
     """Train one of the paper's CNNs with our training loop in a scratch workspace."""
     from pneumo.inference import predict_proba
     from pneumo.models import load_model
-    from pneumo.train import train
+    from pneumo.training.train import train
 
     variant = settings.model_copy(
         update={
@@ -116,7 +116,7 @@ def compare(settings: Settings, workspace: Workspace = Workspace()) -> pd.DataFr
 
     data = {s: load_arrays(workspace.arrays(s)) for s in ("train", "val", "test")}
     y_val, y_test = data["val"]["labels"], data["test"]["labels"]
-    from pneumo.evaluate import test_source
+    from pneumo.evaluation.evaluate import test_source
 
     source = test_source(workspace)
     rows = []

@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from pneumo.data.kermany import CLASSES
-from pneumo.metrics import binary_metrics, calibration_curve
+from pneumo.decision.metrics import binary_metrics, calibration_curve
 from pneumo.workspace import atomic_path
 
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from pneumo.errors import PipelineOrderError
-from pneumo.scope import (
+from pneumo.inference.scope import (
     DETECTORS,
     KIND_SEGMENTS,
     LAYOUT_SEGMENT,
@@ -106,7 +106,7 @@ class GuardMismatchError(PipelineOrderError):
 
 @dataclass
 class Guard:
-    """The fitted scope check (pneumo/scope.py) and its validation-calibrated cut-off."""
+    """The fitted scope check (pneumo/inference/scope.py) and its validation-calibrated cut-off."""
 
     mean: torch.Tensor  # (D,) standardisation of the block means (the global detector)
     scale: torch.Tensor  # (D,)

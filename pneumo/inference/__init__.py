@@ -98,7 +98,7 @@ class Prediction:
     features: np.ndarray | None = None  # (N, D): each conv block's mean activation, in order
 
 
-def predict(
+def forward_pass(
     model: nn.Module,
     images: np.ndarray,
     batch_size: int = 64,
@@ -109,7 +109,7 @@ def predict(
     """Probability of pneumonia for each uint8 image of ``images`` (N, S, S).
 
     With ``features``, the same forward pass also returns every convolution block's spatially
-    averaged output for the unaugmented view: what :mod:`pneumo.guard` measures distances on.
+    averaged output for the unaugmented view: what :mod:`pneumo.inference.guard` measures distances on.
     """
     images = check_images(model, images)
     if batch_size < 1:
@@ -157,4 +157,4 @@ def predict_proba(
     accel: Accelerator = CPU_FP32,
 ) -> np.ndarray:
     """Probability of pneumonia for each uint8 image of ``images`` (N, S, S) -> (N,) float64."""
-    return predict(model, images, batch_size, tta, accel).probabilities
+    return forward_pass(model, images, batch_size, tta, accel).probabilities

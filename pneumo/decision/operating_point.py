@@ -2,7 +2,7 @@
 
 The validation split is nearly separable, so many thresholds look equally good there; which one
 holds at a new hospital is a question for shifted data. A simulated site is the validation split
-under one of the stress battery's acquisition shifts or counterfactual swaps (pneumo/stress.py),
+under one of the stress battery's acquisition shifts or counterfactual swaps (pneumo/evaluation/stress.py),
 at a pneumonia prevalence between 0.3 and 0.85. Each candidate rule chooses its threshold on the
 clean validation split, as `pneumo evaluate` would, and is then scored on every simulated site:
 sensitivity and specificity per shift, accuracy per shift and prevalence. The recommended rule

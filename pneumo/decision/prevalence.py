@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pneumo.decision import Decision
-from pneumo.metrics import binary_metrics, point_metrics
+from pneumo.decision.metrics import binary_metrics, point_metrics
 
 _EPS = 1e-6
 

@@ -18,9 +18,9 @@ from pneumo.accel import Accelerator
 from pneumo.data.kermany import CLASSES, IMAGE_SUFFIXES
 from pneumo.decision import Decision
 from pneumo.errors import PneumoError
-from pneumo.guard import Guard, Screening, screen_file
-from pneumo.guard import reasons as guard_reasons
 from pneumo.inference import CPU_FP32
+from pneumo.inference.guard import Guard, Screening, screen_file
+from pneumo.inference.guard import reasons as guard_reasons
 from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Predictor:
     model_id: str
     accel: Accelerator = CPU_FP32
     guard: Guard | None = None  # shipped with the model; None for models packaged without one
-    # What runs the forward pass: the model itself, or its export (pneumo/runtime.py).
+    # What runs the forward pass: the model itself, or its export (pneumo/inference/runtime.py).
     network: Any = None
 
     def __post_init__(self) -> None:
@@ -80,8 +80,8 @@ class Predictor:
     ) -> Predictor:
         """The model, its decision and (when ``guard_path`` exists) its input guard; ``runtime``
         is ``model.runtime`` (torch: the model as is; else exported once, here, and checked)."""
+        from pneumo.inference.runtime import compile_network
         from pneumo.models import load_model
-        from pneumo.runtime import compile_network
 
         decision = Decision.load(decision_path)
         model, metadata = load_model(model_path)
@@ -105,12 +105,12 @@ class Predictor:
         self, images: np.ndarray, screened: list[str | None] | None = None, batch_size: int = 64
     ) -> Assessment:
         """Probabilities plus the guard's verdict, from one forward pass."""
-        from pneumo.inference import predict
+        from pneumo.inference import forward_pass
 
         screened = screened if screened is not None else [None] * len(images)
         screened = [s or Screening(self.image_size, self.image_size, 0.0).reason(p)
                     for s, p in zip(screened, images, strict=True)]  # fmt: skip
-        result = predict(self.network, images, batch_size, self.decision.tta, self.accel,
+        result = forward_pass(self.network, images, batch_size, self.decision.tta, self.accel,
                          features=self.guard is not None)  # fmt: skip
         features = result.features
         if self.guard is not None and features is not None:
@@ -191,7 +191,7 @@ def predict_paths(
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
 
-def predict(
+def write_predictions(
     inputs: list[Path], output: Path, predictor: Predictor, workers: int = 0, batch_size: int = 64
 ) -> pd.DataFrame:
     """Write predictions as CSV (atomically) and return them."""

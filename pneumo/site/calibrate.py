@@ -29,12 +29,12 @@ from torch import nn
 
 from pneumo.accel import Accelerator
 from pneumo.decision import Decision, floor_threshold
+from pneumo.decision.metrics import point_metrics
+from pneumo.decision.prevalence import logit
 from pneumo.errors import PneumoError
-from pneumo.external import ExternalDataError, LabelledImages
+from pneumo.evaluation.external import ExternalDataError, LabelledImages
 from pneumo.inference import predict_proba
-from pneumo.metrics import point_metrics
 from pneumo.models import save_model
-from pneumo.prevalence import logit
 from pneumo.registry.site import SiteCandidate, register_site_version
 from pneumo.workspace import atomic_path
 
@@ -136,8 +136,8 @@ def calibrate(
     """
     from pneumo.accel import configure_threads
     from pneumo.data.preprocess import decode_many
-    from pneumo.external import _safe_name, check_no_overlap, load_labelled_folder
-    from pneumo.predict import Predictor
+    from pneumo.evaluation.external import _safe_name, check_no_overlap, load_labelled_folder
+    from pneumo.inference.predictor import Predictor
     from pneumo.registry import download_version
     from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
 
@@ -193,7 +193,7 @@ def _calibrated_report(
 ) -> tuple[dict[str, Any], Decision]:
     """The site decision (the whole sample) and, out of fold, both versions' calls with intervals."""
     from pneumo.data.preprocess import load_arrays
-    from pneumo.evaluate import score
+    from pneumo.evaluation.evaluate import score_split
     from pneumo.models import load_model
 
     cfg, level = settings.calibrate, settings.evaluate.ci_level
@@ -216,13 +216,13 @@ def _calibrated_report(
         adjusted = chosen.adjust(probabilities[fold])
         margins[fold] = logit(adjusted) - logit(np.array([chosen.threshold]))[0]
     out_of_fold = Decision(0.5, "cross-fitted", referral_margin=reference.decision.referral_margin)
-    calibrated = score(labels, 1 / (1 + np.exp(-margins)), patients, out_of_fold,
+    calibrated = score_split(labels, 1 / (1 + np.exp(-margins)), patients, out_of_fold,
                        settings.evaluate, subtypes, name="calibrated")  # fmt: skip
     decision, on_interval = site_decision(labels, probabilities, reference.decision, cfg, level,
                                           shift)  # fmt: skip
     calibrated["threshold"] = decision.to_json()
     as_is = reference.probabilities(pixels, settings.model.batch_size)
-    before = score(labels, as_is, patients, reference.decision, settings.evaluate,
+    before = score_split(labels, as_is, patients, reference.decision, settings.evaluate,
                    name="reference")  # fmt: skip
     report = {
         "counts": images.counts(), "folds": len(folds), "images": int(len(labels)),

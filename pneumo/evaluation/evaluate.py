@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumo import plots
 from pneumo.config import EvaluateSettings, Settings
 from pneumo.data.kermany import CLASSES
 from pneumo.decision import Decision, choose_threshold
-from pneumo.metrics import POINT_METRICS, binary_metrics, bootstrap_intervals
+from pneumo.decision.metrics import POINT_METRICS, binary_metrics, bootstrap_intervals
+from pneumo.evaluation import plots
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def slice_mask(subtypes: np.ndarray, labels: np.ndarray, subtype: str) -> np.nda
     return (labels == 0) | (subtypes == subtype)
 
 
-def score(
+def score_split(
     labels: np.ndarray,
     probabilities: np.ndarray,
     patient_ids: np.ndarray,
@@ -69,7 +69,7 @@ def evaluate(settings: Settings, workspace: Workspace = Workspace()) -> dict[str
     from pneumo.models import load_model
 
     configure_threads(settings.model.threads)
-    from pneumo.runtime import compile_network
+    from pneumo.inference.runtime import compile_network
 
     model, _ = load_model(workspace.model)
     # The runtime serving uses (model.runtime): the threshold is chosen on the same numbers.
@@ -82,7 +82,7 @@ def evaluate(settings: Settings, workspace: Workspace = Workspace()) -> dict[str
     # The test split is touched only now, after the decision is frozen.
     test = load_arrays(workspace.arrays("test"))
     p_test = predict_proba(model, test["images"], batch, tta=tta, accel=accel)
-    report = score(test["labels"], p_test, test["patient_ids"], decision, settings.evaluate,
+    report = score_split(test["labels"], p_test, test["patient_ids"], decision, settings.evaluate,
                    test["subtypes"])  # fmt: skip
     report["test_source"] = test_source(workspace)
     report["val"] = binary_metrics(val["labels"], p_val, decision.threshold)

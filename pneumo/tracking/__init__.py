@@ -77,9 +77,8 @@ def fluent_store(uri: str) -> Iterator[None]:
     ``mlflow.set_tracking_uri`` also copies the URI into ``MLFLOW_TRACKING_URI`` (for
     subprocesses); both are put back afterwards, so that variable keeps meaning "the team server".
     """
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    saved_uri = getattr(tracking_utils, "_tracking_uri", None)  # private: None = never set
+    # None = never set: MLflow falls back to its default again afterwards.
+    saved_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     saved_env = os.environ.get(URI_VARIABLE)
     mlflow.set_tracking_uri(uri)
     try:
@@ -306,12 +305,12 @@ def log_pyfunc_model(model_path: Path, example: np.ndarray, probabilities: np.nd
     import torch
     import torchvision
 
-    from pneumo import mlflow_model
+    from pneumo.tracking import pyfunc
 
     signature = mlflow.models.infer_signature(example, probabilities)
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME,
-        python_model=mlflow_model.__file__,
+        python_model=pyfunc.__file__,
         artifacts={"model": str(model_path)},
         signature=signature,
         input_example=example,
@@ -328,15 +327,14 @@ def log_pyfunc_model(model_path: Path, example: np.ndarray, probabilities: np.nd
 
 
 def log_model_to_run(
-    settings: Settings,
-    workspace: Workspace,
+    uri: str,
     run_id: str,
     model_path: Path,
     example: np.ndarray,
     probabilities: np.ndarray,
 ) -> str:
-    """Add the pyfunc model to a finished run (one trained with ``tracking.log_model`` off)."""
-    with fluent_store(resolve_uri(settings.tracking.uri, workspace)):
+    """Add the pyfunc model to a finished run in the store at ``uri`` (resolved)."""
+    with fluent_store(uri):
         with mlflow.start_run(run_id=run_id):
             return log_pyfunc_model(model_path, example, probabilities)
 

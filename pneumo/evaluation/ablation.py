@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 RECIPES_FILE = "ablation.yaml"
 TEST_COLUMNS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 STRESS_COLUMNS = ("mean_roc_auc", "worst_roc_auc", "mean_specificity", "worst_specificity")
-# metrics/stress.json's counterfactual summary (pneumo/stress.py): the classes trade looks.
+# metrics/stress.json's counterfactual summary (pneumo/evaluation/stress.py): the classes trade looks.
 COUNTERFACTUAL_COLUMNS = ("specificity", "sensitivity", "roc_auc", "balanced_accuracy",
                           "cue_effect", "abs_cue_effect")  # fmt: skip
 # How recipes are ranked (column, best first is ascending?): first how far the network moves
@@ -197,8 +197,9 @@ def rescore_counterfactual(root: Path, rev: str, params: dict[str, Any]) -> dict
 
     from pneumo.config import load_settings
     from pneumo.data.preprocess import decode_radiograph, load_arrays
-    from pneumo.predict import Predictor
-    from pneumo.stress import counterfactual_report, working_copies
+    from pneumo.evaluation.shifts import working_copies
+    from pneumo.evaluation.stress import counterfactual_report
+    from pneumo.inference.predictor import Predictor
     from pneumo.workspace import Workspace
 
     settings = load_settings(root / "params.yaml")

@@ -1,7 +1,7 @@
 """The scope check: is this a frontal paediatric chest radiograph, the only kind the model reads?
 
 Three detectors on the features of the served network's one forward pass
-(:class:`pneumo.models.features.WithFeatures`), combined in :class:`pneumo.guard.Guard`:
+(:class:`pneumo.models.features.WithFeatures`), combined in :class:`pneumo.inference.guard.Guard`:
 
 - ``global``: class-conditional Mahalanobis distance on every block's mean activation (what the
   guard always had: photographs, documents, noise, inverted images);
@@ -242,7 +242,7 @@ def save_prior(path: Path, prior: dict[str, torch.Tensor], names: list[str], sco
     for source, kind in zip(scope.sources.tolist(), scope.kinds.tolist(), strict=True):
         counts.setdefault(source, {"kind": kind, "n": 0})["n"] += 1
     payload = {
-        "what": "pneumo's pixel scope prior (pneumo/scope.py): refit with `pneumo scope-fit`",
+        "what": "pneumo's pixel scope prior (pneumo/inference/scope.py): refit with `pneumo scope-fit`",
         "format": 1, "image_size": image_size, "C": PRIOR_C, "names": names,
         "set": {"n": len(scope), "sha256": set_digest(scope), "sources": counts},
         **{key: prior[key].tolist() for key in ("mean", "scale", "coef", "intercept")},

@@ -22,7 +22,6 @@ import pandas as pd
 from pneumo.config import Settings
 from pneumo.data.kermany import CLASSES, LABEL_INDEX
 from pneumo.errors import DatasetError, PipelineOrderError
-from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -131,27 +130,34 @@ def evaluate_external(
     workspace: Workspace,
     folder: Path,
     name: str | None = None,
-    alias_or_version: str | None = None,
+    model: tuple[Any, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Score a labelled external folder with the workspace's model or a registry version.
+    """Score a labelled external folder with the workspace's model or ``model``.
+
+    ``model`` is a registry version at its own threshold, as ``pneumo.registry.version_predictor``
+    returns it (predictor, version record); None scores the workspace's evaluated model.
 
     Writes ``metrics/external-NAME.json`` (metrics with patient-bootstrap intervals, like the test
     report) and ROC/PR/calibration/confusion plots, and logs them to the model's MLflow run.
     """
-    from pneumo import plots
     from pneumo.accel import configure_threads
-    from pneumo.evaluate import score
+    from pneumo.evaluation import plots
+    from pneumo.evaluation.evaluate import score_split
 
     name = _safe_name(name or Path(folder).name)
     configure_threads(settings.model.threads)
     images = load_labelled_folder(folder, settings.preprocess.workers)
     check_no_overlap(images, workspace)
-    with tempfile.TemporaryDirectory(prefix="pneumo-model-") as tmp:
-        predictor, model_info = _predictor(settings, workspace, alias_or_version, Path(tmp))
+    if model is None:
+        predictor, model_info = _workspace_predictor(settings, workspace)
+    else:
+        predictor, info = model
+        model_info = {"source": "registry", "name": info["name"], "version": info["version"],
+                      "run_id": info.get("run_id"), "model": predictor.model_id}  # fmt: skip
     probabilities = predict_folder(images, predictor, settings.model.batch_size,
                                    settings.preprocess.workers)  # fmt: skip
     frame = images.frame
-    report = score(images.labels, probabilities, frame["patient_id"].to_numpy(),
+    report = score_split(images.labels, probabilities, frame["patient_id"].to_numpy(),
                    predictor.decision, settings.evaluate, frame["subtype"].to_numpy(),
                    name="external")  # fmt: skip
     report["dataset"] = {"name": name, "folder": str(images.folder), "counts": images.counts()}
@@ -171,24 +177,14 @@ def evaluate_external(
     return report
 
 
-def _predictor(
-    settings: Settings, workspace: Workspace, alias_or_version: str | None, tmp: Path
-) -> tuple[Any, dict[str, Any]]:
-    """The workspace's evaluated model, or a registry version with its own threshold."""
-    from pneumo.predict import Predictor
+def _workspace_predictor(settings: Settings, workspace: Workspace) -> tuple[Any, dict[str, Any]]:
+    """The workspace's evaluated model and its record."""
+    from pneumo.inference.predictor import Predictor
 
-    accel = settings.model.accelerator()
-    if alias_or_version is None:
-        predictor = Predictor.from_workspace(workspace, accel, settings.model.runtime)
-        run_id = workspace.run_id.read_text().strip() if workspace.run_id.is_file() else None
-        return predictor, {"source": "workspace", "model": predictor.model_id, "run_id": run_id}
-    from pneumo.registry import download_version
-
-    info = download_version(settings, workspace, alias_or_version, tmp)
-    predictor = Predictor.from_files(tmp / MODEL_FILE, tmp / DECISION_FILE, accel,
-                                     settings.model.runtime, tmp / GUARD_FILE)  # fmt: skip
-    return predictor, {"source": "registry", "name": info["name"], "version": info["version"],
-                       "run_id": info.get("run_id"), "model": predictor.model_id}  # fmt: skip
+    predictor = Predictor.from_workspace(workspace, settings.model.accelerator(),
+                                         settings.model.runtime)  # fmt: skip
+    run_id = workspace.run_id.read_text().strip() if workspace.run_id.is_file() else None
+    return predictor, {"source": "workspace", "model": predictor.model_id, "run_id": run_id}
 
 
 def _log(
@@ -199,7 +195,7 @@ def _log(
         log.warning("the model has no MLflow run: the external evaluation is not tracked")
         return
     from pneumo import tracking
-    from pneumo.evaluate import metrics_table, mlflow_metrics
+    from pneumo.evaluation.evaluate import metrics_table, mlflow_metrics
 
     name = report["dataset"]["name"]
     metrics = {k.replace("external/", f"external/{name}/", 1): v

@@ -149,18 +149,23 @@ def gradcam(
                         f"{getattr(feature_map, 'shape', None)}, not a 4-D feature map: pass a "
                         "convolutional block as layer="
                     )
-                (grads,) = torch.autograd.grad(score.sum(), feature_map)
-                weights = grads.mean(dim=(2, 3), keepdim=True)
-                cam = F.relu((weights * feature_map).sum(dim=1, keepdim=True)).detach()
-                cam = F.interpolate(cam, size=(side, side), mode="bilinear", align_corners=False)
-                low, high = cam.amin(dim=(2, 3), keepdim=True), cam.amax(dim=(2, 3), keepdim=True)
-                spread = high - low
-                # A map flat up to rounding error would otherwise be stretched into pure noise.
-                cam = torch.where(spread > 1e-6 * high, (cam - low) / spread.clamp_min(1e-12), 0.0)
-                out[start : start + len(batch)] = cam[:, 0].clamp(0.0, 1.0).numpy()
+                out[start : start + len(batch)] = _stretched_cam(score, feature_map, side)
     finally:
         handle.remove()
     return out
+
+
+def _stretched_cam(score: torch.Tensor, feature_map: torch.Tensor, side: int) -> np.ndarray:
+    """One batch's Grad-CAM maps at ``side`` pixels, each stretched to [0, 1] on its own."""
+    (grads,) = torch.autograd.grad(score.sum(), feature_map)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * feature_map).sum(dim=1, keepdim=True)).detach()
+    cam = F.interpolate(cam, size=(side, side), mode="bilinear", align_corners=False)
+    low, high = cam.amin(dim=(2, 3), keepdim=True), cam.amax(dim=(2, 3), keepdim=True)
+    spread = high - low
+    # A map flat up to rounding error would otherwise be stretched into pure noise.
+    cam = torch.where(spread > 1e-6 * high, (cam - low) / spread.clamp_min(1e-12), 0.0)
+    return cam[:, 0].clamp(0.0, 1.0).numpy()
 
 
 def activation_maps(model: nn.Module, image: np.ndarray) -> list[tuple[str, np.ndarray]]:

@@ -1,9 +1,9 @@
-"""The `guard` stage: fit the scope check (pneumo/guard.py) and measure it.
+"""The `guard` stage: fit the scope check (pneumo/inference/guard.py) and measure it.
 
 Fitted on the train split's features of the served network (``model.runtime``) and on the real
 out-of-scope set under ``data.scope_root`` when there is one, with the committed pixel prior
 when ``prior.json`` is there; calibrated on validation; measured on the synthetic probe kinds and
-on each source of the set with the classifiers refitted without it (pneumo/scope_report.py).
+on each source of the set with the classifiers refitted without it (pneumo/evaluation/scope_report.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.guard import Guard, Screening, fit, reasons
+from pneumo.inference.guard import Guard, Screening, fit, reasons
 from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,10 @@ def _feature_source(settings: Any, workspace: Workspace) -> tuple[Features, int,
     """What the guard reads, computed as the service computes it: (images -> probabilities and
     features), the image size and the features' column segments (without the pixel prior's)."""
     from pneumo.accel import configure_threads
-    from pneumo.inference import predict
+    from pneumo.inference import forward_pass
+    from pneumo.inference.runtime import compile_network
     from pneumo.models import load_model
     from pneumo.models.features import feature_segments
-    from pneumo.runtime import compile_network
 
     configure_threads(settings.model.threads)
     model, metadata = load_model(workspace.model)
@@ -41,7 +41,7 @@ def _feature_source(settings: Any, workspace: Workspace) -> tuple[Features, int,
     network = compile_network(model, settings.model.runtime, accel, features=True)
 
     def features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = predict(network, images, batch, accel=accel, features=True)
+        result = forward_pass(network, images, batch, accel=accel, features=True)
         return result.probabilities, result.features  # type: ignore[return-value]
 
     return features, size, feature_segments(model, size)
@@ -49,7 +49,7 @@ def _feature_source(settings: Any, workspace: Workspace) -> tuple[Features, int,
 
 def _prior(root: Path, size: int, scope: Any) -> tuple[dict, list[str]]:
     """The committed pixel prior of ``root`` (nothing without one), checked against the set."""
-    from pneumo.scope import PRIOR_FILE, load_prior, set_digest
+    from pneumo.inference.scope import PRIOR_FILE, load_prior, set_digest
 
     prior, names, fitted_on = load_prior(root / PRIOR_FILE, size)
     if prior and len(scope) and fitted_on.get("sha256") != set_digest(scope):
@@ -63,7 +63,7 @@ def guard_stage(
 ) -> dict[str, Any]:
     """Fit, save (models/guard.pt), measure (metrics/guard.json, reports/scope.md, MLflow)."""
     from pneumo.data.preprocess import load_arrays
-    from pneumo.scope import load_scope_set, pixel_segments, with_pixels
+    from pneumo.inference.scope import load_scope_set, pixel_segments, with_pixels
     from pneumo.workspace import sha256_file
 
     network_features, size, segments = _feature_source(settings, workspace)
@@ -93,8 +93,8 @@ def guard_stage(
 def _measure(settings: Any, workspace: Workspace, guard: Guard, val: dict, val_f: np.ndarray,
              features: Features, size: int) -> dict[str, Any]:  # fmt: skip
     """Validation flagged and the synthetic probe kinds."""
-    from pneumo.guard_probes import NON_RADIOGRAPHS
-    from pneumo.scope_report import measure_probes
+    from pneumo.evaluation.guard_probes import NON_RADIOGRAPHS
+    from pneumo.evaluation.scope_report import measure_probes
 
     val_screened = [Screening(size, size, 0.0).reason(p) for p in val["images"]]
     val_reasons = reasons(guard, val_f, val_screened)[1]
@@ -103,7 +103,7 @@ def _measure(settings: Any, workspace: Workspace, guard: Guard, val: dict, val_f
         "a layout gaussian"
         + (", a kind classifier" if guard.kinds else "")
         + (", a pixel prior" if guard.prior else "")
-        + " (pneumo/scope.py)",
+        + " (pneumo/inference/scope.py)",
         "detectors": guard.detectors,
         "cutoff": guard.cutoff,
         "max_val_flag_rate": guard.max_val_flag_rate,
@@ -125,14 +125,14 @@ def _measure_sources(workspace: Workspace, guard: Guard, scope: Any, scope_f: An
     """Each real source held out; whether an unflagged one would be called pneumonia is judged
     by the evaluated decision."""
     from pneumo.decision import Decision
-    from pneumo.scope_report import measure_sources
+    from pneumo.evaluation.scope_report import measure_sources
 
     decision = Decision.load(workspace.decision) if workspace.decision.is_file() else None
     return measure_sources(guard, scope, scope_f, scope_p, train_f, val_f, decision)
 
 
 def _write(settings: Any, workspace: Workspace, report: dict[str, Any], scope: Any) -> None:
-    from pneumo.scope_report import write_scope_report
+    from pneumo.evaluation.scope_report import write_scope_report
 
     with atomic_path(workspace.guard_metrics) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")

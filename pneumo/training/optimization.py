@@ -1,6 +1,6 @@
 """What one training step optimises and how: loss, learning-rate schedule, optimiser, EMA, sampling.
 
-Every function here is pure given its seed, so the training loop in pneumo/train.py stays a
+Every function here is pure given its seed, so the training loop in pneumo/training/train.py stays a
 flat, readable sequence and each rule is unit-tested on its own.
 """
 

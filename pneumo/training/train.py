@@ -26,95 +26,42 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pneumo import accel as accelerators
-from pneumo import plots
 from pneumo.config import Settings
-from pneumo.data.augment import BatchAugmentation
 from pneumo.data.kermany import CLASSES
-from pneumo.data.preprocess import load_arrays
-from pneumo.data.transforms import NORMALISATION, augment_batch, build_augmentation, standardize
-from pneumo.distributed import (
+from pneumo.data.transforms import NORMALISATION, standardize
+from pneumo.decision.metrics import binary_metrics
+from pneumo.errors import ConfigError, PneumoError
+from pneumo.evaluation import plots
+from pneumo.inference import predict_proba, prepare
+from pneumo.models import build_model, save_model
+from pneumo.training.distributed import (
     Distributed,
     barrier,
     broadcast_from_main,
     global_mean_and_sum,
     process_group,
 )
-from pneumo.errors import ConfigError, PipelineOrderError, PneumoError
-from pneumo.inference import predict_proba, prepare
-from pneumo.metrics import binary_metrics
-from pneumo.models import build_model, save_model
-from pneumo.optimization import (
+from pneumo.training.inputs import Augmenter, load_train_data, make_augmenter
+from pneumo.training.optimization import (
     batch_loss,
     build_optimizer,
     epoch_order,
     epoch_seed,
     learning_rate,
-    sample_weights,
     update_ema,
 )
-from pneumo.train_state import TrainData, TrainResult, TrainState, fingerprint
-from pneumo.workspace import Workspace, atomic_path, sha256_file
+from pneumo.training.train_state import TrainData, TrainResult, TrainState, fingerprint
+from pneumo.workspace import Workspace, atomic_path
 
 log = logging.getLogger(__name__)
 
 # Validation metrics recorded per epoch (at the neutral threshold 0.5; the real one comes later).
 VAL_METRICS = ("log_loss", "roc_auc", "accuracy", "sensitivity", "specificity")
 EpochHook = Callable[[int, dict[str, float]], None]
-Augmenter = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 class TrainingDivergedError(PneumoError):
     """The loss became NaN or infinite; the checkpoint of the last good epoch is kept."""
-
-
-def load_train_data(
-    settings: Settings, workspace: Workspace
-) -> tuple[TrainData, dict[str, dict[str, np.ndarray]], dict[str, str]]:
-    """The train and val arrays as training takes them, their raw arrays and their sha256."""
-    cfg, size = settings.train, settings.preprocess.image_size
-    if not workspace.array_stats.is_file():
-        raise PipelineOrderError(
-            f"{workspace.array_stats} not found: run `pneumo preprocess` first"
-        )
-    arrays = {s: _load_split(workspace, s, size) for s in ("train", "val")}
-    digests = {s: sha256_file(workspace.arrays(s)) for s in arrays}
-    labels = arrays["train"]["labels"]
-    if len(labels) < cfg.batch_size:
-        raise PipelineOrderError(
-            f"the train split has {len(labels)} images, fewer than train.batch_size "
-            f"{cfg.batch_size}: lower train.batch_size"
-        )
-    data = TrainData(
-        images=torch.from_numpy(arrays["train"]["images"]).unsqueeze(1),
-        labels=labels,
-        targets=torch.as_tensor(labels, dtype=torch.float32),
-        weights=sample_weights(labels, cfg.class_balance),
-        val_images=arrays["val"]["images"],
-        val_labels=arrays["val"]["labels"],
-    )
-    return data, arrays, digests
-
-
-def _load_split(workspace: Workspace, split: str, image_size: int) -> dict[str, np.ndarray]:
-    arrays = load_arrays(workspace.arrays(split))
-    if arrays["images"].shape[1:] != (image_size, image_size):
-        raise PipelineOrderError(
-            f"{workspace.arrays(split)} holds {arrays['images'].shape[1]} px images but "
-            f"preprocess.image_size is {image_size}: run `pneumo preprocess` (or `dvc repro`)"
-        )
-    if len(np.unique(arrays["labels"])) < 2:
-        raise PipelineOrderError(f"{workspace.arrays(split)} lacks one of the classes: resplit")
-    return arrays
-
-
-def make_augmenter(settings: Settings) -> Augmenter:
-    """The configured engine as one call signature: (uint8 batch, generator) -> float batch."""
-    cfg = settings.train.augment
-    if cfg.engine == "batched":
-        return BatchAugmentation(cfg)
-    reference = build_augmentation(cfg)
-    # torchvision v2 draws from torch's global generator (seeded per epoch by the loop).
-    return lambda images, _generator: augment_batch(images, reference)
 
 
 @contextmanager
@@ -180,9 +127,8 @@ def train_one_epoch(
         pixels = pixels.to(accel.device, non_blocking=True)
         with accel.autocast():
             logits = net(standardize(pixels))
-        loss = batch_loss(
-            logits, targets, data.weights[index].to(accel.device), cfg.label_smoothing
-        )
+        weights = data.weights[index].to(accel.device)
+        loss = batch_loss(logits, targets, weights, cfg.label_smoothing)
         called = logits.detach().mean(dim=-1) if logits.ndim == 2 else logits.detach()
         batch_correct = ((called > 0) == (targets > 0.5)).sum()
         mean_loss, batch_correct = global_mean_and_sum(loss.detach(), batch_correct, ddp)

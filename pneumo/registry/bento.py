@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from pneumo.config import ServeSettings, Settings
-from pneumo.errors import ConfigError, PipelineOrderError, PneumoError
+from pneumo.config import Settings
+from pneumo.errors import PipelineOrderError, PneumoError
 from pneumo.stored_model import (
     CHAMPION_ALIAS,
     COMPARISON_FILE,
@@ -47,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # The source tree that holds serving/ next to pneumo/: the Bento's build context. Its bentofile
 # says what a Bento carries (``include``); nothing else here knows the serving layout.
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository (pneumo/registry/../..)
 BENTOFILE = SOURCE_ROOT / "serving" / "bentofile.yaml"
 
 
@@ -130,7 +129,7 @@ def fetch_from_workspace(workspace: Workspace, dest: Path) -> dict[str, Any]:
     shutil.copyfile(workspace.decision, dest / DECISION_FILE)
     shutil.copyfile(workspace.eval_metrics, dest / METRICS_FILE)
     if workspace.guard.is_file():
-        from pneumo.guard import Guard
+        from pneumo.inference.guard import Guard
 
         # Never package a guard fitted on other weights: it would flag every request.
         Guard.load(workspace.guard).check_weights(workspace.model, workspace.guard)
@@ -177,7 +176,7 @@ def card_files(workspace: Workspace, weights: Path, from_workspace: bool) -> dic
         SPLIT_FILE: workspace.split_metrics,
         ROC_FILE: workspace.eval_plots / ROC_FILE,
         COMPARISON_FILE: workspace.comparison.with_suffix(".csv"),
-        STRESS_FILE: workspace.stress_plots / "detail.json",  # pneumo/stress.py's DETAIL_FILE
+        STRESS_FILE: workspace.stress_plots / "detail.json",  # pneumo/evaluation/stress.py's DETAIL_FILE
         SHORTCUT_FILE: workspace.shortcut_metrics,
     }
     if not from_workspace:  # from a workspace, metrics.json already is the full report
@@ -287,7 +286,7 @@ def import_champion(
             "metadata": metadata,
             "files": {name: str(path) for name, path in files.items()},
         }
-        result = _run(home, ["-m", "pneumo.package"], stdin=json.dumps(request))
+        result = _run(home, ["-m", "pneumo.registry.bento"], stdin=json.dumps(request))
     if result.returncode != 0:
         raise _failure(f"importing {tag} into the model store in {home}", result)
     reused = json.loads(result.stdout.strip().splitlines()[-1])["reused"]
@@ -359,7 +358,7 @@ def build_bento(
         command = ["-m", "bentoml", "build", "-f", str(bentofile), "--version", version]
         # The Bento records the services it was built with, and `bentoml serve` refuses a service
         # it has no record of: build with model workers so that `pneumo serve --workers N` (which
-        # adds the PneumoniaModel service) serves the same Bento. The recorded args keep
+        # adds the PneumoniaService service) serves the same Bento. The recorded args keep
         # params.yaml's workers, so a plain serve still holds the model in the front process.
         graph = {SERVE_ARGS_ENV: json.dumps({"workers": max(2, settings.serve.workers)})}
         result = _run(home, [*command, "-o", "tag", str(SOURCE_ROOT)], env=graph)
@@ -391,28 +390,6 @@ def package(
     home = bentoml_home(settings, workspace)
     bento_tag, reused_bento = build_bento(settings, home, model_tag, labels, force)
     return Packaged(model_tag, bento_tag, metadata, reused_model, reused_bento)
-
-
-def serve_command(
-    settings: Settings,
-    bento_tag: str,
-    host: str | None = None,
-    port: int | None = None,
-    workers: int | None = None,
-) -> tuple[list[str], dict[str, str]]:
-    """The `bentoml serve` command line for a packaged Bento and the environment it adds;
-    ``host``, ``port`` and ``workers`` (model worker processes) override params.yaml's."""
-    given = {"host": host, "port": port, "workers": workers}
-    overrides = {name: value for name, value in given.items() if value is not None}
-    try:
-        serve = ServeSettings.model_validate({**settings.serve.model_dump(), **overrides})
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        raise ConfigError(f"--{problem['loc'][0]}: {problem['msg']}") from None
-    command = [sys.executable, "-m", "bentoml", "serve", bento_tag]
-    command += ["--host", serve.host, "--port", str(serve.port)]
-    env = {SERVE_ARGS_ENV: json.dumps({"workers": serve.workers})} if workers else {}
-    return command, env
 
 
 if __name__ == "__main__":  # the model-store child of import_champion: request on stdin

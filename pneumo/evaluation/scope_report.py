@@ -25,8 +25,8 @@ def measure_probes(
     """Photographs, documents, noise and unusable radiographs: the share flagged, and by the
     file screen alone."""
     from pneumo.data.preprocess import decode_radiograph
-    from pneumo.guard import Screening, reasons
-    from pneumo.guard_probes import probe_kinds
+    from pneumo.evaluation.guard_probes import probe_kinds
+    from pneumo.inference.guard import Screening, reasons
 
     out: dict[str, dict[str, float]] = {}
     for kind, probes in probe_kinds(val_images, settings.probes_per_kind, settings.seed).items():
@@ -54,8 +54,8 @@ def measure_sources(
     one source out): flagged by the one-class detectors alone, by what a clone without the set
     ships (they and the pixel prior), by the whole check; and how many would be called pneumonia
     with no flag (the harm the check exists to prevent)."""
-    from pneumo.guard import fit_kinds
-    from pneumo.scope import KIND_C, KIND_SEGMENTS, PIXELS_SEGMENT, PRIOR_C, segment
+    from pneumo.inference.guard import fit_kinds
+    from pneumo.inference.scope import KIND_C, KIND_SEGMENTS, PIXELS_SEGMENT, PRIOR_C, segment
 
     if scope_features is None or not len(scope):
         return {"n": 0, "note": "no out-of-scope set (data.scope_root): one-class detectors only"}

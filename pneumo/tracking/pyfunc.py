@@ -16,7 +16,7 @@ from pneumo.inference import predict_proba
 from pneumo.models import load_model
 
 
-class PneumoniaModel(mlflow.pyfunc.PythonModel):
+class PneumoniaPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around a pneumo model file (the ``model`` artifact)."""
 
     def load_context(self, context: Any) -> None:
@@ -31,4 +31,4 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         return predict_proba(self.model, images, tta=bool(self.metadata.get("tta", False)))
 
 
-mlflow.models.set_model(PneumoniaModel())
+mlflow.models.set_model(PneumoniaPyfunc())

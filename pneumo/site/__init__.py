@@ -1,0 +1,1 @@
+"""A new site: calibrate on its labelled sample, adapt to its unlabelled stream."""
