@@ -66,7 +66,14 @@ CONFIGS: dict[str, tuple[dict[str, str], bool]] = {
     "batching_on_log_off": ({"monitor.enabled": "false"}, False),  # the prediction log's cost
 }
 CORES = len(os.sched_getaffinity(0))
-TARGETS = {"p50_ms_at_1": 20.0, "p99_ms_at_8": 100.0, "throughput_ratio_at_32": 0.8}
+# Issue 26: p99 at 8 clients <= 50 ms, in-process decode + inference >= 400 images/s (and
+# issue 11's, kept).
+TARGETS = {
+    "p50_ms_at_1": 20.0,
+    "p99_ms_at_8": 50.0,
+    "throughput_ratio_at_32": 0.8,
+    "in_process_images_per_s": 400.0,
+}
 
 
 def bench_workspace(
@@ -104,8 +111,13 @@ def in_process(
     images: list[bytes], workspace: Workspace, settings: Settings, rounds: int = 3
 ) -> dict[str, Any]:
     """Decode with the service's upload path and predict all images in one call, here: the
-    median of ``rounds``, in wall time and in CPU time (this process, all threads)."""
-    from pneumo.accel import configure_threads
+    median of ``rounds``, in wall time and in CPU time (this process, all threads).
+
+    Decoding runs on one thread per core, as the service runs it (one decode per core at a time,
+    serving/service.py ``decode_limiter``); the one-thread figure is reported beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pneumo.accel import available_cores, configure_threads
     from pneumo.inference.predictor import Predictor
     from serving.inputs import read_radiograph
 
@@ -114,24 +126,31 @@ def in_process(
     predictor = Predictor.from_workspace(workspace, model.accelerator(), model.runtime)
     side, serve = predictor.image_size, settings.serve
     predictor.probabilities(np.zeros((2, side, side), np.uint8))
-    decode, infer, cpu = [], [], []
-    for _ in range(rounds):
-        cpu_start, start = psutil.Process().cpu_times(), time.perf_counter()
-        decoded = [
-            read_radiograph(data, "image/jpeg", side, serve.max_pixels, serve.min_side)
-            for data in images
-        ]
-        middle = time.perf_counter()
-        predictor.probabilities(np.stack([d.pixels for d in decoded]), batch_size=len(decoded))
-        end, cpu_end = time.perf_counter(), psutil.Process().cpu_times()
-        decode.append(middle - start)
-        infer.append(end - middle)
-        cpu.append(sum(cpu_end[:2]) - sum(cpu_start[:2]))
+
+    def read(data: bytes) -> Any:
+        return read_radiograph(data, "image/jpeg", side, serve.max_pixels, serve.min_side)
+
+    decode, one_thread, infer, cpu = [], [], [], []
+    with ThreadPoolExecutor(available_cores(), thread_name_prefix="decode") as pool:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            [read(data) for data in images]
+            one_thread.append(time.perf_counter() - start)
+            cpu_start, start = psutil.Process().cpu_times(), time.perf_counter()
+            decoded = list(pool.map(read, images))
+            middle = time.perf_counter()
+            predictor.probabilities(np.stack([d.pixels for d in decoded]), len(decoded))
+            end, cpu_end = time.perf_counter(), psutil.Process().cpu_times()
+            decode.append(middle - start)
+            infer.append(end - middle)
+            cpu.append(sum(cpu_end[:2]) - sum(cpu_start[:2]))
     n, decode_s, infer_s = len(images), float(np.median(decode)), float(np.median(infer))
     return {
         "network": str(predictor.network) if predictor.network is not predictor.model else "torch",
         "threads": threads,
+        "decode_threads": available_cores(),
         "decode_images_per_s": round(n / decode_s, 1),
+        "decode_images_per_s_one_thread": round(n / float(np.median(one_thread)), 1),
         "inference_images_per_s": round(n / infer_s, 1),
         "decode_plus_inference_images_per_s": round(n / (decode_s + infer_s), 1),
         "ms_per_image": round(1000 * (decode_s + infer_s) / n, 2),
@@ -255,10 +274,12 @@ def run_config(
     runtime = resolve_runtime(model.runtime, model.accelerator())
     top = next((lv for lv in levels if lv["concurrency"] == 32 and "requests_per_s" in lv), None)
     ratio = top["requests_per_s"] / baseline["decode_plus_inference_images_per_s"] if top else None
-    # The same ratio from CPU time: served capacity on idle cores over the in-process loop's
-    # rate on one idle core (it decodes on one thread).
+    # The same ratio from CPU time: served capacity on idle cores over what the in-process loop's
+    # CPU time per image allows on the same cores.
     estimate = (
-        top["capacity_per_s_on_idle_cores"] * baseline["cpu_ms_per_image"] / 1000 if top else None
+        top["capacity_per_s_on_idle_cores"] * baseline["cpu_ms_per_image"] / 1000 / CORES
+        if top
+        else None
     )
     return {
         "settings": {
@@ -277,9 +298,10 @@ def run_config(
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
-    """Issue 11's three serving targets for one configuration's result."""
+    """The serving targets (issues 11 and 26) for one configuration's result."""
     by_level = {lv["concurrency"]: lv for lv in result.get("levels", []) if "p50_ms" in lv}
     got = {
+        "in_process_images_per_s": result["in_process"]["decode_plus_inference_images_per_s"],
         "p50_ms_at_1": by_level.get(1, {}).get("p50_ms"),
         "p99_ms_at_8": by_level.get(8, {}).get("p99_ms"),
         "throughput_ratio_at_32": result.get("throughput_ratio_at_32"),
@@ -287,7 +309,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, limit in TARGETS.items():
         value = got[key]
-        met = None if value is None else value >= limit if "ratio" in key else value <= limit
+        higher_is_better = "ratio" in key or "per_s" in key
+        met = None if value is None else value >= limit if higher_is_better else value <= limit
         out[key] = {"value": value, "target": limit, "met": met}
     return out
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn import metrics as skm
 
 # The numbers of :func:`binary_metrics` that are single scores (confusion and n are not).
@@ -58,16 +59,21 @@ def binary_metrics(
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
     predicted = (p >= threshold).astype(int)
-    tn, fp, fn, tp = skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    # The confusion counts directly (skm.confusion_matrix's input checks cost more than the
+    # counting, and the stress and site simulations score thousands of small sets).
+    tn, fp, fn, tp = (int(n) for n in np.bincount(2 * y + predicted, minlength=4)[:4])
     both = len(np.unique(y)) == 2
+    with sklearn.config_context(skip_parameter_validation=True):
+        roc_auc = float(skm.roc_auc_score(y, p)) if both else float("nan")
+        pr_auc = float(skm.average_precision_score(y, p)) if both else float("nan")
     return {
         "accuracy": float((tp + tn) / len(y)) if len(y) else float("nan"),
         "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
         "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
         "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
         "f1": float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0,
-        "roc_auc": float(skm.roc_auc_score(y, p)) if both else float("nan"),
-        "pr_auc": float(skm.average_precision_score(y, p)) if both else float("nan"),
+        "roc_auc": roc_auc,
+        "pr_auc": pr_auc,
         "brier": float(np.mean((p - y) ** 2)),
         "ece": expected_calibration_error(y, p, bins),
         "log_loss": log_loss(y, p),

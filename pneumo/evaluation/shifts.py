@@ -156,6 +156,18 @@ SHIFTS: tuple[Shift, ...] = (
 )
 
 
+def on_every_core(function: Callable[[int], np.ndarray], count: int) -> list[np.ndarray]:
+    """``function`` of 0..count-1 on one thread per core. The image work (PIL filters and
+    codecs, numpy) releases the GIL, and each image's randomness is seeded by its index, so the
+    result is the one a single thread gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pneumo.accel import available_cores
+
+    with ThreadPoolExecutor(available_cores(), thread_name_prefix="stress") as pool:
+        return list(pool.map(function, range(count)))
+
+
 def shifted_images(
     working: np.ndarray, shift: Shift, severity: int, image_size: int, seed: int
 ) -> np.ndarray:
@@ -163,13 +175,15 @@ def shifted_images(
     from pneumo.data.preprocess import decode_radiograph
 
     level = shift.levels[severity - 1]
-    out = np.empty((len(working), image_size, image_size), dtype=np.uint8)
-    for index, image in enumerate(working):
+
+    def one(index: int) -> np.ndarray:
         rng = np.random.default_rng([seed, index, severity, SHIFTS.index(shift)])
-        changed = shift.apply(image, level, rng)
+        changed = shift.apply(working[index], level, rng)
         source = changed if isinstance(changed, bytes) else Image.fromarray(changed)
-        out[index] = decode_radiograph(source, image_size)
-    return out
+        return decode_radiograph(source, image_size)
+
+    images = on_every_core(one, len(working))
+    return np.stack(images) if images else np.empty((0, image_size, image_size), np.uint8)
 
 
 def working_copies(paths: list[str], image_size: int, workers: int = 0) -> np.ndarray:

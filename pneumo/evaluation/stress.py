@@ -30,7 +30,13 @@ from PIL import Image, ImageFilter
 from pneumo.data.shortcut import edge_energy
 from pneumo.decision.metrics import binary_metrics
 from pneumo.decision.prevalence import logit
-from pneumo.evaluation.shifts import SEVERITIES, SHIFTS, shifted_images, working_copies
+from pneumo.evaluation.shifts import (
+    SEVERITIES,
+    SHIFTS,
+    on_every_core,
+    shifted_images,
+    working_copies,
+)
 from pneumo.workspace import atomic_path
 
 log = logging.getLogger(__name__)
@@ -209,9 +215,12 @@ def counterfactual_images(
 
     energies = np.array([edge_energy(image) for image in working])
     targets = counterfactual_targets(energies, labels, severity)
-    return np.stack([decode_radiograph(Image.fromarray(match_edge_energy(image, target)),
-                                       image_size)
-                     for image, target in zip(working, targets, strict=True)])  # fmt: skip
+
+    def one(index: int) -> np.ndarray:
+        swapped = match_edge_energy(working[index], targets[index])
+        return decode_radiograph(Image.fromarray(swapped), image_size)
+
+    return np.stack(on_every_core(one, len(working)))
 
 
 
