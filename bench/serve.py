@@ -153,6 +153,9 @@ def in_process(
         "decode_images_per_s_one_thread": round(n / float(np.median(one_thread)), 1),
         "inference_images_per_s": round(n / infer_s, 1),
         "decode_plus_inference_images_per_s": round(n / (decode_s + infer_s), 1),
+        "decode_plus_inference_images_per_s_one_thread": round(
+            n / (float(np.median(one_thread)) + infer_s), 1
+        ),
         "ms_per_image": round(1000 * (decode_s + infer_s) / n, 2),
         "cpu_ms_per_image": round(1000 * float(np.median(cpu)) / n, 2),
     }
@@ -273,13 +276,14 @@ def run_config(
     model, serve = settings.model, settings.serve
     runtime = resolve_runtime(model.runtime, model.accelerator())
     top = next((lv for lv in levels if lv["concurrency"] == 32 and "requests_per_s" in lv), None)
-    ratio = top["requests_per_s"] / baseline["decode_plus_inference_images_per_s"] if top else None
-    # The same ratio from CPU time: served capacity on idle cores over what the in-process loop's
-    # CPU time per image allows on the same cores.
+    # Issue 11's ratio, as it was defined: requests/s at 32 clients over the in-process loop
+    # decoding on one thread (its ceiling with every core decoding is reported beside it).
+    ceiling = baseline["decode_plus_inference_images_per_s_one_thread"]
+    ratio = top["requests_per_s"] / ceiling if top else None
+    # The same ratio from CPU time: served capacity on idle cores over the in-process loop's
+    # rate on one idle core.
     estimate = (
-        top["capacity_per_s_on_idle_cores"] * baseline["cpu_ms_per_image"] / 1000 / CORES
-        if top
-        else None
+        top["capacity_per_s_on_idle_cores"] * baseline["cpu_ms_per_image"] / 1000 if top else None
     )
     return {
         "settings": {
@@ -293,6 +297,11 @@ def run_config(
         "in_process": baseline,
         "levels": levels,
         "throughput_ratio_at_32": round(ratio, 2) if ratio else None,
+        "throughput_ratio_at_32_all_cores_decoding": round(
+            top["requests_per_s"] / baseline["decode_plus_inference_images_per_s"], 2
+        )
+        if top
+        else None,
         "throughput_ratio_at_32_on_idle_cores_estimate": round(estimate, 2) if estimate else None,
     }
 
