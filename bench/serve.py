@@ -3,6 +3,7 @@
 Prints one JSON object with:
 - ``runtimes``: the network in torch, OpenVINO and ONNX Runtime at batch 1 and 32, with and
   without test-time augmentation, on the decoded originals (bench/runtimes.py);
+- ``decode_formats``: the upload path's decode of the same radiographs as JPEG, PNG and DICOM;
 - ``in_process``: the service's decode path and the served predictor (same runtime, precision
   and TTA) in this process, all images in one call: the ceiling the server is compared with;
 - ``server``: `bentoml serve` on a free 127.0.0.1 port for each configuration of CONFIGS, sent
@@ -159,6 +160,49 @@ def in_process(
         "ms_per_image": round(1000 * (decode_s + infer_s) / n, 2),
         "cpu_ms_per_image": round(1000 * float(np.median(cpu)) / n, 2),
     }
+
+
+def decode_formats(images: list[bytes], settings: Settings, rounds: int = 3) -> dict[str, Any]:
+    """The upload path's decode, one thread, of the same radiographs as JPEG, PNG and DICOM
+    (JPEG baseline encapsulated, and uncompressed), in images/s: PNG and uncompressed DICOM
+    cannot be decoded at a reduced scale, so their whole pixel matrix is read."""
+    import io
+
+    from PIL import Image
+
+    from serving.dicom.results import part10
+    from serving.dicom.send import wrap_radiograph
+    from serving.inputs import read_radiograph
+
+    side, serve = settings.preprocess.image_size, settings.serve
+
+    def png(data: bytes) -> bytes:
+        out = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("L").save(out, "PNG")
+        return out.getvalue()
+
+    def raw_dicom(data: bytes) -> bytes:
+        return part10(wrap_radiograph(png(data)))
+
+    sets = {
+        "jpeg": ("image/jpeg", images),
+        "png": ("image/png", [png(d) for d in images]),
+        "dicom_jpeg_baseline": ("application/dicom", [part10(wrap_radiograph(d)) for d in images]),
+        "dicom_uncompressed": ("application/dicom", [raw_dicom(d) for d in images]),
+    }
+    out: dict[str, Any] = {}
+    for name, (content_type, files) in sets.items():
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for data in files:
+                read_radiograph(data, content_type, side, serve.max_pixels, serve.min_side)
+            times.append(time.perf_counter() - start)
+        out[name] = {
+            "mean_kb": round(sum(map(len, files)) / len(files) / 1024, 1),
+            "images_per_s_one_thread": round(len(files) / float(np.median(times)), 1),
+        }
+    return out
 
 
 def latency_split(client_ms: np.ndarray, phases: list[dict[str, float]]) -> dict[str, float]:
@@ -375,6 +419,7 @@ def main() -> None:
         if not args.skip_runtimes:
             decoded = runtimes.decode_originals(args.images, settings.preprocess.image_size)
             out["runtimes"] = runtimes.compare(model_ws.model, decoded, settings.model.threads)
+        out["decode_formats"] = decode_formats(images, settings)
         servers: dict[str, Any] = {}
         for name in args.configs.split(","):
             if deadline - time.monotonic() < 60:
