@@ -3,7 +3,7 @@
 The decision threshold is fixed by a documented rule (params.yaml ``evaluate.threshold_rule``) on
 the validation split before the test split is scored, so no test label can shape the decision.
 Intervals come from a patient-level bootstrap: images of one patient are resampled together.
-:func:`score` is the one way a labelled set is scored: the test split here, the champion's
+:func:`score_split` is the one way a labelled set is scored: the test split here, the champion's
 re-scoring at the gate, external folders and site samples all call it.
 """
 

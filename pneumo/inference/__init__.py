@@ -19,7 +19,7 @@ from pneumo.accel import Accelerator
 from pneumo.data.transforms import standardize
 
 CPU_FP32 = Accelerator("cpu", "fp32")
-# Every probability leaves :func:`predict` rounded to this many decimals (1e-6). The same image
+# Every probability leaves :func:`forward_pass` rounded to this many decimals (1e-6). The same image
 # scored in another batch, by another route or with another thread count can differ in the last
 # float bits (kernels pick other blockings; bf16 and fp32 differ more); rounding here, before any
 # threshold or metric, is what makes "one image, one probability" hold at a documented precision,

@@ -2,7 +2,7 @@
 
 The gate compares like with like: the challenger's test metrics (from ``pneumo evaluate``) and the
 champion's own weights and ``decision.json`` run through the same :func:`pneumo.inference.predict_proba`
-and :func:`pneumo.evaluation.evaluate.score` on the same test images.
+and :func:`pneumo.evaluation.evaluate.score_split` on the same test images.
 """
 
 from __future__ import annotations
