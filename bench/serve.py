@@ -92,6 +92,9 @@ def bench_workspace(
     if source is not None:
         shutil.copyfile(source.model, workspace.model)
         shutil.copyfile(source.eval_metrics, workspace.eval_metrics)
+        for path, into in ((source.guard, workspace.guard), (source.precision, workspace.precision)):
+            if path.is_file():  # served with its guard, and bf16 where its evidence allows
+                shutil.copyfile(path, into)
         decision = json.loads(source.decision.read_text())
     else:
         torch.manual_seed(0)
@@ -124,7 +127,9 @@ def in_process(
 
     threads = configure_threads(settings.model.threads)
     model = settings.model
-    predictor = Predictor.from_workspace(workspace, model.accelerator(), model.runtime)
+    # As the service loads it: with its guard, and its precision evidence (bf16 where allowed).
+    predictor = Predictor.from_files(workspace.model, workspace.decision, model.accelerator(),
+                                     model.runtime, workspace.guard, workspace.precision)  # fmt: skip
     side, serve = predictor.image_size, settings.serve
     predictor.probabilities(np.zeros((2, side, side), np.uint8))
 
@@ -332,7 +337,9 @@ def run_config(
     return {
         "settings": {
             "runtime": runtime,
-            "precision": model.accelerator().precision if runtime == "torch" else "fp32",
+            "precision": model.accelerator().precision
+            if runtime == "torch"
+            else ("bf16" if "bf16" in baseline["network"] else "fp32"),
             "tta": tta,
             "workers": serve.workers,
             "adaptive_batching": serve.adaptive_batching,

@@ -53,6 +53,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """``threads`` torch threads inside the block: torch's count is per process, so only for a
+    caller that is the process's one torch user at the time (the service's model thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def configure_threads(threads: int = 0) -> int:
     """Use ``threads`` torch threads (0 = one per available core); call once per process."""
     wanted = threads or available_cores()

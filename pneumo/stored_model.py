@@ -14,6 +14,8 @@ from pneumo.workspace import sha256_file
 MODEL_FILE = "model.pt"  # weights + metadata, loaded weights-only
 DECISION_FILE = "decision.json"  # the decision threshold and referral band
 GUARD_FILE = "guard.pt"  # the out-of-distribution guard fitted on the model's features
+# What precision the network may run at, and the stress stage's evidence for it (absent: fp32).
+PRECISION_FILE = "precision.json"
 METRICS_FILE = "metrics.json"  # the evaluation metrics (a registry model: its headline numbers)
 # What the model card shows besides metrics.json, carried only when present and when the
 # workspace's evaluation is of the packaged weights.

@@ -113,6 +113,12 @@ class Workspace:
         return self.root / "models" / "guard.pt"
 
     @property
+    def precision(self) -> Path:
+        """The stress stage's evidence on reduced precision (bf16, int8) against fp32, and what
+        the service may run (pneumo/evaluation/precision.py), shipped with the model."""
+        return self.root / "models" / "precision.json"
+
+    @property
     def guard_metrics(self) -> Path:
         """How much of the validation split and of each kind of foreign image the guard flags."""
         return self.root / "metrics" / "guard.json"

@@ -59,6 +59,30 @@ class CompareSettings(_Section):
     )
 
 
+class ReducedPrecisionSettings(_Section):
+    """Issue 26: the network runs at reduced precision only where the stress stage's evidence,
+    on the validation split and its shifted and counterfactual copies, stays within these."""
+
+    candidates: tuple[Literal["bf16", "int8"], ...] = Field(
+        ("bf16", "int8"),
+        description="OpenVINO bf16 (measured only where the CPU computes bf16 natively) and int8 "
+        "(NNCF post-training quantisation calibrated on the train split)",
+    )
+    max_probability_gap: float = Field(
+        0.02, gt=0.0, lt=1.0, description="largest |p - p_fp32| on any image: a fifth of the "
+        "referral margin, so the band keeps its meaning",
+    )  # fmt: skip
+    max_flip_rate: float = Field(
+        0.002, ge=0.0, lt=1.0, description="share of images whose call changes at the threshold"
+    )
+    max_auc_drop: float = Field(0.002, ge=0.0, lt=1.0, description="on the clean set and any shift")
+    max_cue_effect_change: float = Field(
+        0.05, ge=0.0, description="counterfactual cue effect (logits, severity 2): the shortcut "
+        "meter must not move",
+    )  # fmt: skip
+    calibration_images: int = Field(300, ge=10, le=5000, description="int8: train images")
+
+
 class StressSettings(_Section):
     """`pneumo stress`: the validation split under a fixed battery of acquisition shifts."""
 
@@ -70,6 +94,7 @@ class StressSettings(_Section):
         description="the threshold-rule table (plots/stress/detail.json operating_points) recommends "
         "the rule that keeps this sensitivity on every simulated site",
     )
+    reduced_precision: ReducedPrecisionSettings = ReducedPrecisionSettings()
 
 
 class CalibrateSettings(_Section):

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # What each stress figure reports per shift (at the validation-chosen threshold).
 REPORTED = ("roc_auc", "sensitivity", "specificity", "accuracy")
+# Sees each scored set: (name, model pixels, probabilities) (pneumo/evaluation/precision.py).
+Observer = Callable[[str, np.ndarray, np.ndarray], None]
 
 
 def stress_report(
@@ -53,13 +55,17 @@ def stress_report(
     image_size: int,
     seed: int = 0,
     collected: dict[str, np.ndarray] | None = None,
+    observe: Observer | None = None,
 ) -> dict[str, Any]:
     """Score ``predict`` on the clean working copies and on every shift and severity; with
-    ``collected``, keep each set's probabilities there (``clean``, ``NAME@SEVERITY``)."""
+    ``collected``, keep each set's probabilities there (``clean``, ``NAME@SEVERITY``); with
+    ``observe``, show it each set's images and probabilities (the counterfactual swaps too)."""
     from pneumo.data.preprocess import decode_radiograph
 
     def scored(images: np.ndarray, name: str) -> dict[str, float]:
         probabilities = predict(images)
+        if observe is not None:
+            observe(name, images, probabilities)
         if collected is not None:
             collected[name] = probabilities
         values = binary_metrics(labels, probabilities, threshold)
@@ -82,7 +88,7 @@ def stress_report(
     report["shifts"] = shifts
     report["summary"] = summarise(shifts)
     report["counterfactual"] = counterfactual_report(predict, working, clean, labels, threshold,
-                                                     image_size, collected)  # fmt: skip
+                                                     image_size, collected, observe)  # fmt: skip
     return report
 
 
@@ -223,8 +229,6 @@ def counterfactual_images(
     return np.stack(on_every_core(one, len(working)))
 
 
-
-
 def counterfactual_report(
     predict: Callable[[np.ndarray], np.ndarray],
     working: np.ndarray,
@@ -233,6 +237,7 @@ def counterfactual_report(
     threshold: float,
     image_size: int,
     collected: dict[str, np.ndarray] | None = None,
+    observe: Observer | None = None,
 ) -> dict[str, Any]:
     """Sensitivity, specificity and ROC-AUC when the classes trade acquisition looks.
 
@@ -243,7 +248,10 @@ def counterfactual_report(
     report: dict[str, Any] = {"describes": COUNTERFACTUAL_DESCRIBES}
     normal, pneumonia = labels == 0, labels == 1
     for severity in SEVERITIES:
-        p_swapped = predict(counterfactual_images(working, labels, severity, image_size))
+        swapped = counterfactual_images(working, labels, severity, image_size)
+        p_swapped = predict(swapped)
+        if observe is not None:
+            observe(f"cf_swap@{severity}", swapped, p_swapped)
         if collected is not None:
             collected[f"cf_swap@{severity}"] = p_swapped
         cases = {
@@ -251,13 +259,10 @@ def counterfactual_report(
             "pneumonia_as_normal": np.where(pneumonia, p_swapped, p_clean),
             "swap": p_swapped,
         }
-        moved = logit(p_swapped) - logit(p_clean)
         for name, probabilities in cases.items():
             values = binary_metrics(labels, probabilities, threshold)
             report.setdefault(name, {})[str(severity)] = {k: values[k] for k in REPORTED}
-        report.setdefault("cue_effect", {})[str(severity)] = float(
-            (moved[normal].mean() - moved[pneumonia].mean()) / 2
-        )
+        report.setdefault("cue_effect", {})[str(severity)] = cue_effect(p_clean, p_swapped, labels)
     report["summary"] = {
         "abs_cue_effect": abs(report["cue_effect"]["2"]),
         "specificity": report["normal_as_pneumonia"]["2"]["specificity"],
@@ -273,6 +278,13 @@ def counterfactual_report(
     return report
 
 
+def cue_effect(clean: np.ndarray, swapped: np.ndarray, labels: np.ndarray) -> float:
+    """How far the network moves towards the class whose acquisition look an image was given
+    (logits, both classes averaged): 0 for a network blind to the look."""
+    moved = logit(swapped) - logit(clean)
+    return float((moved[labels == 0].mean() - moved[labels == 1].mean()) / 2)
+
+
 def shortcut_metrics(workspace: Any) -> dict[str, float]:
     """The data's shortcut meter (validate, reports/validation.json) for the run, beside the
     counterfactual figures that say whether this network took the shortcut."""
@@ -282,6 +294,26 @@ def shortcut_metrics(workspace: Any) -> dict[str, float]:
     values = {"data/shortcut_roc_auc": meter.get("roc_auc")}
     values |= {f"data/shortcut/{cue}": auc for cue, auc in (meter.get("per_cue") or {}).items()}
     return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+
+
+def precision_probe(settings: Any, workspace: Any, predictor: Any) -> Any:
+    """The reduced-precision candidates, int8 calibrated on a seeded draw of the train split."""
+    from pneumo.data.preprocess import load_arrays
+    from pneumo.evaluation.precision import PrecisionProbe
+
+    train = load_arrays(workspace.arrays("train"))["images"]
+    rng = np.random.default_rng(settings.stress.seed)
+    count = min(len(train), settings.stress.reduced_precision.calibration_images)
+    calibration = train[np.sort(rng.choice(len(train), count, replace=False))]
+    return PrecisionProbe(predictor, settings, calibration)
+
+
+def precision_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics of the precision evidence: each measured candidate's figures."""
+    keys = ("max_probability_gap", "flip_rate", "worst_auc_drop", "cue_effect_change")
+    return {f"precision/{name}/{key}": float(figures[key])
+            for name, figures in report["candidates"].items()
+            if figures.get("measured", True) for key in keys}  # fmt: skip
 
 
 def stress(settings: Any, workspace: Any) -> dict[str, Any]:
@@ -299,11 +331,17 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
     working = working_copies([str(root / p) for p in val["paths"]], predictor.image_size,
                              settings.preprocess.workers)  # fmt: skip
     sets: dict[str, np.ndarray] = {}
+    probe = precision_probe(settings, workspace, predictor)
     report = stress_report(
         lambda images: predictor.probabilities(images, settings.model.batch_size),
         working, val["labels"], predictor.threshold, predictor.image_size, settings.stress.seed,
-        sets,
+        sets, probe,
     )  # fmt: skip
+    from pneumo.evaluation.precision import evidence, write_evidence
+
+    report["precision"] = evidence(probe, sets, val["labels"], predictor.threshold,
+                                   settings.stress.reduced_precision)  # fmt: skip
+    write_evidence(report["precision"], workspace.precision)
     from pneumo.decision.operating_point import referral_table, rule_table
 
     # Which threshold rule holds on simulated sites (this network's probabilities, validation),
@@ -330,6 +368,7 @@ def stress(settings: Any, workspace: Any) -> dict[str, Any]:
         flat = {f"stress/{k}": v for k, v in report["summary"].items() if isinstance(v, float)}
         flat |= {f"counterfactual/{k}": v for k, v in report["counterfactual"]["summary"].items()}
         flat |= shortcut_metrics(workspace)
+        flat |= precision_metrics(report["precision"])
         tracking.log_to_run(settings, workspace, workspace.run_id.read_text().strip(), flat,
                             files, "stress")  # fmt: skip
     s = report["summary"]

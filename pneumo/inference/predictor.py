@@ -77,10 +77,13 @@ class Predictor:
         accel: Accelerator = CPU_FP32,
         runtime: str = "torch",
         guard_path: Path | None = None,
+        precision_path: Path | None = None,
     ) -> Predictor:
         """The model, its decision and (when ``guard_path`` exists) its input guard; ``runtime``
-        is ``model.runtime`` (torch: the model as is; else exported once, here, and checked)."""
-        from pneumo.inference.runtime import compile_network
+        is ``model.runtime`` (torch: the model as is; else exported once, here, and checked).
+        ``precision_path``: the model's precision evidence, which may allow bf16 (the service
+        passes it; evaluation and batch scoring stay fp32, the evidence's reference)."""
+        from pneumo.inference.runtime import ServedPrecision, compile_network
         from pneumo.models import load_model
 
         decision = Decision.load(decision_path)
@@ -89,7 +92,9 @@ class Predictor:
         guard = Guard.load(guard_path) if guard_path and Path(guard_path).is_file() else None
         if guard is not None:
             guard.check_weights(Path(model_path), guard_path)
-        network = compile_network(model, runtime, accel, features=guard is not None)
+        evidence = ServedPrecision.load(precision_path)
+        network = compile_network(model, runtime, accel, features=guard is not None,
+                                  evidence=evidence)  # fmt: skip
         return cls(model, metadata, decision, model_id, accel, guard, network)
 
     @classmethod

@@ -6,12 +6,14 @@ two) and compiled by the chosen runtime, then checked against torch on probe ima
 is used. The result is called like the torch module, standardised pixels (N, 1, S, S) ->
 logits (N,), so :func:`pneumo.inference.predict_proba` stays the one way to probabilities.
 
-``model.runtime: auto`` is OpenVINO on a CPU and torch on a GPU. An exported network always
-computes in fp32 and equals torch fp32 to 1e-4 (checked at load, tested on real radiographs),
-whatever ``model.precision`` says: OpenVINO's bf16 mode is 3x faster at batch 32 but drifted up
-to 1.6e-2 from fp32 on real images, where torch's bf16 autocast drifts 5e-3 (tests/model/
-test_runtime.py, bench/runtimes.py). At the batch sizes a service sees (1-8), OpenVINO fp32 is
-2-3x faster than torch bf16 on this 2-core CPU. Grad-CAM needs gradients and runs in torch.
+``model.runtime: auto`` is OpenVINO on a CPU and torch on a GPU. An exported network computes
+in fp32 and equals torch fp32 to 1e-4 (checked at load, tested on real radiographs), except where
+the model carries evidence for bf16: OpenVINO's bf16 is about twice as fast but moves
+probabilities by up to ~1e-2, so it runs only where the stress stage measured it against fp32 on
+every clean, shifted and counterfactual validation image within ``stress.reduced_precision``'s
+bounds (models/precision.json, pneumo/evaluation/precision.py) and the CPU computes bf16 natively
+(``model.precision: auto``). At the batch sizes a service sees (1-8), OpenVINO fp32 is 2-3x
+faster than torch bf16 on this 2-core CPU. Grad-CAM needs gradients and runs in torch.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -142,7 +147,8 @@ def _quiet(names: tuple[str, ...]) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _openvino(onnx: bytes, threads: int, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+def _openvino(onnx: bytes, threads: int, precision: str,
+              calibration: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:  # fmt: skip
     try:
         import openvino as ov
     except ImportError as exc:
@@ -155,7 +161,10 @@ def _openvino(onnx: bytes, threads: int, precision: str) -> Callable[[np.ndarray
         "ENABLE_CPU_PINNING": False,  # the cores are shared with decoding and other processes
     }
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(onnx, b""), "CPU", config)
+    network = core.read_model(onnx, b"")
+    if precision == "int8":
+        network = _quantized(network, calibration)
+    compiled = core.compile_model(network, "CPU", config)
     local = threading.local()  # an infer request serves one thread at a time
 
     def run(pixels: np.ndarray) -> np.ndarray:
@@ -166,6 +175,25 @@ def _openvino(onnx: bytes, threads: int, precision: str) -> Callable[[np.ndarray
         return [result[i] for i in range(len(result))]
 
     return run
+
+
+def _quantized(network: Any, calibration: np.ndarray | None) -> Any:
+    """NNCF post-training int8 quantisation, its ranges calibrated on ``calibration`` (uint8
+    radiographs (N, S, S), standardised as every forward pass does)."""
+    if calibration is None or not len(calibration):
+        raise ConfigError("int8 needs calibration images (the train split)")
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ConfigError("int8 needs NNCF: pip install nncf==3.4.0") from exc
+    from pneumo.data.transforms import standardize
+
+    def pixels(image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(standardize(torch.from_numpy(image[None])).numpy())
+
+    with _quiet(("nncf",)):
+        dataset = nncf.Dataset(list(calibration), pixels)
+        return nncf.quantize(network, dataset, subset_size=len(calibration))
 
 
 def _onnxruntime(onnx: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -186,16 +214,19 @@ def export_network(
     precision: str = "fp32",
     threads: int = 0,
     features: bool = False,
+    calibration: np.ndarray | None = None,
 ) -> ExportedNetwork:
     """``model`` exported to ONNX and compiled by ``runtime`` (openvino or onnxruntime), not
-    checked: bf16 is for measuring only (bench/runtimes.py); serving uses compile_network."""
-    if precision == "bf16" and runtime != "openvino":
-        raise ConfigError(f"{runtime} has no bf16 CPU kernels here: use fp32")
+    checked: serving uses compile_network. ``precision`` bf16 and int8 (NNCF, calibrated on
+    ``calibration``) are OpenVINO's; the stress stage measures them (pneumo/evaluation/precision.py).
+    """
+    if precision != "fp32" and runtime != "openvino":
+        raise ConfigError(f"{runtime} has no {precision} CPU kernels here: use fp32")
     image_size = int(model.image_size)
     threads = threads or torch.get_num_threads()
     onnx = export_onnx(model, image_size, features)
     if runtime == "openvino":
-        run = _openvino(onnx, threads, precision)
+        run = _openvino(onnx, threads, precision, calibration)
     else:
         run = _onnxruntime(onnx, threads)
     described = f"{runtime} {precision}, {threads} threads" + (" (+ features)" if features else "")
@@ -203,20 +234,59 @@ def export_network(
 
 
 def compile_network(
-    model: nn.Module, runtime: str, accel: Accelerator, threads: int = 0, features: bool = False
+    model: nn.Module,
+    runtime: str,
+    accel: Accelerator,
+    threads: int = 0,
+    features: bool = False,
+    evidence: ServedPrecision | None = None,
 ) -> nn.Module:
-    """What runs ``model``'s forward pass: the model itself (torch) or its fp32 export, checked
+    """What runs ``model``'s forward pass: the model itself (torch) or its export, checked
     against torch. ``threads`` 0 uses torch's thread count (:func:`pneumo.accel.configure_threads`).
+
+    The export computes in fp32, unless ``evidence`` (the model's precision.json, written by the
+    stress stage) allows bf16, the runtime is OpenVINO and ``model.precision`` resolved to bf16
+    (``auto``: a CPU with native bf16): then bf16, checked within the evidence's bound.
     """
     chosen = resolve_runtime(runtime, accel)
     if chosen == "torch":
         return model
-    network = export_network(model, chosen, "fp32", threads, features)
-    check_network(model, network)
-    if accel.precision != "fp32":
-        log.info("model.precision %s: the exported network computes in fp32", accel.precision)
+    precision, tolerance = "fp32", TOLERANCE
+    if evidence is not None and evidence.precision == "bf16":
+        if chosen == "openvino" and accel.precision == "bf16":
+            precision, tolerance = "bf16", evidence.tolerance
+        else:
+            why = (
+                "model.precision is fp32 here" if chosen == "openvino" else f"{chosen} has no bf16"
+            )
+            log.info("the model's evidence allows bf16, but %s: fp32", why)
+    network = export_network(model, chosen, precision, threads, features)
+    check_network(model, network, tolerance)
+    if accel.precision != precision:
+        log.info("model.precision %s: the exported network computes in %s", accel.precision,
+                 precision)  # fmt: skip
     log.info("the network runs in %s", network.description)
     return network
+
+
+@dataclass(frozen=True)
+class ServedPrecision:
+    """What a model's precision.json allows: the precision and the probability gap it was
+    measured within (pneumo/evaluation/precision.py)."""
+
+    precision: str  # fp32 | bf16
+    tolerance: float
+
+    @classmethod
+    def load(cls, path: Path | None) -> ServedPrecision | None:
+        """None when the model has no evidence file (then it runs in fp32)."""
+        if path is None or not Path(path).is_file():
+            return None
+        try:
+            verdict = json.loads(Path(path).read_text())
+            return cls(str(verdict["serve"]), float(verdict["bounds"]["max_probability_gap"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RuntimeMismatchError(f"{path} is not a precision verdict: {exc}") from exc
 
 
 @functools.cache
@@ -232,18 +302,18 @@ def probe_images(image_size: int) -> np.ndarray:
     return np.clip(images, 0, 255).astype(np.uint8)
 
 
-def check_network(model: nn.Module, network: nn.Module) -> float:
+def check_network(model: nn.Module, network: nn.Module, tolerance: float = TOLERANCE) -> float:
     """The largest probability gap between ``network`` and torch fp32 on the probe images;
-    raises :class:`RuntimeMismatchError` past :data:`TOLERANCE`."""
+    raises :class:`RuntimeMismatchError` past ``tolerance`` (fp32: :data:`TOLERANCE`)."""
     from pneumo.inference import predict_proba
 
     images = probe_images(int(model.image_size))
     expected = predict_proba(model, images, accel=FP32)
     got = predict_proba(network, images)
     gap = float(np.max(np.abs(expected - got)))
-    if not gap <= TOLERANCE:
+    if not gap <= tolerance:
         raise RuntimeMismatchError(
             f"the exported network ({network}) differs from torch by {gap:.2e} on the probe "
-            f"images (allowed {TOLERANCE:g}): set model.runtime: torch"
+            f"images (allowed {tolerance:g}): set model.runtime: torch"
         )
     return gap

@@ -1,10 +1,10 @@
 """Package the champion for serving: registry (or workspace) model -> BentoML model store -> Bento.
 
-The model store gets the three files the service needs (weights, decision threshold, evaluation
-metrics) under one versioned tag, and the Bento pairs that tag with this source tree's service
-code and the source tree's params.yaml (its ``serve.*`` limits). Both stores live in
-``serve.bentoml_home`` inside the workspace, so packaging never touches ``~/bentoml``, and the
-build never reaches a package index (``python.lock_packages: false``).
+The model store gets the files the service needs (pneumo/stored_model.py: weights, decision,
+metrics, guard, precision evidence) under one versioned tag, and the Bento pairs that tag with
+this source tree's service code and params.yaml (its ``serve.*`` limits). Both stores live in
+``serve.bentoml_home`` inside the workspace (never ``~/bentoml``); the build never reaches a
+package index (``python.lock_packages: false``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pneumo.stored_model import (
     GUARD_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    PRECISION_FILE,
     ROC_FILE,
     SERVE_ARGS_ENV,
     SHORTCUT_FILE,
@@ -118,16 +119,16 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def fetch_from_workspace(workspace: Workspace, dest: Path) -> dict[str, Any]:
     """Copy this workspace's evaluated model into ``dest``; metadata as the registry gives it."""
-    for path, step in (
-        (workspace.model, "pneumo train"),
-        (workspace.decision, "pneumo evaluate"),
-        (workspace.eval_metrics, "pneumo evaluate"),
-    ):
+    needed = ((workspace.model, "pneumo train"), (workspace.decision, "pneumo evaluate"),
+              (workspace.eval_metrics, "pneumo evaluate"))  # fmt: skip
+    for path, step in needed:
         if not path.is_file():
             raise PipelineOrderError(f"{path} not found: run `{step}` (or `dvc repro`) first")
     shutil.copyfile(workspace.model, dest / MODEL_FILE)
     shutil.copyfile(workspace.decision, dest / DECISION_FILE)
     shutil.copyfile(workspace.eval_metrics, dest / METRICS_FILE)
+    if workspace.precision.is_file():  # the stress stage's evidence; without it fp32 only
+        shutil.copyfile(workspace.precision, dest / PRECISION_FILE)
     if workspace.guard.is_file():
         from pneumo.inference.guard import Guard
 
@@ -184,11 +185,12 @@ def card_files(workspace: Workspace, weights: Path, from_workspace: bool) -> dic
     return {name: path for name, path in sources.items() if path.is_file()}
 
 
-def _model_version(metadata: dict[str, Any], digest: str) -> str:
+def _model_version(metadata: dict[str, Any], digest: str, precision: str = "fp32") -> str:
     """Registry version plus content digest (so two registries never collide), else the digest."""
+    suffix = "" if precision == "fp32" else f"-{precision}"  # evidence for bf16: another entry
     if metadata.get("version") not in (None, ""):
-        return f"v{metadata['version']}-{digest[:8]}".lower()
-    return f"ws-{digest[:12]}"
+        return f"v{metadata['version']}-{digest[:8]}{suffix}".lower()
+    return f"ws-{digest[:12]}{suffix}"
 
 
 def _staged_metadata(
@@ -197,6 +199,7 @@ def _staged_metadata(
 ) -> tuple[str, dict[str, Any]]:  # fmt: skip
     """The model-store tag and metadata of the staged files; refuses weights that are not a
     pneumo model (opened with the weights-only loader) before anything is stored."""
+    from pneumo.inference.runtime import ServedPrecision
     from pneumo.models import ModelFileError, load_model
 
     try:
@@ -204,9 +207,9 @@ def _staged_metadata(
     except ModelFileError as exc:
         raise PackagingError(f"the champion's weights are not a pneumo model file: {exc}") from exc
     decision = json.loads((staging / DECISION_FILE).read_text())
-    guard = [staging / GUARD_FILE] if (staging / GUARD_FILE).is_file() else []
     digest = model_digest(staging / MODEL_FILE, staging / DECISION_FILE, staging / GUARD_FILE)
-    tag = f"{settings.registry.model_name}:{_model_version(source, digest)}"
+    precision = getattr(ServedPrecision.load(staging / PRECISION_FILE), "precision", "fp32")
+    tag = f"{settings.registry.model_name}:{_model_version(source, digest, precision)}"
     metadata: dict[str, Any] = {
         "source": "workspace" if from_workspace else "registry",
         "registered_model": source.get("name") or settings.registry.model_name,
@@ -218,12 +221,12 @@ def _staged_metadata(
         "tta": bool(decision.get("tta", False)),
         "arch": str(model_metadata["arch"]),
         "image_size": int(model_metadata["image_size"]),
-        # Two digests, each named for what it covers: the served model (weights, decision and
-        # guard together: the model-store tag, the prediction log) and the weights file alone
-        # (models/model.pt: the registry's model_sha256 tag, `pneumo predict`'s model column).
+        # The served model's digest (weights, decision, guard: the tag, the prediction log) and
+        # the weights file's (the registry's model_sha256 tag, `pneumo predict`'s model column).
         "sha256": digest,
         "weights_sha256": sha256_file(staging / MODEL_FILE),
-        "guard": bool(guard),
+        "guard": (staging / GUARD_FILE).is_file(),
+        "precision_allowed": precision,  # bf16 runs only where the CPU has it natively
         "metrics": _headline_metrics(json.loads((staging / METRICS_FILE).read_text())),
     }
     return tag, metadata
@@ -277,7 +280,7 @@ def import_champion(
         else:
             source = fetch_from_registry(settings, workspace, alias_or_version, staging)
         tag, metadata = _staged_metadata(settings, workspace, staging, source, from_workspace)
-        shipped = (MODEL_FILE, DECISION_FILE, METRICS_FILE, GUARD_FILE)
+        shipped = (MODEL_FILE, DECISION_FILE, METRICS_FILE, GUARD_FILE, PRECISION_FILE)
         files = {name: staging / name for name in shipped if (staging / name).is_file()}
         files |= card_files(workspace, staging / MODEL_FILE, from_workspace)
         request = {

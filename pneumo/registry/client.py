@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_ARTIFACT = "artifacts/model.pt"  # where mlflow.pyfunc stores the "model" artifact
 DECISION_ARTIFACT = "decision.json"  # the threshold, added to the logged model at registration
 GUARD_ARTIFACT = "guard.pt"  # the input guard, added beside it (versions before it lack one)
+PRECISION_ARTIFACT = "precision.json"  # the reduced-precision evidence (absent: fp32 only)
 RETRY_ATTEMPTS = 3
 RETRY_DELAY_S = 1.0  # doubled after each failed attempt
 HEALTH_TIMEOUT_S = 10.0
@@ -341,7 +342,8 @@ class RegistryClient:
         return Path(local)
 
     def version_files(self, version: int, dest_dir: Path) -> dict[str, Path]:
-        """Download a version's weights, decision.json and (when it has one) guard.pt."""
+        """Download a version's weights, decision.json and (when it has them) guard.pt and
+        precision.json."""
         base = self._call(
             "get_model_version_download_uri",
             lambda: self.client.get_model_version_download_uri(self.name, str(version)),
@@ -360,6 +362,11 @@ class RegistryClient:
         except MlflowException:
             log.warning("%s version %s has no input guard: it answers without one", self.name,
                         version)  # fmt: skip
+        try:
+            files["precision"] = self.download(base, PRECISION_ARTIFACT, dest_dir / "precision")
+        except MlflowException:
+            log.info("%s version %s has no precision evidence: it runs in fp32", self.name,
+                     version)  # fmt: skip
         return files
 
 

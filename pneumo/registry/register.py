@@ -215,6 +215,7 @@ def _register(
                 "after training; rerun `pneumo train` (or `dvc repro`) so the run and the file agree"
             )
     shipped = [workspace.decision, *([workspace.guard] if workspace.guard.is_file() else [])]
+    shipped += [workspace.precision] if workspace.precision.is_file() else []
     registry.add_model_files(logged.model_id, shipped)
     tags = {**_registration_tags(run, workspace, decision, model_sha256), **evaluated}
     pending = "Registered; the promotion gate has not judged this version yet."

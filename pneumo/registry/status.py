@@ -16,7 +16,7 @@ from pneumo.decision import Decision
 from pneumo.registry.client import RegistryClient, RegistryError, connect
 from pneumo.registry.gate import REPORTED_METRICS
 from pneumo.registry.promotion import CHAMPION
-from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
+from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE, PRECISION_FILE
 from pneumo.workspace import Workspace, atomic_path, sha256_file
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ def download_version(
     alias_or_version: str | int,
     dest: Path,
 ) -> dict[str, Any]:
-    """Put ``model.pt``, ``decision.json`` and ``guard.pt`` of an alias or version into ``dest``.
+    """Put ``model.pt``, ``decision.json``, ``guard.pt`` and ``precision.json`` (when the version
+    has them) of an alias or version into ``dest``.
 
     Returns {name, version, run_id, threshold, metrics, registered_at, ...} for packaging.
     """
@@ -73,6 +74,8 @@ def download_version(
             shipped = {MODEL_FILE: files["model"], DECISION_FILE: files["decision"]}
             if "guard" in files:
                 shipped[GUARD_FILE] = files["guard"]
+            if "precision" in files:
+                shipped[PRECISION_FILE] = files["precision"]
             for name, source in shipped.items():
                 with atomic_path(dest / name) as target:
                     shutil.copyfile(source, target)

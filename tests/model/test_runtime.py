@@ -95,7 +95,8 @@ def test_the_export_computes_in_fp32_when_bf16_is_asked(
     trained: torch.nn.Module, real_images: np.ndarray
 ) -> None:
     """OpenVINO's bf16 mode drifts further from fp32 than torch's autocast on real images
-    (bench/runtimes.py), so a served export stays fp32 whatever model.precision says."""
+    (bench/runtimes.py), so without the model's evidence for it (tests/model/test_precision.py)
+    an export stays fp32 whatever model.precision says."""
     reference = predict_proba(trained, real_images, 64, False, FP32)
     served = compile_network(trained, "openvino", BF16)
     got = predict_proba(served, real_images, 64, False, BF16)

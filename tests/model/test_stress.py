@@ -135,3 +135,25 @@ def test_report_scores_every_shift_and_names_the_worst(working: np.ndarray) -> N
     assert summary["worst_specificity"] <= report["clean"]["specificity"]
     # Brightening pushes every normal over 0.5: specificity collapses there.
     assert report["shifts"]["brighter"]["2"]["specificity"] == 0.0
+
+
+def test_every_scored_set_is_shown_to_the_observer(working: np.ndarray) -> None:
+    """The precision probe sees the very images and probabilities each figure is computed on:
+    the clean set, every shift and severity, and the counterfactual swaps."""
+    labels = np.array([0] * 20 + [1] * 20)
+    seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    collected: dict[str, np.ndarray] = {}
+
+    def mean_model(images: np.ndarray) -> np.ndarray:
+        return images.reshape(len(images), -1).mean(axis=1) / 255.0
+
+    def observe(name: str, images: np.ndarray, probabilities: np.ndarray) -> None:
+        seen[name] = (images, probabilities)
+
+    stress.stress_report(mean_model, working, labels, 0.5, SIDE // 2, 0, collected, observe)
+    names = {f"{s.name}@{v}" for s in shifts.SHIFTS for v in shifts.SEVERITIES}
+    assert set(seen) == {"clean", *names, "cf_swap@1", "cf_swap@2"} == set(collected)
+    for name, (images, probabilities) in seen.items():
+        assert images.shape == (len(labels), SIDE // 2, SIDE // 2)
+        np.testing.assert_array_equal(probabilities, mean_model(images))
+        np.testing.assert_array_equal(probabilities, collected[name])

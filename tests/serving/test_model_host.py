@@ -30,6 +30,7 @@ class SlowPredictor:
     """Answers each image's mean grey level / 255 after ``delay`` seconds, recording batches."""
 
     image_size = SIDE
+    model = network = None  # no exported network: torch's threads are left as they are
 
     def __init__(self, delay: float = 0.05, failure: Exception | None = None) -> None:
         self.delay = delay

@@ -18,7 +18,7 @@ from pneumo.errors import PipelineOrderError
 from pneumo.inference import predict_proba
 from pneumo.models import save_model
 from pneumo.registry.bento import PackagingError, import_champion
-from pneumo.stored_model import DECISION_FILE, METRICS_FILE, MODEL_FILE
+from pneumo.stored_model import DECISION_FILE, METRICS_FILE, MODEL_FILE, PRECISION_FILE
 from pneumo.workspace import Workspace
 from tests.serving.serving_support import ServingLab, make_workspace
 from tests.synthetic import (
@@ -127,12 +127,17 @@ def test_registry_champion_is_packaged_with_its_version(
         tracking.log_pyfunc_model(workspace.model, test_images[:2], probabilities[:2])
     workspace.run_id.write_text(run.info.run_id + "\n")
     write_counterfactual(workspace, model, test_images, labels, 0.5)
+    # The stress stage's precision evidence travels with the version to the Bento.
+    evidence = {"serve": "bf16", "bounds": {"max_probability_gap": 0.02}, "candidates": {}}
+    workspace.precision.write_text(json.dumps(evidence))
     assert registry.register_and_gate(settings, workspace).passed
 
     tag, metadata, reused = import_champion(settings, workspace)  # default: the champion
 
     assert not reused and tag.startswith("pneumo-cnn-serving-test:v1-")
+    assert tag.endswith("-bf16") and metadata["precision_allowed"] == "bf16"
     stored = bentoml.models.get(tag)
+    assert json.loads(Path(stored.path_of(PRECISION_FILE)).read_text()) == evidence
     assert stored.info.labels["mlflow_version"] == "1"
     assert stored.info.labels["run_id"] == run.info.run_id
     assert stored.info.metadata["source"] == "registry"

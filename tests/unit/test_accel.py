@@ -87,3 +87,19 @@ def test_configure_threads_uses_every_available_core_by_default() -> None:
         assert accel.configure_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_torch_threads_are_set_for_the_block_and_restored_even_on_error() -> None:
+    """The service's model call runs torch on one thread around an exported network (its
+    spinning OpenMP workers would take the cores decoding needs), then gives them back."""
+    import torch
+
+    from pneumo.accel import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("a failed model call")
+    assert torch.get_num_threads() == before

@@ -1,0 +1,108 @@
+"""Reduced precision on real radiographs: the stress stage's probe really runs bf16 and int8
+networks (pneumo/evaluation/precision.py), and the served network is bf16 only where the
+model's evidence and the CPU both allow it (pneumo/inference/runtime.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.accel import Accelerator, native_bf16
+from pneumo.config import Settings
+from pneumo.data.preprocess import load_arrays
+from pneumo.evaluation.precision import PrecisionProbe, evidence
+from pneumo.inference.predictor import Predictor
+from pneumo.inference.runtime import RuntimeMismatchError
+from pneumo.workspace import Workspace
+
+FP32, BF16 = Accelerator("cpu", "fp32"), Accelerator("cpu", "bf16")
+NATIVE = native_bf16("cpu")
+
+
+@pytest.fixture(scope="module")
+def decision(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("decision") / "decision.json"
+    path.write_text(json.dumps({"threshold": 0.5, "rule": "fixed"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def val(briefly_trained: tuple[Workspace, Settings]) -> dict[str, np.ndarray]:
+    return load_arrays(briefly_trained[0].arrays("val"))
+
+
+def _evidence(tmp_path: Path, serve: str, gap: float = 0.02) -> Path:
+    path = tmp_path / "precision.json"
+    path.write_text(json.dumps({"serve": serve, "bounds": {"max_probability_gap": gap}}))
+    return path
+
+
+def test_the_probe_scores_real_images_at_reduced_precision(
+    briefly_trained: tuple[Workspace, Settings], val: dict[str, np.ndarray], decision: Path
+) -> None:
+    workspace, settings = briefly_trained
+    predictor = Predictor.from_files(workspace.model, decision, FP32, "openvino")
+    train = load_arrays(workspace.arrays("train"))["images"][:32]
+    probe = PrecisionProbe(predictor, settings, train)
+    assert set(probe.candidates) == ({"bf16", "int8"} if NATIVE else {"int8"})
+    images, labels = val["images"], val["labels"]
+    reference = {}
+    for name, shown in (("clean", images), ("cf_swap@2", images[:, ::-1].copy())):
+        reference[name] = predictor.probabilities(shown)
+        probe(name, shown, reference[name])
+    report = evidence(probe, reference, labels, predictor.threshold,
+                      settings.stress.reduced_precision)  # fmt: skip
+    for precision in probe.candidates:
+        figures = report["candidates"][precision]
+        assert figures["images"] == 2 * len(labels)
+        # Reduced precision computed something else than fp32, but the same model.
+        assert 0 < figures["max_probability_gap"] < 0.5
+    assert report["serve"] in ("bf16", "fp32")
+    assert report["candidates"]["int8"]["servable"] is False
+
+
+def test_bf16_is_served_only_with_evidence_and_a_native_cpu(
+    briefly_trained: tuple[Workspace, Settings],
+    val: dict[str, np.ndarray],
+    decision: Path,
+    tmp_path: Path,
+) -> None:
+    workspace = briefly_trained[0]
+    files = (workspace.model, decision, BF16, "openvino", workspace.guard)
+    allowed = Predictor.from_files(*files, _evidence(tmp_path, "bf16"))
+    assert ("bf16" in str(allowed.network)) == NATIVE
+    reference = Predictor.from_files(workspace.model, decision, FP32, "openvino")
+    gap = np.abs(allowed.probabilities(val["images"]) - reference.probabilities(val["images"]))
+    assert gap.max() <= 0.02
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    for evidence_file in (None, _evidence(refused, "fp32")):
+        assert "fp32" in str(Predictor.from_files(*files, evidence_file).network)
+    # An fp32 setting wins over the evidence.
+    fp32 = Predictor.from_files(workspace.model, decision, FP32, "openvino",
+                                workspace.guard, _evidence(tmp_path, "bf16"))  # fmt: skip
+    assert "fp32" in str(fp32.network)
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs a CPU with native bf16")
+def test_bf16_outside_the_evidence_bound_is_refused_at_load(
+    briefly_trained: tuple[Workspace, Settings], decision: Path, tmp_path: Path
+) -> None:
+    workspace = briefly_trained[0]
+    with pytest.raises(RuntimeMismatchError, match="allowed 1e-09"):
+        Predictor.from_files(workspace.model, decision, BF16, "openvino",
+                             workspace.guard, _evidence(tmp_path, "bf16", 1e-9))  # fmt: skip
+
+
+def test_a_damaged_evidence_file_is_refused(
+    briefly_trained: tuple[Workspace, Settings], decision: Path, tmp_path: Path
+) -> None:
+    workspace = briefly_trained[0]
+    broken = tmp_path / "precision.json"
+    broken.write_text('{"serve": "bf16"}')
+    with pytest.raises(RuntimeMismatchError, match="not a precision verdict"):
+        Predictor.from_files(workspace.model, decision, BF16, "openvino",
+                             workspace.guard, broken)  # fmt: skip
