@@ -35,7 +35,11 @@ COMMAND = Command(
     help="score the model on the validation split under acquisition shifts (two severities each)",
     description="Darker, brighter, lower contrast, gamma, JPEG 30/10, low resolution, blur, noise, "
     "zoom in/out, aspect, collimation bars and burned-in markers, made from the validation "
-    "radiographs with a fixed seed (stress.seed) and scored at the validation-chosen threshold. "
-    "Writes metrics/stress.json and plots/stress/; the carved test split is not used.",
+    "radiographs with a fixed seed (stress.seed) and scored at the validation-chosen threshold; "
+    "then the counterfactual swaps (the classes trade sharpness), threshold and referral rules on "
+    "simulated sites, and the network at bf16 and int8 against fp32 on every one of those sets "
+    "(stress.reduced_precision). Writes metrics/stress.json, plots/stress/, "
+    "reports/adaptation.md and models/precision.json (what precision the service may run); the "
+    "carved test split is not used, the train split only for int8's calibration.",
     handler=run,
 )
