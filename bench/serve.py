@@ -7,7 +7,8 @@ Prints one JSON object with:
 - ``in_process``: the service's decode path and the served predictor (same runtime, precision
   and TTA) in this process, all images in one call: the ceiling the server is compared with;
 - ``server``: `bentoml serve` on a free 127.0.0.1 port for each configuration of CONFIGS, sent
-  the full-size JPEGs of ../shared/data/originals at concurrency 1, 8 and 32. Each level has
+  the full-size JPEGs of ../shared/data/originals at concurrency 1, 8 and 32 by bench/loadgen.py
+  (kept-alive HTTP/1.1 built to take little of the cores the server shares). Each level has
   the latency percentiles, their split from the Server-Timing header (serving/timing.py: upload
   / decode / hop / model / total, medians, and ``outside``: what the client waited beyond the
   server's total: HTTP server, client, scheduling), the mean model batch, CPU milliseconds per
@@ -41,14 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # serving/ is a folder of the repository, not an installed package
 
-from bench import runtimes  # noqa: E402
+from bench import loadgen, runtimes  # noqa: E402
 from bench.servers import cpu_seconds, start_server, stop_server  # noqa: E402
 from pneumo.config import Settings, load_settings  # noqa: E402
 from pneumo.config.params_file import set_param  # noqa: E402
@@ -92,7 +92,10 @@ def bench_workspace(
     if source is not None:
         shutil.copyfile(source.model, workspace.model)
         shutil.copyfile(source.eval_metrics, workspace.eval_metrics)
-        for path, into in ((source.guard, workspace.guard), (source.precision, workspace.precision)):
+        for path, into in (
+            (source.guard, workspace.guard),
+            (source.precision, workspace.precision),
+        ):
             if path.is_file():  # served with its guard, and bf16 where its evidence allows
                 shutil.copyfile(path, into)
         decision = json.loads(source.decision.read_text())
@@ -226,48 +229,22 @@ def latency_split(client_ms: np.ndarray, phases: list[dict[str, float]]) -> dict
 async def load(
     url: str, images: list[bytes], concurrency: int, requests: int, seconds: float
 ) -> dict[str, Any]:
-    """``requests`` POST /predict at ``concurrency``, stopping early after ``seconds``."""
-    latencies: list[float] = []
-    phases: list[dict[str, float]] = []
-    errors: dict[str, int] = {}
-    next_index = 0
-    deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal next_index
-        while next_index < requests and time.monotonic() < deadline:
-            data = images[next_index % len(images)]
-            next_index += 1
-            start = time.perf_counter()
-            try:
-                response = await client.post(
-                    "/predict", content=data, headers={"content-type": "image/jpeg"}
-                )
-                key = None if response.status_code == 200 else str(response.status_code)
-            except httpx.HTTPError as exc:
-                key = type(exc).__name__
-            if key is None:
-                latencies.append(time.perf_counter() - start)
-                phases.append(server_timing.parse(response.headers.get("server-timing", "")))
-            else:
-                errors[key] = errors.get(key, 0) + 1
-
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    ms = np.asarray(latencies) * 1000
+    """``requests`` POST /predict at ``concurrency``, stopping early after ``seconds``
+    (bench/loadgen.py: a client that takes little of the cores the server runs on)."""
+    posts = [loadgen.post_request(url, "/predict", "image/jpeg", data) for data in images]
+    done = await loadgen.run(url, posts, concurrency, requests, seconds)
+    ms = np.asarray([a.seconds for a in done.answers]) * 1000
+    phases = [server_timing.parse(a.headers.get("server-timing", "")) for a in done.answers]
     pct = {q: round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}
     return {
         "concurrency": concurrency,
-        "requests_ok": len(latencies),
-        "errors": errors,
-        "requests_per_s": round(len(latencies) / wall, 1),
+        "requests_ok": len(ms),
+        "errors": done.errors,
+        "requests_per_s": round(len(ms) / done.wall_s, 1),
         "p50_ms": pct[50],
         "p95_ms": pct[95],
         "p99_ms": pct[99],
-        "seconds": round(wall, 1),
+        "seconds": round(done.wall_s, 1),
         "split_p50_ms": latency_split(ms, phases),
     }
 
