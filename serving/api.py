@@ -73,6 +73,8 @@ class Backend(Protocol):
 
     async def heatmaps(self, images: np.ndarray) -> np.ndarray: ...
 
+    async def network(self) -> dict[str, Any]: ...
+
 
 async def _decode(upload: Upload, backend: Backend) -> Radiograph:
     serve = backend.serve
@@ -308,6 +310,7 @@ async def metadata(request: Request) -> Response:
     return JSONResponse(
         {
             "model": backend.model_info,
+            "network": await backend.network(),
             "threshold": backend.decision.threshold,
             "referral_band": list(backend.decision.referral_band),
             "image_size": backend.image_size,

@@ -78,6 +78,18 @@ def model_info(stored: Any) -> dict[str, Any]:
     }
 
 
+def network_info(predictor: Predictor) -> dict[str, Any]:
+    """The runtime and precision this process chose at start-up for the network (bf16 only where
+    the model's evidence and the CPU allow it): what an operator checks on /metadata."""
+    network = predictor.network
+    if network is predictor.model:
+        precision = predictor.accel.precision
+        return {"runtime": "torch", "precision": precision, "description": f"torch {precision}"}
+    description = str(network.description)  # "<runtime> <precision>, <n> threads ..."
+    runtime, precision = description.split(",")[0].split()[:2]
+    return {"runtime": runtime, "precision": precision, "description": description}
+
+
 def classify_batch(predictor: Predictor, images: np.ndarray) -> list[dict[str, Any]]:
     """uint8 images (N, S, S) -> one {probability, ood_score, ood_reason, model_ms, batch} per
     image, in one call: the guard reads the same forward pass's features.

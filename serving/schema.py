@@ -184,10 +184,23 @@ class Limits(BaseModel):
     max_batch_files: int
 
 
+class NetworkInfo(BaseModel):
+    """What computes the network: the runtime and the precision it chose at start-up."""
+
+    runtime: str | None = Field(examples=["openvino"], description="torch, openvino or onnxruntime")
+    precision: str | None = Field(
+        examples=["bf16"],
+        description="fp32, or bf16 where the model's precision evidence and the CPU allow it",
+    )
+    description: str | None = Field(examples=["openvino bf16, 2 threads (+ features)"])
+    unavailable: str | None = Field(None, description="why the model workers did not say")
+
+
 class Metadata(BaseModel):
     """The served model, its threshold, test metrics and the service's limits."""
 
     model: ModelInfo
+    network: NetworkInfo
     threshold: float
     referral_band: list[float] = Field(min_length=2, max_length=2)
     image_size: int = Field(description="the side of the square the model sees")

@@ -54,6 +54,7 @@ from serving.model_host import (
     classify_batch,
     load_predictor,
     model_info,
+    network_info,
 )
 from serving.monitoring import Monitoring, workspace_root
 from serving.openapi import openapi_document
@@ -194,6 +195,11 @@ class PneumoniaModel:
         return classify_batch(self.predictor, images)
 
     @bentoml.api
+    def network(self) -> dict[str, Any]:
+        """The runtime and precision this worker computes the network in."""
+        return network_info(self.predictor)
+
+    @bentoml.api
     def gradcam(self, images: np.ndarray) -> np.ndarray:
         """Grad-CAM heatmaps (N, S, S) in [0, 1] of the pneumonia logit."""
         from pneumo.inference.gradcam import gradcam
@@ -252,6 +258,7 @@ class PneumoniaService:
         self.admission = anyio.CapacityLimiter(self.serve.max_concurrency)
         self.uploads = anyio.CapacityLimiter(self.serve.max_uploads)
         self.monitoring = Monitoring(settings.monitor, workspace_root(), self.model_info)
+        self._network: dict[str, Any] | None = None
         if MODEL_WORKERS:
             _ = self.model  # in-process (tests, to_asgi) this loads the model now
         else:
@@ -299,6 +306,19 @@ class PneumoniaService:
         results = await self._call_model("classify", images)
         timing.model_call(time.perf_counter() - start, results)
         return results
+
+    async def network(self) -> dict[str, Any]:
+        if self.host is not None:
+            return network_info(self.host.predictor)
+        if self._network is None:  # asked of a model worker once: they all load the same way
+            try:
+                self._network = await self.model.to_async.network()
+            except Exception as exc:  # /metadata answers without it, saying why
+                reason = f"the model workers did not answer: {exc!r}"[:300]
+                return dict.fromkeys(("runtime", "precision", "description")) | {
+                    "unavailable": reason
+                }
+        return self._network
 
     async def heatmaps(self, images: np.ndarray) -> np.ndarray:
         start = time.perf_counter()

@@ -17,6 +17,7 @@ from pneumo.evaluation.precision import PrecisionProbe, evidence
 from pneumo.inference.predictor import Predictor
 from pneumo.inference.runtime import RuntimeMismatchError
 from pneumo.workspace import Workspace
+from serving.model_host import network_info
 
 FP32, BF16 = Accelerator("cpu", "fp32"), Accelerator("cpu", "bf16")
 NATIVE = native_bf16("cpu")
@@ -85,6 +86,14 @@ def test_bf16_is_served_only_with_evidence_and_a_native_cpu(
     fp32 = Predictor.from_files(workspace.model, decision, FP32, "openvino",
                                 workspace.guard, _evidence(tmp_path, "bf16"))  # fmt: skip
     assert "fp32" in str(fp32.network)
+    # What /metadata reports: the runtime and precision chosen at load.
+    assert network_info(allowed)["runtime"] == "openvino"
+    assert network_info(allowed)["precision"] == ("bf16" if NATIVE else "fp32")
+    assert network_info(fp32) == {"runtime": "openvino", "precision": "fp32",
+                                  "description": str(fp32.network.description)}  # fmt: skip
+    in_torch = Predictor.from_files(workspace.model, decision, FP32, "torch")
+    assert network_info(in_torch) == {"runtime": "torch", "precision": "fp32",
+                                      "description": "torch fp32"}  # fmt: skip
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with native bf16")

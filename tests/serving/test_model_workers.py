@@ -43,6 +43,7 @@ def test_model_workers_answer_like_pneumo_predict(
     with httpx.Client(base_url=server.url, timeout=60) as client:
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(post, jpeg_paths))
+        network = client.get("/metadata").json()["network"]  # asked of a model worker
         explained = client.post(
             "/explain?format=json",
             content=jpeg_paths[0].read_bytes(),
@@ -53,6 +54,7 @@ def test_model_workers_answer_like_pneumo_predict(
     np.testing.assert_allclose(served, expected, atol=1e-5)
     phases = [timing.parse(r.headers["server-timing"]) for r in responses]
     assert all(p["model"] > 0 and p["hop"] > 0 for p in phases)  # an HTTP call to a worker
+    assert network["runtime"] == "openvino" and "unavailable" not in network, network
     assert explained.status_code == 200, explained.text
     assert np.asarray(explained.json()["heatmap"]).shape == tuple(explained.json()["heatmap_shape"])
     log = server.log.read_text(errors="replace")

@@ -56,6 +56,10 @@ def test_probes_and_metadata(client: TestClient, serving_lab: ServingLab) -> Non
     assert body["model"]["source"] == "workspace"
     assert body["threshold"] == THRESHOLD
     assert body["image_size"] == 64
+    # What computes the network here: the lab's params (model.runtime auto) on this CPU.
+    assert body["network"]["runtime"] == "openvino"
+    assert body["network"]["precision"] in ("fp32", "bf16")
+    assert body["network"]["description"].startswith("openvino ")
     assert body["metrics"]["test"]["roc_auc"] == 0.5  # metrics.json as evaluated
     low, high = body["referral_band"]
     margin = MARGIN
@@ -108,7 +112,9 @@ def test_predict_batch_keeps_order(
     predictions = response.json()["predictions"]
     expected = predict_paths(chosen, predictor, workers=1)["probability"].tolist()
     assert [p["filename"] for p in predictions] == [p.name for p in chosen]
-    assert [p["probability"] for p in predictions] == pytest.approx(expected, abs=PROBABILITY_PRECISION)
+    assert [p["probability"] for p in predictions] == pytest.approx(
+        expected, abs=PROBABILITY_PRECISION
+    )
 
 
 def test_explain_png_and_json(client: TestClient, jpeg_path: Path) -> None:
