@@ -4,7 +4,7 @@ bench/serve.py measures a server that shares this machine's 2 cores with the cli
 1.2-1.6 ms of CPU per request there (13-15 % of both cores at 8 clients) and its event loop added
 about 6 ms to every measured latency beyond the server's own total. Like wrk, this client sends
 requests built once and reads only a status line, headers and the body the headers announce:
-about 0.3 ms of CPU per request and 3-4 ms outside the server's total (measured at 8 clients).
+about 0.3 ms of CPU per request and 3-5 ms outside the server's total (measured at 8 clients).
 """
 
 from __future__ import annotations

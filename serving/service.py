@@ -157,7 +157,7 @@ def log_code_origin(service: str) -> None:
 def freeze_startup_heap() -> None:
     """Take what start-up loaded (torch, OpenVINO, BentoML: ~700,000 objects) out of the garbage
     collector's scans: a full collection otherwise walks them all, ~0.35 s on 2 cores during
-    which every request in the process waits (a 0.4-0.5 s p99 in bench/serve.py). Objects made
+    which every request in the process waits (a 0.4-0.5 s p99 in profiling runs). Objects made
     later are collected as before; what start-up left as garbage is collected first."""
     gc.collect()
     gc.freeze()
