@@ -157,6 +157,28 @@ async def test_the_front_turns_a_queue_timeout_into_model_unavailable() -> None:
         await service._call_model("classify", _images(1))
 
 
+@pytest.mark.anyio
+async def test_metadata_says_why_model_workers_did_not_name_their_network() -> None:
+    import aiohttp
+
+    class Workers:
+        answers = [aiohttp.ClientConnectionError("restarting"), {"runtime": "openvino"}]
+
+        async def network(self) -> dict[str, Any]:
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    service = object.__new__(PneumoniaService.inner)
+    service._network = None
+    service.model = type("Model", (), {"to_async": Workers()})()  # type: ignore[attr-defined]
+    first = await service.network()
+    assert first["runtime"] is None and "restarting" in first["unavailable"]
+    assert await service.network() == {"runtime": "openvino"}  # asked again, then kept
+    assert await service.network() == {"runtime": "openvino"}
+
+
 def test_every_answer_says_where_its_time_went(
     asgi_client: TestClient, jpeg_paths: list[Path]
 ) -> None:
