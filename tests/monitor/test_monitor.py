@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +19,7 @@ from pneumo.monitor.drift import assess, drift_verdict
 from pneumo.monitor.reference import load_reference
 from pneumo.monitor.stats import PERCENTILES, input_statistics
 from pneumo.monitor.store import PredictionStore, resolve_url, utcnow
-from pneumo.monitor.writer import LogLimits, PredictionLog
+from pneumo.monitor.writer import WRITER_NICENESS, LogLimits, PredictionLog, yield_to_requests
 from pneumo.workspace import Workspace
 from tests.monitor.monitor_support import (
     MIN_PREDICTIONS,
@@ -82,6 +85,62 @@ def test_a_store_that_is_down_gets_buffered_rows_once_it_is_back(
     log.close()
     assert log.counts["replayed"] == 7 and log.counts["logged"] == 3
     assert store.count() == 10 and not (tmp_path / "buffer.jsonl").exists()
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice")
+
+
+def _niceness(tid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+@linux_only
+def test_the_writer_thread_yields_to_requests_and_still_writes(tmp_path: Path) -> None:
+    """The log's thread runs at a lower priority than the requests' threads (this one keeps
+    its own), and every submitted row is still written."""
+    store = PredictionStore(resolve_url("sqlite:///predictions.db", tmp_path))
+    log = PredictionLog(store, tmp_path / "buffer.jsonl", LogLimits(flush_interval_s=0.05))
+    mine = _niceness(threading.get_native_id())
+    log.start()
+    try:
+        pixels = np.full((64, 64), 100, np.uint8)
+        for i in range(5):
+            log.submit(_row(f"n{i}"), pixels, b"image %d" % i)
+        assert log.flush(10)
+        assert _niceness(log._thread.native_id) == max(mine, WRITER_NICENESS)
+        assert _niceness(threading.get_native_id()) == mine
+    finally:
+        log.close()
+    assert store.count() == 5 and log.counts["logged"] == 5
+
+
+@linux_only
+def test_yielding_never_raises_a_priority_nor_stops_on_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread already below the writer's priority stays there; a system that refuses the
+    change (a sandbox without setpriority) leaves the thread as it was, without an error."""
+    seen: dict[str, int] = {}
+
+    def run(first: int) -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, first)
+        yield_to_requests()
+        seen[f"from {first}"] = _niceness(tid)
+
+    for first in (0, WRITER_NICENESS + 5):
+        thread = threading.Thread(target=run, args=(first,))
+        thread.start()
+        thread.join()
+    assert seen == {"from 0": WRITER_NICENESS, f"from {WRITER_NICENESS + 5}": WRITER_NICENESS + 5}
+
+    def refuse(*args: object) -> None:
+        raise PermissionError("not allowed here")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    before = _niceness(threading.get_native_id())
+    yield_to_requests()  # no exception
+    assert _niceness(threading.get_native_id()) == before
 
 
 def _window(settings: Settings, workspace: Workspace, images: list[bytes]) -> tuple:
