@@ -126,6 +126,7 @@ def in_process(
 
     from pneumo.accel import available_cores, configure_threads
     from pneumo.inference.predictor import Predictor
+    from pneumo.inference.speed import keep_faster_precision
     from serving.inputs import read_radiograph
 
     threads = configure_threads(settings.model.threads)
@@ -133,6 +134,8 @@ def in_process(
     # As the service loads it: with its guard, and its precision evidence (bf16 where allowed).
     predictor = Predictor.from_files(workspace.model, workspace.decision, model.accelerator(),
                                      model.runtime, workspace.guard, workspace.precision)  # fmt: skip
+    if model.precision == "auto":  # as serving/model_host.py: bf16 only where it is faster
+        keep_faster_precision(predictor, threads)
     side, serve = predictor.image_size, settings.serve
     predictor.probabilities(np.zeros((2, side, side), np.uint8))
 
@@ -316,7 +319,7 @@ def run_config(
             "runtime": runtime,
             "precision": model.accelerator().precision
             if runtime == "torch"
-            else ("bf16" if "bf16" in baseline["network"] else "fp32"),
+            else ("bf16" if "openvino bf16" in baseline["network"] else "fp32"),
             "tta": tta,
             "workers": serve.workers,
             "adaptive_batching": serve.adaptive_batching,

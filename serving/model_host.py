@@ -56,6 +56,10 @@ def load_predictor(settings: Settings, stored: Any, workers: int) -> Predictor:
         Path(stored.path_of(GUARD_FILE)),  # absent for models packaged before the guard
         Path(stored.path_of(PRECISION_FILE)),  # bf16 where its evidence and the CPU allow it
     )
+    if settings.model.precision == "auto":  # bf16 only where it is also faster on this CPU
+        from pneumo.inference.speed import keep_faster_precision
+
+        keep_faster_precision(predictor, threads)
     side = predictor.image_size
     # One warm-up call: the first real request should not pay for the runtime's set-up.
     predictor.probabilities(np.zeros((1, side, side), dtype=np.uint8))

@@ -2,7 +2,8 @@
 
 A request only puts its row on a bounded in-memory queue (:meth:`PredictionLog.submit`). A
 background thread completes the rows (input statistics, the upload's sha256, the kept image)
-and writes them to the store in batches every ``monitor.flush_interval_s``. If the store is
+and writes them to the store in batches every ``monitor.flush_interval_s``, at a lower CPU
+priority than the requests' threads (:func:`yield_to_requests`). If the store is
 down, the rows go to a bounded local file (``monitor.buffer_file``, JSON lines) and are
 replayed, idempotently, once the store answers again. A row is lost only when the queue or the
 buffer file is full; losses are counted (:attr:`PredictionLog.counts`), never raised.

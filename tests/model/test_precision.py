@@ -14,10 +14,12 @@ from pneumo.accel import Accelerator, native_bf16
 from pneumo.config import Settings
 from pneumo.data.preprocess import load_arrays
 from pneumo.evaluation.precision import PrecisionProbe, evidence
+from pneumo.inference import speed
 from pneumo.inference.predictor import Predictor
 from pneumo.inference.runtime import RuntimeMismatchError
+from pneumo.inference.speed import keep_faster_precision
 from pneumo.workspace import Workspace
-from serving.model_host import network_info
+from serving.model_host import load_predictor, network_info
 
 FP32, BF16 = Accelerator("cpu", "fp32"), Accelerator("cpu", "bf16")
 NATIVE = native_bf16("cpu")
@@ -115,3 +117,102 @@ def test_a_damaged_evidence_file_is_refused(
     with pytest.raises(RuntimeMismatchError, match="not a precision verdict"):
         Predictor.from_files(workspace.model, decision, BF16, "openvino",
                              workspace.guard, broken)  # fmt: skip
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs a CPU with native bf16")
+def test_bf16_is_kept_only_where_it_is_measured_faster(
+    briefly_trained: tuple[Workspace, Settings],
+    val: dict[str, np.ndarray],
+    decision: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both exports are timed on this CPU and the faster one serves, within the evidence's bound
+    of fp32 either way; /metadata names the one kept. Then each outcome, the times imposed."""
+    workspace = briefly_trained[0]
+    files = (workspace.model, decision, BF16, "openvino", workspace.guard,
+             _evidence(tmp_path, "bf16"))  # fmt: skip
+    reference = Predictor.from_files(workspace.model, decision, FP32, "openvino").probabilities(
+        val["images"]
+    )
+    measured = Predictor.from_files(*files)
+    timing = keep_faster_precision(measured)
+    assert timing is not None and set(timing.ms_per_image) == {"bf16", "fp32"}
+    assert all(ms > 0 for ms in timing.ms_per_image.values())
+    assert timing.kept == min(timing.ms_per_image, key=timing.ms_per_image.__getitem__)
+    assert network_info(measured)["precision"] == timing.kept
+    assert np.abs(measured.probabilities(val["images"]) - reference).max() <= 0.02
+
+    for slower, kept in (("bf16", "fp32"), ("fp32", "bf16")):
+        predictor = Predictor.from_files(*files)
+        monkeypatch.setattr(
+            speed,
+            "ms_per_image",
+            lambda network, size, s=slower: (
+                2.0 if str(network.description).startswith(f"openvino {s}") else 1.0
+            ),
+        )
+        assert keep_faster_precision(predictor).kept == kept
+        assert network_info(predictor)["precision"] == kept
+        assert ("measured slower here" in predictor.network.description) == (kept == "fp32")
+        # The guard's features are exported with the network as before the choice.
+        assert predictor.network.features == (predictor.guard is not None)
+        gap = np.abs(predictor.probabilities(val["images"][:16]) - reference[:16]).max()
+        assert gap <= (1e-4 if kept == "fp32" else 0.02)
+
+
+def test_there_is_no_speed_choice_without_an_allowed_bf16(
+    briefly_trained: tuple[Workspace, Settings], decision: Path, tmp_path: Path
+) -> None:
+    """fp32 by setting or by evidence, and torch, are left as they are (nothing is timed)."""
+    workspace = briefly_trained[0]
+    for predictor in (
+        Predictor.from_files(workspace.model, decision, FP32, "openvino", workspace.guard,
+                             _evidence(tmp_path, "bf16")),
+        Predictor.from_files(workspace.model, decision, BF16, "openvino", workspace.guard,
+                             _evidence(tmp_path, "fp32")),
+        Predictor.from_files(workspace.model, decision, FP32, "torch"),
+    ):  # fmt: skip
+        before = predictor.network
+        assert keep_faster_precision(predictor) is None
+        assert predictor.network is before
+
+
+class _Stored:
+    """What load_predictor reads of a bentoml.Model: its files and its tag."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files, self.tag = files, "pneumonia-model:test"
+
+    def path_of(self, name: str) -> str:
+        return str(self.files.get(name, Path("/nonexistent") / name))
+
+
+def test_the_service_times_bf16_only_for_precision_auto(
+    briefly_trained: tuple[Workspace, Settings],
+    decision: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``model.precision: auto`` asks for the timing; an explicit bf16 or fp32 is obeyed."""
+    from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE, PRECISION_FILE
+
+    workspace, settings = briefly_trained
+    stored = _Stored(
+        {
+            MODEL_FILE: workspace.model,
+            DECISION_FILE: decision,
+            GUARD_FILE: workspace.guard,
+            PRECISION_FILE: _evidence(tmp_path, "bf16"),
+        }
+    )
+    asked: list[str] = []
+    monkeypatch.setattr(
+        speed,
+        "keep_faster_precision",
+        lambda predictor, threads=0: asked.append(str(predictor.network)),
+    )
+    for precision in ("auto", "bf16", "fp32"):
+        model = settings.model.model_copy(update={"precision": precision, "runtime": "openvino"})
+        load_predictor(settings.model_copy(update={"model": model}), stored, 1)
+    assert len(asked) == 1
