@@ -3,9 +3,10 @@
 ``model.precision: auto`` compiles the served network in bf16 where the model's evidence allows it
 and the CPU has native bf16 (pneumo/inference/runtime.py). On an AMD EPYC that doubled the
 champion's network; on a Xeon with AVX512-BF16 but no AMX exposed (a cloud VM), the same bf16
-network ran at 1,228 images/s against 1,823 in fp32 (batch 32). So the service times both
-exports on the probe images at the batch sizes it serves and keeps the faster one. The network
-is timed alone (its runtime call), as that is the only part the precision changes.
+network ran at 1,228-1,308 images/s against 1,823-2,001 in fp32 (batch 32, bench/serve.py).
+So the service times both exports on the probe images at the batch sizes it serves and keeps
+the faster one. The network is timed alone (its runtime call): the only part the precision
+changes.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class PrecisionTiming:
 def ms_per_image(network: Any, image_size: int, batches: tuple[int, ...] = BATCHES,
                  rounds: int = ROUNDS) -> float:  # fmt: skip
     """The median milliseconds per image of ``network``'s runtime call (an ExportedNetwork),
-    summed over ``batches`` sizes, after one warm-up call each."""
+    averaged over the ``batches`` sizes, after one warm-up call each."""
     from pneumo.inference.runtime import probe_images
 
     probes = probe_images(image_size).astype(np.float32)[:, None] / 255.0

@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600.0
 COUNTERS = ("logged", "buffered", "replayed", "lost")
-# The writer's scheduling niceness (Linux): requests' threads come first. At 5 it still gets
-# about 15 % of a 2-core machine whose request threads never rest (~650 rows/s), and any idle
-# time; at 0 its bursts (~60 ms of CPU per 256 rows: hashing, statistics) slowed the answers.
+# The writer's scheduling niceness (Linux): requests' threads come first. At 5 its scheduler
+# weight is a third of a request thread's, so it still advances under full load, and it has all
+# idle time; at 0 its bursts (~60 ms of CPU per 256 rows: hashing, statistics) competed with
+# the answers.
 WRITER_NICENESS = 5
 
 
