@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumo.accel import Accelerator
+from pneumo.accel import Accelerator, native_bf16
 from pneumo.errors import ConfigError, PneumoError
 
 log = logging.getLogger(__name__)
@@ -245,19 +245,27 @@ def compile_network(
     against torch. ``threads`` 0 uses torch's thread count (:func:`pneumo.accel.configure_threads`).
 
     The export computes in fp32, unless ``evidence`` (the model's precision.json, written by the
-    stress stage) allows bf16, the runtime is OpenVINO and ``model.precision`` resolved to bf16
-    (``auto``: a CPU with native bf16): then bf16, checked within the evidence's bound.
+    stress stage) allows bf16, the runtime is OpenVINO, ``model.precision`` resolved to bf16 and
+    the CPU computes bf16 natively: then bf16, checked within the evidence's bound. Without
+    native bf16 OpenVINO silently computes fp32 (measured on an AVX2-only EPYC), so even an
+    explicit ``model.precision: bf16`` gets fp32 there, and says so, rather than a label that
+    /metadata would report falsely.
     """
     chosen = resolve_runtime(runtime, accel)
     if chosen == "torch":
         return model
     precision, tolerance = "fp32", TOLERANCE
     if evidence is not None and evidence.precision == "bf16":
-        if chosen == "openvino" and accel.precision == "bf16":
+        native = native_bf16(accel.device)
+        if chosen == "openvino" and accel.precision == "bf16" and native:
             precision, tolerance = "bf16", evidence.tolerance
         else:
             why = (
-                "model.precision is fp32 here" if chosen == "openvino" else f"{chosen} has no bf16"
+                f"{chosen} has no bf16"
+                if chosen != "openvino"
+                else "model.precision is fp32 here"
+                if accel.precision != "bf16"
+                else "this CPU has no native bf16 (OpenVINO would compute fp32)"
             )
             log.info("the model's evidence allows bf16, but %s: fp32", why)
     network = export_network(model, chosen, precision, threads, features)

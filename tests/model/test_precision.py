@@ -98,6 +98,31 @@ def test_bf16_is_served_only_with_evidence_and_a_native_cpu(
                                       "description": "torch fp32"}  # fmt: skip
 
 
+def test_an_explicit_bf16_gets_fp32_where_the_cpu_has_no_native_bf16(
+    briefly_trained: tuple[Workspace, Settings],
+    decision: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OpenVINO computes fp32 without native bf16 whatever it is asked: the network must say
+    fp32 (what /metadata reports), and the log why, even for ``model.precision: bf16``."""
+    import openvino as ov
+
+    from pneumo.inference import runtime
+
+    workspace = briefly_trained[0]
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    with caplog.at_level("INFO", logger=runtime.log.name):
+        predictor = Predictor.from_files(workspace.model, decision, BF16, "openvino",
+                                         workspace.guard, _evidence(tmp_path, "bf16"))  # fmt: skip
+    assert network_info(predictor)["precision"] == "fp32"
+    assert "this CPU has no native bf16" in caplog.text
+    if not NATIVE:  # the fact the rule rests on, where this machine can show it
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        assert "BF16" not in capabilities
+
+
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with native bf16")
 def test_bf16_outside_the_evidence_bound_is_refused_at_load(
     briefly_trained: tuple[Workspace, Settings], decision: Path, tmp_path: Path
