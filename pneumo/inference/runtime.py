@@ -256,17 +256,15 @@ def compile_network(
         return model
     precision, tolerance = "fp32", TOLERANCE
     if evidence is not None and evidence.precision == "bf16":
-        native = native_bf16(accel.device)
-        if chosen == "openvino" and accel.precision == "bf16" and native:
-            precision, tolerance = "bf16", evidence.tolerance
+        if chosen != "openvino":
+            why = f"{chosen} has no bf16"
+        elif accel.precision != "bf16":
+            why = "model.precision is fp32 here"
+        elif not native_bf16(accel.device):
+            why = "this CPU has no native bf16 (OpenVINO would compute fp32)"
         else:
-            why = (
-                f"{chosen} has no bf16"
-                if chosen != "openvino"
-                else "model.precision is fp32 here"
-                if accel.precision != "bf16"
-                else "this CPU has no native bf16 (OpenVINO would compute fp32)"
-            )
+            why, precision, tolerance = "", "bf16", evidence.tolerance
+        if why:
             log.info("the model's evidence allows bf16, but %s: fp32", why)
     network = export_network(model, chosen, precision, threads, features)
     check_network(model, network, tolerance)
