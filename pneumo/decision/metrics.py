@@ -53,16 +53,20 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def binary_metrics(
-    y: np.ndarray, p: np.ndarray, threshold: float = 0.5, bins: int = 10
+    y: np.ndarray, p: np.ndarray, threshold: float = 0.5, bins: int = 10, ranking: bool = True
 ) -> dict[str, Any]:
-    """Every metric reviewers ask for, at one threshold (a probability >= it means pneumonia)."""
+    """Every metric reviewers ask for, at one threshold (a probability >= it means pneumonia).
+
+    ``ranking=False`` leaves ROC-AUC and PR-AUC NaN: the site simulation judges thousands of
+    resampled sets by their rates at one threshold, and the curves were most of its minutes.
+    """
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
     predicted = (p >= threshold).astype(int)
     # The confusion counts directly (skm.confusion_matrix's input checks cost more than the
     # counting, and the stress and site simulations score thousands of small sets).
     tn, fp, fn, tp = (int(n) for n in np.bincount(2 * y + predicted, minlength=4)[:4])
-    both = len(np.unique(y)) == 2
+    both = ranking and len(np.unique(y)) == 2
     with sklearn.config_context(skip_parameter_validation=True):
         roc_auc = float(skm.roc_auc_score(y, p)) if both else float("nan")
         pr_auc = float(skm.average_precision_score(y, p)) if both else float("nan")

@@ -54,15 +54,27 @@ def fit_calibration(labels: np.ndarray, probabilities: np.ndarray) -> Calibratio
 
 def em_prevalence(calibrated: np.ndarray, source_prior: float, max_iter: int = 500) -> float:
     """The prior that maximises the likelihood of unlabelled posteriors (Saerens et al. 2002)."""
+    return float(em_prevalences(np.asarray(calibrated)[None, :], source_prior, max_iter)[0])
+
+
+def em_prevalences(
+    calibrated: np.ndarray, source_prior: float, max_iter: int = 500
+) -> np.ndarray:
+    """EM on each row of ``calibrated`` at once (a bootstrap's draws): each row stops when its
+    own prior moves less than 1e-7, so every row gets what `em_prevalence` alone would give."""
     p = np.clip(np.asarray(calibrated, dtype=float), _EPS, 1 - _EPS)
-    prior = source_prior
+    prior = np.full(len(p), float(source_prior))
+    active = np.arange(len(p))
     for _ in range(max_iter):
-        positive = prior / source_prior * p
-        negative = (1 - prior) / (1 - source_prior) * (1 - p)
-        updated = float(np.mean(positive / (positive + negative)))
-        if abs(updated - prior) < 1e-7:
-            return updated
-        prior = updated
+        rows, current = p[active], prior[active, None]
+        positive = current / source_prior * rows
+        negative = (1 - current) / (1 - source_prior) * (1 - rows)
+        updated = np.mean(positive / (positive + negative), axis=1)
+        moving = np.abs(updated - prior[active]) >= 1e-7
+        prior[active] = updated
+        active = active[moving]
+        if not len(active):
+            break
     return prior
 
 
@@ -103,11 +115,10 @@ def estimate_prevalence(
     calibrated = calibration(site)
     positive = np.asarray(site) >= threshold
     rng = np.random.default_rng(seed)
-    em_draws, bbse_draws = [], []
-    for _ in range(samples):
-        index = rng.integers(0, len(site), len(site))
-        em_draws.append(em_prevalence(calibrated[index], calibration.source_prior))
-        bbse_draws.append(bbse_prevalence(float(positive[index].mean()), tpr, fpr))
+    draws = [rng.integers(0, len(site), len(site)) for _ in range(samples)]
+    drawn = np.array(draws, dtype=int).reshape(samples, len(site))
+    em_draws = list(em_prevalences(calibrated[drawn], calibration.source_prior))
+    bbse_draws = [bbse_prevalence(float(positive[index].mean()), tpr, fpr) for index in draws]
     tail = (1 - level) / 2 * 100
 
     def interval(draws: list[float]) -> tuple[float, float]:
@@ -152,8 +163,12 @@ def judge_move(
     min_sensitivity: float,
     reference_prior: float,
     seed: int = 0,
+    ranking: bool = True,
 ) -> tuple[bool, list[str], dict[str, dict[str, float]]]:
-    """(move?, why, metrics of both decisions on simulated sites at the estimated prevalence)."""
+    """(move?, why, metrics of both decisions on simulated sites at the estimated prevalence).
+
+    The judgement reads rates only; ``ranking=False`` skips the sites' ROC/PR curves (NaN).
+    """
     low, high = estimate.em_interval
     reasons = []
     simulated: dict[str, list[dict[str, float]]] = {"validation": [], "adapted": []}
@@ -161,8 +176,8 @@ def judge_move(
         index = simulated_site(val_labels, estimate.em, 2000, seed + draw)
         y, p = val_labels[index], val_probabilities[index]
         for name, decision in (("validation", base), ("adapted", moved)):
-            simulated[name].append(point_metrics(binary_metrics(y, decision.adjust(p),
-                                                                decision.threshold)))  # fmt: skip
+            simulated[name].append(point_metrics(binary_metrics(
+                y, decision.adjust(p), decision.threshold, ranking=ranking)))  # fmt: skip
     mean = {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             for name, rows in simulated.items()}  # fmt: skip
     if low <= reference_prior <= high:

@@ -80,7 +80,7 @@ def simulate(
             moved = moved_decision(decision, calibration, estimate.em)
             move, _, _ = judge_move(estimate, decision, moved, reference_y, reference_p,
                                     settings.adapt.min_sensitivity, calibration.source_prior,
-                                    seed=site_number)  # fmt: skip
+                                    seed=site_number, ranking=False)  # fmt: skip
             if move:
                 adapted, moved_count = moved, moved_count + 1
         results.setdefault("adapt (no labels)", []).append(

@@ -11,6 +11,7 @@ from pneumo.decision.prevalence import (
     Calibration,
     bbse_prevalence,
     em_prevalence,
+    em_prevalences,
     estimate_prevalence,
     fit_calibration,
     judge_move,
@@ -52,6 +53,34 @@ def test_em_without_calibration_is_off_which_is_why_it_is_calibrated(validation)
     calibrated = em_prevalence(fit_calibration(val_labels, val_p)(_scores(site_labels, 3)),
                                val_labels.mean())  # fmt: skip
     assert abs(calibrated - 0.3) < abs(raw - 0.3) + 1e-9 and abs(calibrated - 0.3) < 0.05
+
+
+def _em_one_row(p: np.ndarray, source: float) -> float:
+    """Saerens et al.'s EM on one site, written out as the paper gives it."""
+    prior = source
+    for _ in range(500):
+        positive = prior / source * p
+        updated = float(np.mean(positive / (positive + (1 - prior) / (1 - source) * (1 - p))))
+        if abs(updated - prior) < 1e-7:
+            return updated
+        prior = updated
+    return prior
+
+
+def test_em_on_many_draws_at_once_equals_em_on_each(validation) -> None:  # noqa: ANN001
+    """The bootstrap runs EM on every draw together; each draw stops at its own convergence."""
+    val_labels, val_p = validation
+    calibration = fit_calibration(val_labels, val_p)
+    rng = np.random.default_rng(4)
+    site = calibration(_scores((rng.random(300) < 0.4).astype(int), 5))
+    # clipped as EM clips them (1e-6), so the written-out reference sees the same numbers
+    draws = np.clip(site[rng.integers(0, len(site), (40, len(site)))], 1e-6, 1 - 1e-6)
+    draws[0] = 0.5  # converges at once: the other rows must go on without it
+    together = em_prevalences(draws, calibration.source_prior)
+    alone = [_em_one_row(row, calibration.source_prior) for row in draws]
+    assert together == pytest.approx(alone, abs=1e-12)
+    assert em_prevalence(draws[1], calibration.source_prior) == pytest.approx(alone[1], abs=1e-12)
+    assert len(set(np.round(together, 6))) > 10  # the draws differ: not one value broadcast
 
 
 def test_bbse_is_undefined_for_a_useless_classifier() -> None:

@@ -26,6 +26,18 @@ def test_metrics_on_a_hand_checked_example() -> None:
     assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
 
 
+def test_metrics_without_ranking_keep_every_rate_and_leave_the_curves_nan() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(500) < 0.6).astype(int)
+    p = np.clip(0.3 * y + rng.random(500) * 0.7, 0, 1)
+    full, rates = binary_metrics(y, p, 0.5), binary_metrics(y, p, 0.5, ranking=False)
+    assert np.isnan(rates["roc_auc"]) and np.isnan(rates["pr_auc"])
+    assert full["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    for name in ("accuracy", "sensitivity", "specificity", "f1", "brier", "ece", "log_loss"):
+        assert rates[name] == full[name], name
+    assert rates["confusion"] == full["confusion"]
+
+
 def test_ece_zero_when_calibrated_and_large_when_not() -> None:
     rng = np.random.default_rng(0)
     p = rng.uniform(size=200_000)
