@@ -1,9 +1,10 @@
 """The engine that runs the network's forward pass at inference: torch, OpenVINO or ONNX Runtime.
 
 The model file (weights + metadata, pneumo/models) stays the only source of truth: when a model
-is loaded for serving or batch scoring, the network is exported to ONNX in memory (a second or
-two) and compiled by the chosen runtime, then checked against torch on probe images before it
-is used. The result is called like the torch module, standardised pixels (N, 1, S, S) ->
+is loaded for serving or batch scoring, the network is exported to ONNX (seconds; the bytes are
+cached under ``$XDG_CACHE_HOME/pneumo/onnx``, keyed by the weights, the code and the exporter's
+version, so the pipeline's later stages skip it) and compiled by the chosen runtime, then
+checked against torch on probe images before it is used. The result is called like the torch module, standardised pixels (N, 1, S, S) ->
 logits (N,), so :func:`pneumo.inference.predict_proba` stays the one way to probabilities.
 
 ``model.runtime: auto`` is OpenVINO on a CPU and torch on a GPU. An exported network computes
@@ -21,8 +22,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
+import importlib.metadata
 import json
 import logging
+import os
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -107,11 +112,75 @@ def resolve_runtime(setting: str, accel: Accelerator) -> str:
 
 def export_onnx(model: nn.Module, image_size: int, features: bool = False) -> bytes:
     """The network as an ONNX model with a dynamic batch dimension (torch's dynamo exporter);
-    with ``features``, its pooled block features are a second output (the input guard's)."""
+    with ``features``, its pooled block features are a second output (the input guard's).
+
+    The export takes seconds on 2 cores and every pipeline stage that loads the model needs it,
+    so its bytes are kept in a cache keyed by everything they depend on (:func:`_export_key`).
+    """
     try:
         import onnxscript  # noqa: F401  (the exporter needs it; a clear message if missing)
     except ImportError as exc:
         raise ConfigError(f"exporting to ONNX needs onnx and onnxscript: {INSTALL_HINT}") from exc
+    cached = _cache_file(model, image_size, features)
+    if cached is not None and cached.is_file():
+        with contextlib.suppress(OSError):
+            onnx = cached.read_bytes()
+            cached.touch()  # recently used: pruned last
+            return onnx
+    onnx = _export(model, image_size, features)
+    if cached is not None:
+        _keep(cached, onnx)
+    return onnx
+
+
+# The newest exports kept in the cache (a 128-pixel network's is ~5 MB).
+CACHE_KEEP = 32
+
+
+def _cache_file(model: nn.Module, image_size: int, features: bool) -> Path | None:
+    """Where this export is cached: ``$PNEUMO_CACHE_DIR`` (``off``: no cache), else
+    ``$XDG_CACHE_HOME/pneumo`` or ``~/.cache/pneumo``, folder ``onnx``."""
+    root = os.environ.get("PNEUMO_CACHE_DIR") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pneumo")
+    if root == "off":
+        return None
+    return Path(root) / "onnx" / f"{_export_key(model, image_size, features)}.onnx"
+
+
+def _export_key(model: nn.Module, image_size: int, features: bool) -> str:
+    """SHA-256 of what the exported bytes depend on: the weights and buffers, the architecture,
+    the code that defines the graph (pneumo/models and this module) and the exporter's version."""
+    digest = hashlib.sha256(f"{image_size} {features} {type(model).__qualname__} {model!r}".encode())
+    for package in ("torch", "onnxscript", "onnx"):
+        digest.update(f"{package} {importlib.metadata.version(package)}".encode())
+    code = Path(__file__).resolve().parents[1] / "models"
+    for source in (Path(__file__).resolve(), *sorted(code.glob("*.py"))):
+        digest.update(source.read_bytes())
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name} {array.dtype} {tuple(array.shape)}".encode())
+        digest.update(array.view(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+    return digest.hexdigest()
+
+
+def _keep(path: Path, onnx: bytes) -> None:
+    """Write ``onnx`` atomically and prune all but the newest CACHE_KEEP; a cache that cannot be
+    written (a read-only container) only costs the next export its seconds."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(handle, "wb") as out:
+            out.write(onnx)
+        os.replace(tmp, path)
+        kept = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("ONNX cache not written (%s): %s", path.parent, exc)
+
+
+def _export(model: nn.Module, image_size: int, features: bool) -> bytes:
+    """torch's dynamo exporter, quiet."""
     network = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     if features:
         from pneumo.models import with_features

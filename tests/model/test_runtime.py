@@ -25,6 +25,7 @@ from pneumo.inference.runtime import (
     RuntimeMismatchError,
     check_network,
     compile_network,
+    export_onnx,
     resolve_runtime,
 )
 from pneumo.models import build_model, load_model
@@ -124,6 +125,41 @@ def test_predictor_runs_the_export_and_keeps_torch_for_gradients(
     np.testing.assert_allclose(
         exported.probabilities(real_images[:8]), plain.probabilities(real_images[:8]), atol=EQUAL
     )
+
+
+def test_the_export_is_cached_by_weights_features_and_code(
+    trained: torch.nn.Module,
+    untrained_twin: torch.nn.Module,
+    real_images: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every stage that loads the model exports it; the second export of the same weights is
+    read from the cache, and anything that changes the graph or weights exports anew."""
+    monkeypatch.setenv("PNEUMO_CACHE_DIR", str(tmp_path / "cache"))
+    first = export_onnx(trained, 64, True)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+
+    def exporter_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(torch.onnx, "export", exporter_called)
+    assert export_onnx(trained, 64, True) == first  # from the cache
+    served = compile_network(trained, "openvino", FP32, features=True)  # checked against torch
+    expected = predict_proba(trained, real_images, 64, False, FP32)
+    np.testing.assert_allclose(predict_proba(served, real_images, 64, False, FP32), expected,
+                               rtol=0, atol=EQUAL)  # fmt: skip
+    for other in ((untrained_twin, 64, True), (trained, 64, False)):
+        with pytest.raises(AssertionError, match="exported again"):
+            export_onnx(*other)
+    monkeypatch.setenv("PNEUMO_CACHE_DIR", "off")
+    with pytest.raises(AssertionError, match="exported again"):
+        export_onnx(trained, 64, True)
+    monkeypatch.undo()
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("PNEUMO_CACHE_DIR", str(not_a_folder))  # unwritable: exports, no error
+    assert len(export_onnx(trained, 64, True)) == len(first)
 
 
 def test_runtime_choice() -> None:
