@@ -3,7 +3,8 @@
 Clones this repository (its last commit) into a temporary folder with ``../shared`` beside it, as
 CI does, and runs `pneumo retrain` there: the command `make run` runs once the environment is
 installed (installing the Python stack is not counted: `make run` installs it only when
-pyproject.toml changes). Nothing is cached: no DVC cache, no MLflow store, no Bento store, so every
+pyproject.toml changes). Nothing is cached: no DVC cache, no MLflow store, no Bento store, an
+empty ONNX export cache (``PNEUMO_CACHE_DIR``, filled as the stages run), so every
 stage runs, the model is registered and promoted, and the Bento is built. Prints one JSON object:
 the wall time, the minutes of every stage (what the Prefect run's summary artifact shows, from
 ``metrics/timing/stages.json``), the training's own figures (``metrics/timing/train.json``) and
@@ -40,7 +41,7 @@ def fresh_clone(parent: Path) -> Path:
 def run_retrain(clone: Path, log: Path) -> float:
     """`pneumo retrain` in ``clone`` with this environment's commands; its wall seconds."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TQDM_DISABLE": "1"}  # fmt: skip
+           "TQDM_DISABLE": "1", "PNEUMO_CACHE_DIR": str(clone.parent / "cache")}  # fmt: skip
     started = time.monotonic()
     with log.open("w") as out:
         done = subprocess.run(["pneumo", "retrain"], cwd=clone, env=env, stdout=out,
