@@ -4,8 +4,9 @@ The model file (weights + metadata, pneumo/models) stays the only source of trut
 is loaded for serving or batch scoring, the network is exported to ONNX (seconds; the bytes are
 cached under ``$XDG_CACHE_HOME/pneumo/onnx``, keyed by the weights, the code and the exporter's
 version, so the pipeline's later stages skip it) and compiled by the chosen runtime, then
-checked against torch on probe images before it is used. The result is called like the torch module, standardised pixels (N, 1, S, S) ->
-logits (N,), so :func:`pneumo.inference.predict_proba` stays the one way to probabilities.
+checked against torch on probe images before it is used. The result is called like the torch
+module, standardised pixels (N, 1, S, S) -> logits (N,), so
+:func:`pneumo.inference.predict_proba` stays the one way to probabilities.
 
 ``model.runtime: auto`` is OpenVINO on a CPU and torch on a GPU. An exported network computes
 in fp32 and equals torch fp32 to 1e-4 (checked at load, tested on real radiographs), except where
@@ -140,8 +141,11 @@ CACHE_KEEP = 32
 def _cache_file(model: nn.Module, image_size: int, features: bool) -> Path | None:
     """Where this export is cached: ``$PNEUMO_CACHE_DIR`` (``off``: no cache), else
     ``$XDG_CACHE_HOME/pneumo`` or ``~/.cache/pneumo``, folder ``onnx``."""
-    root = os.environ.get("PNEUMO_CACHE_DIR") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pneumo")
+    try:
+        root = os.environ.get("PNEUMO_CACHE_DIR") or str(
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pneumo")
+    except RuntimeError:  # no home folder (some containers): no cache
+        root = "off"
     if root == "off":
         return None
     return Path(root) / "onnx" / f"{_export_key(model, image_size, features)}.onnx"
