@@ -8,9 +8,8 @@ import numpy as np
 import torch
 
 from pneumo.config import Settings
-from pneumo.data.augment import BatchAugmentation
+from pneumo.data.augment import BatchAugmentation, augment_batch, build_augmentation
 from pneumo.data.preprocess import load_arrays
-from pneumo.data.transforms import augment_batch, build_augmentation
 from pneumo.errors import PipelineOrderError
 from pneumo.training.optimization import sample_weights
 from pneumo.training.train_state import TrainData

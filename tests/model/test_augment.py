@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from pneumo.config import AugmentSettings
-from pneumo.data.augment import BatchAugmentation
+from pneumo.data.augment import BatchAugmentation, augment_batch, build_augmentation
 from pneumo.data.preprocess import decode_many
-from pneumo.data.transforms import augment_batch, build_augmentation
 
 SIDE = 64
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pneumo.config import AugmentSettings
-from pneumo.data.transforms import augment_batch, build_augmentation, standardize
+from pneumo.data.augment import augment_batch, build_augmentation
+from pneumo.data.transforms import standardize
 from pneumo.inference import predict_proba
 from pneumo.models import build_model
 
