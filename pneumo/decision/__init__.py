@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from pneumo.config import EvaluateSettings
 from pneumo.data.kermany import CLASSES
@@ -111,6 +110,8 @@ def choose_threshold(
     y_val: np.ndarray, p_val: np.ndarray, settings: EvaluateSettings, tta: bool = False
 ) -> Decision:
     """Pick the decision threshold from validation labels and probabilities only."""
+    from sklearn import metrics as skm  # here: the service loads this module, not scikit-learn
+
     y_val = np.asarray(y_val).astype(int)
     fpr, tpr, thresholds = skm.roc_curve(y_val, p_val)
     finite = np.isfinite(thresholds)
