@@ -3,7 +3,9 @@
 One ``affine_grid`` + ``grid_sample`` warps the batch (rotation, scale, aspect, shift, flip);
 tone changes, blur, resampling and noise are vectorised; only JPEG re-compression runs per
 image (Pillow's libjpeg). All draws come from one ``torch.Generator``, so an
-epoch's augmentation is reproducible and a resumed run repeats the uninterrupted one.
+epoch's augmentation is reproducible and a resumed run repeats the uninterrupted one. The
+per-image torchvision v2 reference (``train.augment.engine: per_image``) is at the end: only
+training imports this module, so scoring processes never load torchvision.
 
 Why these ops: radiographs from another hospital differ in positioning and field of view
 (geometry, aspect), detector response (gamma, brightness, contrast), and in how the file was
