@@ -28,7 +28,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -170,12 +169,11 @@ def _export_key(model: nn.Module, image_size: int, features: bool) -> str:
 def _keep(path: Path, onnx: bytes) -> None:
     """Write ``onnx`` atomically and prune all but the newest CACHE_KEEP; a cache that cannot be
     written (a read-only container) only costs the next export its seconds."""
+    from pneumo.workspace import atomic_path
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "wb") as out:
-            out.write(onnx)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(onnx)
         kept = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[CACHE_KEEP:]:
             old.unlink(missing_ok=True)
