@@ -20,6 +20,8 @@ POINT_METRICS: tuple[str, ...] = (
 )  # fmt: skip
 # The smallest probability used in the log loss: a confident mistake costs ~16, not infinity.
 _LOG_LOSS_EPS = 1e-7
+# At most this many (resample, image) cells at once in a bootstrap: ~32 MB per float array.
+_BOOTSTRAP_CELLS = 4_000_000
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -36,8 +38,12 @@ def calibration_curve(
     return observed, predicted
 
 
+def _bin_index(p: np.ndarray, bins: int) -> np.ndarray:
+    return np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
+
+
 def _binned(y: np.ndarray, p: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    index = np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
+    index = _bin_index(p, bins)
     counts = np.bincount(index, minlength=bins)
     filled = counts > 0
     observed = np.bincount(index, weights=y, minlength=bins)[filled] / counts[filled]
@@ -47,9 +53,12 @@ def _binned(y: np.ndarray, p: np.ndarray, bins: int) -> tuple[np.ndarray, np.nda
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
     """Binary cross-entropy of probabilities against 0/1 labels."""
-    clipped = np.clip(np.asarray(p, dtype=float), _LOG_LOSS_EPS, 1 - _LOG_LOSS_EPS)
-    positive = np.asarray(y).astype(bool)
-    return float(-np.mean(np.where(positive, np.log(clipped), np.log(1 - clipped))))
+    return float(-np.mean(_log_likelihood(np.asarray(y).astype(bool), np.asarray(p, dtype=float))))
+
+
+def _log_likelihood(positive: np.ndarray, p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(p, _LOG_LOSS_EPS, 1 - _LOG_LOSS_EPS)
+    return np.where(positive, np.log(clipped), np.log(1 - clipped))
 
 
 def binary_metrics(
@@ -93,6 +102,73 @@ def point_metrics(
     return {name: float(values.get(name, float("nan"))) for name in names}
 
 
+def weighted_point_metrics(
+    y: np.ndarray, p: np.ndarray, weights: np.ndarray, threshold: float, bins: int = 10
+) -> dict[str, np.ndarray]:
+    """The point metrics of many resamples of one scored set at once: row s of ``weights``
+    (S, N) says how often each image was drawn into resample s.
+
+    Each row gives what :func:`binary_metrics` gives for the resample written out (ROC-AUC as the
+    area under the ROC curve over distinct scores, PR-AUC as average precision, NaN where a class
+    is absent), to floating-point rounding: only the order of the sums differs. A bootstrap of
+    1,000 resamples is one pass over a few (S, N) arrays instead of 1,000 calls to scikit-learn.
+    """
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    called = p >= threshold
+    positives, negatives = w[:, y].sum(axis=1), w[:, ~y].sum(axis=1)
+    total = positives + negatives
+    tp, fp = w[:, y & called].sum(axis=1), w[:, ~y & called].sum(axis=1)
+    fn, tn = positives - tp, negatives - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {
+            "accuracy": (tp + tn) / total,
+            "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
+            "sensitivity": np.where(positives > 0, tp / positives, np.nan),
+            "specificity": np.where(negatives > 0, tn / negatives, np.nan),
+            "f1": np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
+            **_weighted_ranking(y, p, w, positives, negatives),
+            "brier": w @ (p - y) ** 2 / total,
+            "ece": _weighted_ece(y, p, w, total, bins),
+            "log_loss": -(w @ _log_likelihood(y, p)) / total,
+        }
+    return out
+
+
+def _weighted_ece(
+    y: np.ndarray, p: np.ndarray, w: np.ndarray, total: np.ndarray, bins: int
+) -> np.ndarray:
+    one_hot = np.eye(bins)[_bin_index(p, bins)]  # (N, bins)
+    counts = w @ one_hot
+    filled = np.where(counts > 0, counts, 1.0)
+    gap = np.abs((w @ (one_hot * y[:, None])) - (w @ (one_hot * p[:, None]))) / filled
+    return (counts / total[:, None] * gap).sum(axis=1)
+
+
+def _weighted_ranking(
+    y: np.ndarray, p: np.ndarray, w: np.ndarray, positives: np.ndarray, negatives: np.ndarray
+) -> dict[str, np.ndarray]:
+    """ROC-AUC (trapezoids between the ROC points of the distinct scores) and average precision
+    (sum over thresholds of recall gained x precision), as scikit-learn defines them."""
+    order = np.argsort(-p, kind="mergesort")
+    scores = p[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # end of each distinct score
+    tps = np.cumsum(w[:, order] * y[order], axis=1)[:, last]
+    fps = np.cumsum(w[:, order] * ~y[order], axis=1)[:, last]
+    zero = np.zeros((len(w), 1))
+    tps_before, fps_before = np.hstack([zero, tps[:, :-1]]), np.hstack([zero, fps[:, :-1]])
+    both = (positives > 0) & (negatives > 0)
+    area = ((fps - fps_before) * (tps + tps_before)).sum(axis=1) / 2
+    called = tps + fps
+    precision = np.divide(tps, called, out=np.zeros_like(tps), where=called > 0)
+    gained = ((tps - tps_before) * precision).sum(axis=1)
+    return {
+        "roc_auc": np.where(both, area / (positives * negatives), np.nan),
+        "pr_auc": np.where(both, gained / positives, np.nan),
+    }
+
+
 def bootstrap_intervals(
     y: np.ndarray,
     p: np.ndarray,
@@ -103,24 +179,31 @@ def bootstrap_intervals(
     seed: int = 0,
     bins: int = 10,
 ) -> dict[str, list[float]]:
-    """Percentile intervals of every point metric, resampling whole patients with replacement."""
+    """Percentile intervals of every point metric, resampling whole patients with replacement.
+
+    Each resample is drawn as before (``samples`` draws of as many patients as there are, from
+    ``seed``) and scored as the images it holds, through :func:`weighted_point_metrics`.
+    """
     if samples == 0:
         return {}
     y, p = np.asarray(y), np.asarray(p, dtype=float)
     rng = np.random.default_rng(seed)
     codes, uniques = pd.factorize(pd.Series(groups))
-    members = [np.flatnonzero(codes == g) for g in range(len(uniques))]
-    drawn: dict[str, list[float]] = {name: [] for name in POINT_METRICS}
-    for _ in range(samples):
-        chosen = rng.integers(0, len(members), len(members))
-        index = np.concatenate([members[g] for g in chosen])
-        values = binary_metrics(y[index], p[index], threshold, bins)
+    patients = len(uniques)
+    drawn: dict[str, list[np.ndarray]] = {name: [] for name in POINT_METRICS}
+    rows = max(1, _BOOTSTRAP_CELLS // max(1, len(y)))  # resamples scored together
+    for start in range(0, samples, rows):
+        weights = np.stack([
+            np.bincount(rng.integers(0, patients, patients), minlength=patients)[codes]
+            for _ in range(min(rows, samples - start))
+        ])  # fmt: skip
+        values = weighted_point_metrics(y, p, weights, threshold, bins)
         for name in POINT_METRICS:
             drawn[name].append(values[name])
     alpha = (1.0 - level) / 2
     return {
         name: [float(np.nanquantile(v, alpha)), float(np.nanquantile(v, 1 - alpha))]
-        for name, v in drawn.items()
+        for name, v in ((name, np.concatenate(parts)) for name, parts in drawn.items())
     }
 
 

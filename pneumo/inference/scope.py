@@ -199,8 +199,13 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     edges = np.abs(np.diff(x, axis=1))[:, :, :-1] + np.abs(np.diff(x, axis=2))[:, :-1, :]
     edges = grid(np.pad(edges, ((0, 0), (0, 1), (0, 1))))
     edges = edges / (edges.mean(1, keepdims=True) + 1e-6)
-    bins = np.minimum((x * PIXEL_BINS).astype(np.int64), PIXEL_BINS - 1).reshape(n, -1)
-    hist = np.stack([np.bincount(row, minlength=PIXEL_BINS) for row in bins]) / (side * side)
+    # Each grey level's bin, from the same float32 arithmetic as the pixels (a table of 256).
+    levels = np.minimum((np.arange(256, dtype=np.float32) / 255.0 * PIXEL_BINS).astype(np.int64),
+                        PIXEL_BINS - 1)  # fmt: skip
+    bins = levels[np.asarray(images, dtype=np.uint8)].reshape(n, -1)
+    bins += np.arange(n)[:, None] * PIXEL_BINS  # one histogram per image, in one count
+    hist = np.bincount(bins.ravel(), minlength=n * PIXEL_BINS).reshape(n, PIXEL_BINS)
+    hist = hist / (side * side)
     return np.concatenate([layout, hist, edges], axis=1).astype(np.float32)
 
 

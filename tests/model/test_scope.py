@@ -159,3 +159,23 @@ def test_the_committed_prior_reads_the_pixels_the_model_sees() -> None:
         pixel_features(np.zeros((1, size, size), np.uint8)).shape[1],
     )
     assert fitted_on["n"] >= 500 and len(fitted_on["sources"]) >= 6
+
+
+def test_pixel_histogram_counts_each_grey_level_where_the_float_pixels_put_it() -> None:
+    """The grey histogram of the pixel prior (a table lookup and one count for the batch) puts
+    every level where the model's float32 pixels x / 255 put it: bin floor(16 x), 1.0 in the
+    last; counted per image."""
+    from pneumo.inference.scope import PIXEL_BINS, PIXEL_GRID, pixel_features
+
+    side = 8 * PIXEL_GRID
+    every_level = np.resize(np.arange(256, dtype=np.uint8), (side, side))
+    noise = np.random.default_rng(0).integers(0, 256, (3, side, side), dtype=np.uint8)
+    images = np.concatenate([every_level[None], noise, np.full((1, side, side), 255, np.uint8)])
+    grid = PIXEL_GRID * PIXEL_GRID
+    histograms = pixel_features(images)[:, grid : grid + PIXEL_BINS]
+    for image, histogram in zip(images, histograms, strict=True):
+        x = image.astype(np.float32) / np.float32(255.0)
+        bins = np.minimum(np.floor(x * PIXEL_BINS).astype(int), PIXEL_BINS - 1)
+        expected = np.bincount(bins.ravel(), minlength=PIXEL_BINS) / image.size
+        np.testing.assert_array_equal(histogram, expected.astype(np.float32))
+    assert histograms[-1, -1] == 1.0  # white is in the last bin

@@ -1,12 +1,19 @@
 """Metrics against scikit-learn on known inputs; the threshold never sees test labels."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
 from pneumo.config import EvaluateSettings
 from pneumo.decision import choose_threshold
-from pneumo.decision.metrics import binary_metrics, bootstrap_intervals, expected_calibration_error
+from pneumo.decision.metrics import (
+    POINT_METRICS,
+    binary_metrics,
+    bootstrap_intervals,
+    expected_calibration_error,
+    weighted_point_metrics,
+)
 from pneumo.evaluation.evaluate import metrics_table, mlflow_metrics, score_split
 
 
@@ -95,6 +102,54 @@ def test_bootstrap_intervals_contain_the_estimate_and_resample_patients() -> Non
         assert high - low < 0.2
     again = bootstrap_intervals(y, p, patients, 0.5, settings.bootstrap_samples, seed=settings.seed)
     assert ci == again  # seeded
+
+
+def _same(expected: float, got: float) -> bool:
+    return bool(np.isnan(got)) if np.isnan(expected) else abs(expected - got) < 1e-12
+
+
+def test_weighted_metrics_equal_binary_metrics_on_each_resample_written_out() -> None:
+    """Ties, a resample with one class only, a resample with nothing called positive."""
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    p = np.array([0.1, 0.5, 0.5, 0.9, 0.2, 0.5, 0.7, 0.05])
+    weights = np.array([
+        [1, 0, 2, 0, 1, 0, 0, 3],  # both classes, ties at 0.5
+        [2, 1, 0, 0, 0, 1, 0, 0],  # normals only: AUCs and sensitivity NaN
+        [0, 0, 1, 1, 1, 0, 1, 0],  # pneumonia only: specificity NaN
+        [1, 0, 0, 0, 1, 0, 0, 2],  # nothing above the threshold: precision and F1 0
+        [1, 1, 1, 1, 1, 1, 1, 1],
+    ])  # fmt: skip
+    got = weighted_point_metrics(y, p, weights, 0.5)
+    for row, counts in enumerate(weights):
+        index = np.repeat(np.arange(len(y)), counts)
+        expected = binary_metrics(y[index], p[index], 0.5)
+        for name in POINT_METRICS:
+            assert _same(expected[name], got[name][row]), (row, name, expected[name], got[name][row])
+
+
+def test_bootstrap_scores_the_same_resamples_as_writing_each_one_out() -> None:
+    """The vectorised bootstrap draws the patients as one resample at a time would and gets the
+    same intervals, to rounding, for sets with ties, rare classes and one image per patient."""
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        n = int(rng.integers(5, 300))
+        y = rng.random(n) < rng.uniform(0.05, 0.95)
+        p = np.round(np.clip(rng.normal(0.3 + 0.4 * y, 0.25), 0, 1), int(rng.integers(1, 7)))
+        groups = rng.integers(0, int(rng.integers(2, n + 1)), n)
+        got = bootstrap_intervals(y, p, groups, 0.5, 100, seed=trial)
+        draws = np.random.default_rng(trial)
+        codes, uniques = pd.factorize(pd.Series(groups))
+        members = [np.flatnonzero(codes == g) for g in range(len(uniques))]
+        values: dict[str, list[float]] = {name: [] for name in POINT_METRICS}
+        for _ in range(100):
+            chosen = draws.integers(0, len(members), len(members))
+            index = np.concatenate([members[g] for g in chosen])
+            scored = binary_metrics(y[index], p[index], 0.5)
+            for name in POINT_METRICS:
+                values[name].append(scored[name])
+        for name, drawn in values.items():
+            expected = [np.nanquantile(drawn, 0.025), np.nanquantile(drawn, 0.975)]
+            assert all(_same(e, g) for e, g in zip(expected, got[name], strict=True)), name
 
 
 def test_report_has_slices_and_mlflow_names() -> None:
