@@ -193,9 +193,14 @@ def floor_threshold(
     n = len(positives)
     if n == 0:
         raise ValueError("no pneumonia case to hold a sensitivity floor on")
-    for hits in range(1, n + 1):  # the threshold at the hits-th highest pneumonia score
-        if sensitivity_lower_bound(hits, n, level) >= floor:
-            return float(positives[hits - 1]), True
+    from scipy.stats import beta
+
+    # The lower bound of every count of hits at once (the same function as
+    # sensitivity_lower_bound, element by element): the threshold at the hits-th highest score.
+    hits = np.arange(1, n + 1)
+    held = np.flatnonzero(beta.ppf((1 - level) / 2, hits, n - hits + 1) >= floor)
+    if len(held):
+        return float(positives[held[0]]), True
     needed = int(np.ceil(floor * n))
     return float(positives[max(needed, 1) - 1]), False
 

@@ -46,3 +46,23 @@ def test_when_no_rule_keeps_it_the_most_sensitive_is_named_and_flagged() -> None
     rows = {r["rule"]: r for r in table["rules"]}
     assert rows[table["recommended"]]["worst_sensitivity"] == max(
         r["worst_sensitivity"] for r in rows.values())  # fmt: skip
+
+
+def test_floor_threshold_is_the_highest_whose_clopper_pearson_bound_holds() -> None:
+    """The sensitivity floor's threshold, written out: the hits-th highest pneumonia score for
+    the fewest hits whose lower bound reaches the floor; the point sensitivity when none can."""
+    from pneumo.decision import floor_threshold, sensitivity_lower_bound
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        n = int(rng.integers(1, 300))
+        labels = rng.random(n) < 0.6
+        labels[0] = True
+        scores = rng.random(n)
+        floor, level = float(rng.choice([0.5, 0.9, 0.95, 0.99])), float(rng.choice([0.9, 0.95]))
+        positives = np.sort(scores[labels])[::-1]
+        held = [h for h in range(1, len(positives) + 1)
+                if sensitivity_lower_bound(h, len(positives), level) >= floor]  # fmt: skip
+        needed = max(int(np.ceil(floor * len(positives))), 1)
+        expected = (positives[held[0] - 1], True) if held else (positives[needed - 1], False)
+        assert floor_threshold(labels, scores, floor, level) == (float(expected[0]), expected[1])
