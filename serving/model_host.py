@@ -61,8 +61,9 @@ def load_predictor(settings: Settings, stored: Any, workers: int) -> Predictor:
 
         keep_faster_precision(predictor, threads)
     side = predictor.image_size
-    # One warm-up call: the first real request should not pay for the runtime's set-up.
-    predictor.probabilities(np.zeros((1, side, side), dtype=np.uint8))
+    # One warm-up call of what a request runs (the network with its features, and the guard
+    # with its imports): the first real request should not pay for the set-up (~1 s here).
+    predictor.assess(np.zeros((1, side, side), dtype=np.uint8))
     log.info("model %s loaded (%d threads, %s)", stored.tag, threads, predictor.network)
     return predictor
 

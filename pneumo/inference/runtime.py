@@ -25,6 +25,7 @@ import copy
 import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -117,10 +118,9 @@ def export_onnx(model: nn.Module, image_size: int, features: bool = False) -> by
     The export takes seconds on 2 cores and every pipeline stage that loads the model needs it,
     so its bytes are kept in a cache keyed by everything they depend on (:func:`_export_key`).
     """
-    try:
-        import onnxscript  # noqa: F401  (the exporter needs it; a clear message if missing)
-    except ImportError as exc:
-        raise ConfigError(f"exporting to ONNX needs onnx and onnxscript: {INSTALL_HINT}") from exc
+    # Looked up, not imported: importing onnxscript takes ~2 s, and a cached export needs none.
+    if any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxscript")):
+        raise ConfigError(f"exporting to ONNX needs onnx and onnxscript: {INSTALL_HINT}")
     cached = _cache_file(model, image_size, features)
     if cached is not None and cached.is_file():
         with contextlib.suppress(OSError):

@@ -173,3 +173,29 @@ def test_packaging_refuses_a_guard_fitted_on_other_weights(
     (tmp_path / "staging").mkdir()
     with pytest.raises(GuardMismatchError, match="`pneumo guard`"):
         fetch_from_workspace(copy, tmp_path / "staging")
+
+
+def test_the_service_warms_up_the_path_a_request_takes(
+    fitted: tuple[Workspace, Settings, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading runs one blank image through the network with its features and through the
+    scope check, so the first request does not pay their set-up (~1 s measured before)."""
+    from pneumo.stored_model import DECISION_FILE, GUARD_FILE, MODEL_FILE
+    from serving.model_host import load_predictor
+
+    workspace, settings, _ = fitted
+    files = {MODEL_FILE: workspace.model, DECISION_FILE: workspace.decision,
+             GUARD_FILE: workspace.guard}  # fmt: skip
+
+    class Stored:  # what load_predictor reads of a bentoml.Model
+        tag = "pneumonia-model:test"
+
+        def path_of(self, name: str) -> str:
+            return str(files.get(name, Path("/nonexistent") / name))
+
+    judged: list[int] = []
+    judge = Guard.judge
+    monkeypatch.setattr(Guard, "judge", lambda self, f: judged.append(len(f)) or judge(self, f))
+    model = settings.model.model_copy(update={"precision": "fp32", "runtime": "openvino"})
+    predictor = load_predictor(settings.model_copy(update={"model": model}), Stored(), 1)
+    assert judged == [1] and predictor.guard is not None

@@ -241,3 +241,4 @@ def test_the_service_times_bf16_only_for_precision_auto(
         model = settings.model.model_copy(update={"precision": precision, "runtime": "openvino"})
         load_predictor(settings.model_copy(update={"model": model}), stored, 1)
     assert len(asked) == 1
+

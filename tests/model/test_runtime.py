@@ -7,6 +7,7 @@ images, decoded by ``decode_radiograph``), with and without test-time augmentati
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -160,6 +161,35 @@ def test_the_export_is_cached_by_weights_features_and_code(
     not_a_folder.write_text("")
     monkeypatch.setenv("PNEUMO_CACHE_DIR", str(not_a_folder))  # unwritable: exports, no error
     assert len(export_onnx(trained, 64, True)) == len(first)
+
+
+def test_a_cached_export_imports_no_exporter(
+    briefly_trained: tuple[Workspace, Settings], tmp_path: Path
+) -> None:
+    """Reading the cache must not cost the exporter's import (onnxscript and torch.onnx take
+    seconds in every process that loads the model); without onnxscript installed, exporting
+    says what to install."""
+    import subprocess
+
+    model_file = briefly_trained[0].model
+    code = (
+        "import sys; from pneumo.models import load_model; "
+        "from pneumo.inference.runtime import export_onnx; "
+        f"model, meta = load_model({str(model_file)!r}); export_onnx(model, meta['image_size']); "
+        "print(sorted(m for m in ('onnxscript', 'torch.onnx') if m in sys.modules))"
+    )
+    env = {**os.environ, "PNEUMO_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, check=True).stdout.split("\n")[-2] for _ in range(2)]  # fmt: skip
+    assert runs == ["['onnxscript', 'torch.onnx']", "[]"]  # exported, then read from the cache
+
+
+def test_a_missing_exporter_says_what_to_install(
+    trained: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    with pytest.raises(ConfigError, match="needs onnx and onnxscript: pip install"):
+        export_onnx(trained, 64)
 
 
 def test_runtime_choice() -> None:
