@@ -181,8 +181,9 @@ def bootstrap_intervals(
 ) -> dict[str, list[float]]:
     """Percentile intervals of every point metric, resampling whole patients with replacement.
 
-    Each resample is drawn as before (``samples`` draws of as many patients as there are, from
-    ``seed``) and scored as the images it holds, through :func:`weighted_point_metrics`.
+    Each resample draws as many patients as there are from ``seed``, one draw per resample (so
+    the resamples do not depend on how many are scored together), and is scored as the images it
+    holds, many resamples at a time (:func:`weighted_point_metrics`).
     """
     if samples == 0:
         return {}
