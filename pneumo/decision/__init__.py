@@ -176,11 +176,17 @@ def conformal_band(
     return float(min(cuts)), float(max(cuts))
 
 
-def sensitivity_lower_bound(hits: int, n: int, level: float) -> float:
-    """Clopper-Pearson lower bound of a sensitivity of ``hits`` out of ``n``."""
+def sensitivity_lower_bound(
+    hits: int | np.ndarray, n: int, level: float
+) -> float | np.ndarray:
+    """Clopper-Pearson lower bound of a sensitivity of ``hits`` out of ``n``; for an array of
+    counts, each one's bound (SciPy's beta quantile element by element)."""
     from scipy.stats import beta
 
-    return 0.0 if hits == 0 else float(beta.ppf((1 - level) / 2, hits, n - hits + 1))
+    counts = np.asarray(hits)
+    with np.errstate(invalid="ignore"):  # no hit: beta(0, .) is undefined, the bound is 0
+        bounds = np.where(counts == 0, 0.0, beta.ppf((1 - level) / 2, counts, n - counts + 1))
+    return float(bounds) if bounds.ndim == 0 else bounds
 
 
 def floor_threshold(
@@ -193,12 +199,8 @@ def floor_threshold(
     n = len(positives)
     if n == 0:
         raise ValueError("no pneumonia case to hold a sensitivity floor on")
-    from scipy.stats import beta
-
-    # The lower bound of every count of hits at once (the same function as
-    # sensitivity_lower_bound, element by element): the threshold at the hits-th highest score.
-    hits = np.arange(1, n + 1)
-    held = np.flatnonzero(beta.ppf((1 - level) / 2, hits, n - hits + 1) >= floor)
+    # Every count of hits at once: the threshold at the hits-th highest pneumonia score.
+    held = np.flatnonzero(sensitivity_lower_bound(np.arange(1, n + 1), n, level) >= floor)
     if len(held):
         return float(positives[held[0]]), True
     needed = int(np.ceil(floor * n))
