@@ -3,7 +3,8 @@
 Every check that can run from a header runs before any pixel is decoded: the declared content
 type, the sniffed format, the pixel count (decompression bombs) and the smallest side. Decoding
 itself is :func:`pneumo.data.preprocess.decode_radiograph`, as in training; DICOM is first turned
-into a plain image by :func:`pneumo.data.dicom.dicom_to_image`.
+into a plain image by :func:`pneumo.data.dicom.dicom_for_model` (a wrapped JPEG at reduced scale,
+as a JPEG upload).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pneumo.data.dicom import (
     DicomError,
     DicomTooLargeError,
     UnsupportedDicomError,
-    dicom_to_image,
+    dicom_for_model,
     is_dicom,
 )
 from pneumo.data.preprocess import (
@@ -115,9 +116,11 @@ def _check_size(width: int, height: int, max_pixels: int, min_side: int) -> None
         )
 
 
-def _open_dicom(data: bytes, max_pixels: int) -> Image.Image:
+def _open_dicom(data: bytes, max_pixels: int, image_size: int) -> tuple[Image.Image, Screening]:
+    """The DICOM's image for the model and its screen (grey by then; the header's size)."""
     try:
-        return dicom_to_image(data, max_pixels)
+        image, (width, height) = dicom_for_model(data, image_size, max_pixels)
+        return image, Screening(width, height, 0.0)
     except DicomTooLargeError as exc:
         raise InputError(413, "too_many_pixels", _reason(exc)) from None
     except UnsupportedDicomError as exc:
@@ -170,11 +173,15 @@ def read_radiograph(
             "content_type_mismatch",
             f"declared {declared} but the file is {fmt}: send the matching content type",
         )
-    image = _open_dicom(data, max_pixels) if fmt == "DICOM" else _open_image(data, fmt)
-    width, height = image.size
+    if fmt == "DICOM":
+        image, screening = _open_dicom(data, max_pixels, image_size)
+    else:
+        image = _open_image(data, fmt)
+        screening = Screening.of(image)  # drafts a JPEG: its image is not used after
+    width, height = screening.width, screening.height
     try:
         _check_size(width, height, max_pixels, min_side)
-        screen_reason = Screening.of(image).reason(None)  # drafts a JPEG: image is not used after
+        screen_reason = screening.reason(None)
         # A JPEG or PNG is decoded again from its bytes: the integrity rule needs them.
         source = image if fmt == "DICOM" else data
         pixels = decode_radiograph(source, image_size, max_pixels)

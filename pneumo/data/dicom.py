@@ -5,6 +5,14 @@ into display values (rescale slope/intercept, VOI window when the file has one, 
 inverted so bone is always bright) and hands back a PIL image; resizing and grayscale conversion
 stay in :func:`pneumo.data.preprocess.decode_radiograph`. Anything it cannot read faithfully is
 refused with :class:`DicomError` rather than guessed at.
+
+For the model (:func:`dicom_for_model`), an 8-bit JPEG-baseline image with no rescale or window
+(what modalities and ``pneumo dicom-send`` write for a JPEG radiograph) is decoded the way a JPEG
+upload is: in the DCT domain at the smallest scale that covers the model's side, with the same
+strict integrity check. A DICOM-wrapped JPEG then gets the very pixels of the JPEG it wraps, the
+pixels training saw, at the JPEG route's speed instead of a full-resolution decode and resize.
+Every JPEG-baseline frame is decoded by that strict decoder (full size where a rescale or window
+follows), so a damaged frame is refused here as a damaged JPEG upload is, never predicted.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pneumo.data.imagefile import ImageDecodeError, UnsupportedImageError, decode_jpeg
 from pneumo.errors import PneumoError
 
 log = logging.getLogger(__name__)
@@ -39,6 +48,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT",
                       b"SV", b"UV"})  # fmt: skip
 ITEM, ITEM_END, SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 
 class DicomError(PneumoError):
@@ -248,21 +258,51 @@ def _pixels(ds: Any, rows: int, columns: int) -> np.ndarray:
     return raw
 
 
-def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """One DICOM radiograph (file bytes) -> a grayscale PIL image of display values.
+def _jpeg_frame(ds: Any, rows: int, columns: int, image_size: int) -> np.ndarray | None:
+    """The one JPEG-baseline frame, decoded and checked as a JPEG upload is (scaled down to
+    cover ``image_size``); None when it is not a plain grey JPEG of the header's size (pydicom
+    then decodes it)."""
+    from pydicom.encaps import get_frame
 
-    Accepts single-frame MONOCHROME1/2 images of 8 or 16 bits, uncompressed or in any
-    compression pydicom can decode here; ``max_pixels`` is checked from the header first.
-    """
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+        header = Image.open(io.BytesIO(frame), formats=["JPEG"])
+    except (ValueError, TypeError, KeyError, EOFError, OSError, SyntaxError) as exc:
+        raise DicomError(f"the DICOM pixel data is damaged or truncated: {exc}") from exc
+    with header:
+        if header.size != (columns, rows) or header.mode != "L":
+            return None
+        try:
+            decoded = decode_jpeg(frame, header, image_size)
+        except UnsupportedImageError as exc:
+            raise UnsupportedDicomError(f"the DICOM's JPEG frame: {exc}") from exc
+        except ImageDecodeError as exc:  # any libjpeg corrupt-data warning: never predicted
+            raise DicomError(f"the DICOM pixel data is damaged or truncated: {exc}") from exc
+    return None if decoded is None else np.asarray(decoded)
+
+
+def _display_image(
+    data: bytes, max_pixels: int | None, image_size: int | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The display image (a reduced-scale JPEG where the module docstring says) and the
+    header's (columns, rows)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = _parse(data)
     rows, columns, bits_allocated, photometric = _check_image_attributes(ds, max_pixels)
-    raw = _pixels(ds, rows, columns)
     has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds
     has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     passthrough = bits_allocated == 8 and not (has_rescale or has_voi or signed)
+    invert = photometric == "MONOCHROME1"
+    log.debug("DICOM %dx%d, %d-bit, %s", columns, rows, bits_allocated, photometric)
+    raw = None
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) == JPEG_BASELINE:
+        # Reduced scale only where nothing but inversion follows; full size for a LUT.
+        side = image_size if image_size is not None and passthrough else max(rows, columns)
+        raw = _jpeg_frame(ds, rows, columns, side)
+    if raw is None:
+        raw = _pixels(ds, rows, columns)
     try:
         values = raw
         if has_rescale:
@@ -273,5 +313,22 @@ def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         raise DicomError(f"the DICOM rescale or window attributes are invalid: {exc}") from exc
     if not np.isfinite(values).all():
         raise DicomError("the DICOM rescale produced non-finite pixel values")
-    log.debug("DICOM %dx%d, %d-bit, %s", columns, rows, bits_allocated, photometric)
-    return _to_image(np.asarray(values), photometric == "MONOCHROME1", passthrough)
+    return _to_image(np.asarray(values), invert, passthrough), (columns, rows)
+
+
+def dicom_to_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """One DICOM radiograph (file bytes) -> a grayscale PIL image of display values.
+
+    Accepts single-frame MONOCHROME1/2 images of 8 or 16 bits, uncompressed or in any
+    compression pydicom can decode here; ``max_pixels`` is checked from the header first.
+    """
+    return _display_image(data, max_pixels, None)[0]
+
+
+def dicom_for_model(
+    data: bytes, image_size: int, max_pixels: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`dicom_to_image` for a model of side ``image_size``, and the header's (width,
+    height): a JPEG-baseline image may come back decoded at reduced scale (module docstring),
+    still at least ``image_size`` on each side, for ``decode_radiograph`` to resize."""
+    return _display_image(data, max_pixels, image_size)

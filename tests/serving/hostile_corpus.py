@@ -224,6 +224,21 @@ def png_cases(gray: np.ndarray) -> Iterator[Hostile]:
 # ---------------------------------------------------------------- DICOM
 
 
+def dicom_jpeg_damage(name: str, jpeg: bytes, seed: int) -> Iterator[Hostile]:
+    """A grey JPEG radiograph wrapped as DICOM (JPEG baseline, as modalities and ``pneumo
+    dicom-send`` write it) with its frame damaged as :func:`jpeg_damage` damages a JPEG. pydicom
+    decoded most of these; the service must refuse each as a damaged DICOM, never predict it."""
+    from serving.dicom.results import part10
+    from serving.dicom.send import wrap_radiograph
+
+    if Image.open(io.BytesIO(jpeg)).mode != "L":
+        return  # a colour JPEG is wrapped uncompressed: no JPEG frame to damage
+    bad = {"content_type": "application/dicom", "statuses": CORRUPT, "code": "invalid_dicom"}
+    for case in jpeg_damage(name, jpeg, seed):
+        if case.statuses == CORRUPT:
+            yield Hostile(f"dicom_{case.name}", part10(wrap_radiograph(case.data)), **bad)
+
+
 def _nested(base: bytes, depth: int, implicit: bool = False, undefined: bool = False) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(base))
     inner = Dataset()

@@ -23,6 +23,7 @@ from PIL import Image
 from tests.serving.hostile_corpus import (
     Hostile,
     dicom_cases,
+    dicom_jpeg_damage,
     jpeg_bombs,
     jpeg_damage,
     png_cases,
@@ -59,6 +60,8 @@ def corpus(originals_root: Path, real_root: Path) -> list[Hostile]:
         gray = np.asarray(img.convert("L").resize((700, 600)))
     cases += png_cases(gray)
     cases += dicom_cases(gray)
+    for seed, path in enumerate(originals[:3]):
+        cases += dicom_jpeg_damage(path.stem, path.read_bytes(), seed)
     assert len({c.name for c in cases}) == len(cases)
     return cases
 

@@ -145,3 +145,81 @@ def test_damaged_jpeg_upload_is_400_corrupt_image(originals_root: Path) -> None:
         read(damaged.data, "image/jpeg")
     assert (raised.value.status, raised.value.code) == (400, "corrupt_image")
     assert read(path.read_bytes(), "image/jpeg").pixels.std() > 10
+
+
+def _wrapped(jpeg: bytes, **attributes: object) -> bytes:
+    """A JPEG radiograph as the DX instance modalities and `pneumo dicom-send` write."""
+    from serving.dicom.results import part10
+    from serving.dicom.send import wrap_radiograph
+
+    ds = wrap_radiograph(jpeg)
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    return part10(ds)
+
+
+def test_a_wrapped_jpeg_dicom_reads_as_the_jpeg_it_wraps(originals_root: Path) -> None:
+    """JPEG-baseline DICOM is decoded at reduced scale as a JPEG upload: the very pixels (the
+    ones training saw), not a full-size decode resized, which differed by up to 49 grey levels."""
+    grey = 0
+    for path in sorted(originals_root.rglob("*.jpeg")):
+        jpeg = path.read_bytes()
+        as_jpeg = read_radiograph(jpeg, "image/jpeg", 128, 50_000_000, 64)
+        as_dicom = read_radiograph(_wrapped(jpeg), "application/dicom", 128, 50_000_000, 64)
+        assert (as_dicom.width, as_dicom.height) == (as_jpeg.width, as_jpeg.height), path.name
+        assert as_dicom.screen_reason == as_jpeg.screen_reason
+        if Image.open(path).mode == "L":  # colour JPEGs are wrapped uncompressed, as grey
+            grey += 1
+            np.testing.assert_array_equal(as_dicom.pixels, as_jpeg.pixels, err_msg=path.name)
+    assert grey >= 40
+
+
+def test_jpeg_dicom_at_full_size_is_pydicoms_decode(originals_root: Path) -> None:
+    """The strict decoder changes no pixel of a full-size JPEG-baseline frame."""
+    import io
+
+    import pydicom
+
+    for path in sorted(originals_root.rglob("*.jpeg"))[::6]:
+        data = _wrapped(path.read_bytes())
+        expected = pydicom.dcmread(io.BytesIO(data)).pixel_array
+        np.testing.assert_array_equal(np.asarray(dicom_to_image(data)), expected)
+
+
+def test_jpeg_dicom_with_a_window_or_monochrome1(originals_root: Path) -> None:
+    """A window needs the full-size values (read as the uncompressed twin); MONOCHROME1 is the
+    reduced-scale decode inverted (resizing before or after inverting: 1 grey level at most)."""
+    import io
+
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    jpeg = next(p for p in sorted(originals_root.rglob("*.jpeg"))
+                if Image.open(p).mode == "L").read_bytes()  # fmt: skip
+    windowed = _wrapped(jpeg, WindowCenter=100, WindowWidth=120)
+    twin = pydicom.dcmread(io.BytesIO(windowed))
+    twin.PixelData = twin.pixel_array.tobytes()
+    twin["PixelData"].VR = "OB"
+    twin.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    twin.save_as(buffer, enforce_file_format=True)
+    np.testing.assert_array_equal(
+        read(windowed, "application/dicom").pixels, read(buffer.getvalue()).pixels
+    )
+    inverted = read(_wrapped(jpeg, PhotometricInterpretation="MONOCHROME1")).pixels
+    plain = read(jpeg, "image/jpeg").pixels.astype(int)
+    assert np.abs(inverted.astype(int) - (255 - plain)).max() <= 1
+
+
+def test_damaged_jpeg_dicom_is_refused_not_predicted(originals_root: Path) -> None:
+    from tests.serving.hostile_corpus import dicom_jpeg_damage
+
+    path = sorted(originals_root.rglob("*.jpeg"))[1]
+    cases = list(dicom_jpeg_damage(path.stem, path.read_bytes(), seed=3))
+    assert len(cases) >= 20
+    for case in cases:
+        with pytest.raises(InputError) as raised:
+            read(case.data, "application/dicom")
+        assert (raised.value.status, raised.value.code) == (400, "invalid_dicom"), case.name
+        with pytest.raises(DicomError, match="damaged or truncated"):
+            dicom_to_image(case.data)  # the full-size decode refuses it too
