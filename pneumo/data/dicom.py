@@ -258,27 +258,38 @@ def _pixels(ds: Any, rows: int, columns: int) -> np.ndarray:
     return raw
 
 
-def _jpeg_frame(ds: Any, rows: int, columns: int, image_size: int) -> np.ndarray | None:
+def _jpeg_frame(ds: Any, rows: int, columns: int, image_size: int) -> np.ndarray:
     """The one JPEG-baseline frame, decoded and checked as a JPEG upload is (scaled down to
-    cover ``image_size``); None when it is not a plain grey JPEG of the header's size (pydicom
-    then decodes it)."""
+    cover ``image_size``); a frame that is not the grey image of the header's size is refused
+    before it is decoded (a small header over a huge frame would bypass the pixel limit)."""
     from pydicom.encaps import get_frame
 
     try:
         frame = get_frame(ds.PixelData, 0, number_of_frames=1)
-        header = Image.open(io.BytesIO(frame), formats=["JPEG"])
+        with warnings.catch_warnings():  # the size is compared with the header's next
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            header = Image.open(io.BytesIO(frame), formats=["JPEG"])
+    except Image.DecompressionBombError:
+        raise UnsupportedDicomError(
+            f"the DICOM's JPEG frame declares far more pixels than its header's {columns}x{rows}"
+        ) from None
     except (ValueError, TypeError, KeyError, EOFError, OSError, SyntaxError) as exc:
         raise DicomError(f"the DICOM pixel data is damaged or truncated: {exc}") from exc
     with header:
         if header.size != (columns, rows) or header.mode != "L":
-            return None
+            raise UnsupportedDicomError(
+                f"the DICOM's JPEG frame is a {header.size[0]}x{header.size[1]} {header.mode} "
+                f"image, but its header declares one {columns}x{rows} grey image"
+            )
         try:
             decoded = decode_jpeg(frame, header, image_size)
         except UnsupportedImageError as exc:
             raise UnsupportedDicomError(f"the DICOM's JPEG frame: {exc}") from exc
         except ImageDecodeError as exc:  # any libjpeg corrupt-data warning: never predicted
             raise DicomError(f"the DICOM pixel data is damaged or truncated: {exc}") from exc
-    return None if decoded is None else np.asarray(decoded)
+    if decoded is None:  # not reached for a grey frame; never fall back to a lenient decoder
+        raise UnsupportedDicomError("the DICOM's JPEG frame could not be decoded as grey")
+    return np.asarray(decoded)
 
 
 def _display_image(
@@ -296,12 +307,11 @@ def _display_image(
     passthrough = bits_allocated == 8 and not (has_rescale or has_voi or signed)
     invert = photometric == "MONOCHROME1"
     log.debug("DICOM %dx%d, %d-bit, %s", columns, rows, bits_allocated, photometric)
-    raw = None
     if str(ds.file_meta.get("TransferSyntaxUID", "")) == JPEG_BASELINE:
         # Reduced scale only where nothing but inversion follows; full size for a LUT.
         side = image_size if image_size is not None and passthrough else max(rows, columns)
         raw = _jpeg_frame(ds, rows, columns, side)
-    if raw is None:
+    else:
         raw = _pixels(ds, rows, columns)
     try:
         values = raw

@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian
 
@@ -237,6 +238,12 @@ def dicom_jpeg_damage(name: str, jpeg: bytes, seed: int) -> Iterator[Hostile]:
     for case in jpeg_damage(name, jpeg, seed):
         if case.statuses == CORRUPT:
             yield Hostile(f"dicom_{case.name}", part10(wrap_radiograph(case.data)), **bad)
+    for bomb in jpeg_bombs(jpeg):  # a 64 px header over a frame that declares 7000 or 30000 px
+        ds = wrap_radiograph(jpeg)
+        ds.Rows = ds.Columns = 64
+        ds.PixelData = encapsulate([bomb.data])
+        yield Hostile(f"dicom_{name}_{bomb.name}", part10(ds), "application/dicom",
+                      frozenset({422}), "unsupported_dicom")  # fmt: skip
 
 
 def _nested(base: bytes, depth: int, implicit: bool = False, undefined: bool = False) -> bytes:

@@ -215,7 +215,8 @@ def test_damaged_jpeg_dicom_is_refused_not_predicted(originals_root: Path) -> No
     from tests.serving.hostile_corpus import dicom_jpeg_damage
 
     path = sorted(originals_root.rglob("*.jpeg"))[1]
-    cases = list(dicom_jpeg_damage(path.stem, path.read_bytes(), seed=3))
+    cases = dicom_jpeg_damage(path.stem, path.read_bytes(), seed=3)
+    cases = [c for c in cases if c.code == "invalid_dicom"]  # the two bombs are 422
     assert len(cases) >= 20
     for case in cases:
         with pytest.raises(InputError) as raised:
@@ -223,3 +224,20 @@ def test_damaged_jpeg_dicom_is_refused_not_predicted(originals_root: Path) -> No
         assert (raised.value.status, raised.value.code) == (400, "invalid_dicom"), case.name
         with pytest.raises(DicomError, match="damaged or truncated"):
             dicom_to_image(case.data)  # the full-size decode refuses it too
+
+
+def test_a_jpeg_frame_larger_than_its_dicom_header_is_refused_undecoded(
+    originals_root: Path,
+) -> None:
+    """A 64 px header over a frame declaring 7000 or 30000 px: refused from the frame's header
+    (pydicom decoded the 49-megapixel one before failing, and the other escaped as Pillow's
+    DecompressionBombError, a 500)."""
+    from tests.serving.hostile_corpus import dicom_jpeg_damage
+
+    path = sorted(originals_root.rglob("*.jpeg"))[0]
+    bombs = [c for c in dicom_jpeg_damage(path.stem, path.read_bytes(), 0) if "declares" in c.name]
+    assert len(bombs) == 2
+    for case in bombs:
+        with pytest.raises(InputError) as raised:
+            read(case.data)
+        assert (raised.value.status, raised.value.code) == (422, "unsupported_dicom"), case.name
