@@ -48,7 +48,6 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT",
                       b"SV", b"UV"})  # fmt: skip
 ITEM, ITEM_END, SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 
 class DicomError(PneumoError):
@@ -298,6 +297,7 @@ def _display_image(
     """The display image (a reduced-scale JPEG where the module docstring says) and the
     header's (columns, rows)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.uid import JPEGBaseline8Bit
 
     ds = _parse(data)
     rows, columns, bits_allocated, photometric = _check_image_attributes(ds, max_pixels)
@@ -307,7 +307,7 @@ def _display_image(
     passthrough = bits_allocated == 8 and not (has_rescale or has_voi or signed)
     invert = photometric == "MONOCHROME1"
     log.debug("DICOM %dx%d, %d-bit, %s", columns, rows, bits_allocated, photometric)
-    if str(ds.file_meta.get("TransferSyntaxUID", "")) == JPEG_BASELINE:
+    if ds.file_meta.get("TransferSyntaxUID") == JPEGBaseline8Bit:
         # Reduced scale only where nothing but inversion follows; full size for a LUT.
         side = image_size if image_size is not None and passthrough else max(rows, columns)
         raw = _jpeg_frame(ds, rows, columns, side)
