@@ -1,8 +1,11 @@
 """Run one `pneumo` command and record which params.yaml keys it read and which pneumo modules it
 imported: the evidence that dvc.yaml declares each stage honestly.
 
-    python -m tests.e2e.stage_probe RECORD.json -- pneumo train
+    python -m tests.e2e.stage_probe RECORD.json [VARIANT.yaml ...] -- pneumo train
 
+Each VARIANT.yaml is copied over params.yaml in turn and the command run again in the same process
+(the union is recorded): a stage that reads some keys only under some settings is probed under
+each without paying the interpreter's start-up again.
 Keys are recorded when the command's code reads a settings field (attribute access or a
 ``model_dump`` of a section), not while params.yaml is validated. Reads made by
 ``pneumo.tracking`` are recorded apart ("logged"): it reads settings only to log them to MLflow.
@@ -120,13 +123,19 @@ def imported_modules() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    record_path, separator, command = argv[0], argv[1], argv[2:]
-    assert separator == "--" and command[0] == "pneumo", "usage: RECORD.json -- pneumo ARGS..."
+    split = argv.index("--")
+    record_path, variants, command = argv[0], argv[1:split], argv[split + 1 :]
+    assert command[0] == "pneumo", "usage: RECORD.json [VARIANT.yaml ...] -- pneumo ARGS..."
     recorder = Recorder()
     install(recorder)
     from pneumo.cli import main as pneumo_main
 
     code = pneumo_main(command[1:])
+    for variant in variants:
+        if code:
+            break
+        Path("params.yaml").write_text(Path(variant).read_text())
+        code = pneumo_main(command[1:])
     result = {
         "returncode": code,
         "read": sorted(recorder.read),

@@ -25,7 +25,8 @@ from tests.e2e.workspaces import REPO, real_subset, set_params
 
 # Keys no stage declares (dvc.yaml's header says why): where results are logged, how many cores.
 EXEMPT = ("tracking.*", "*.threads", "*.workers")
-# Settings a stage reads only under some settings: each variant runs the stage once more.
+# Settings a stage reads only under some settings: each variant runs the stage once more (in the
+# probe's process, after the baseline run).
 VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "evaluate": (
         ("evaluate.threshold_rule=youden",),
@@ -98,11 +99,13 @@ def test_no_stage_depends_on_tracking_settings() -> None:
 # ------------------------------------------------------------------ recorded runs (slow)
 
 
-def _probe(ws: Path, stage: str, record: Path) -> dict[str, Any]:
+def _probe(ws: Path, stage: str, record: Path, variants: list[Path]) -> dict[str, Any]:
+    """Run the stage under the recorder with params.yaml as it is, then once per variant file
+    (in the same process: the union of what it read under each)."""
     command = shlex.split(dvc_stages()[stage]["cmd"])
+    probe = [sys.executable, "-m", "tests.e2e.stage_probe", str(record), *map(str, variants)]
     run = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.stage_probe", str(record), "--", *command],
-        cwd=ws, capture_output=True, text=True, timeout=600,
+        [*probe, "--", *command], cwd=ws, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert run.returncode == 0, f"`{' '.join(command)}` failed:\n{run.stderr[-3000:]}"
@@ -121,15 +124,15 @@ def recorded(real_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     baseline = (ws / "params.yaml").read_text()
     found: dict[str, dict] = {}
     for stage in dvc_stages():  # in pipeline order: each stage reads its predecessors' outputs
-        runs = [()] + list(VARIANTS.get(stage, ()))
-        for number, assignments in enumerate(runs):
+        variants = []
+        for number, assignments in enumerate(VARIANTS.get(stage, ())):
+            set_params(ws, *assignments)
+            variants.append(tmp / f"{stage}-variant-{number}.yaml")
+            variants[-1].write_text((ws / "params.yaml").read_text())
             (ws / "params.yaml").write_text(baseline)
-            if assignments:
-                set_params(ws, *assignments)
-            result = _probe(ws, stage, tmp / f"{stage}-{number}.json")
-            entry = found.setdefault(stage, {"read": set(), "modules": set()})
-            entry["read"] |= set(result["read"])
-            entry["modules"] |= set(result["modules"])
+        result = _probe(ws, stage, tmp / f"{stage}.json", variants)
+        (ws / "params.yaml").write_text(baseline)
+        found[stage] = {"read": set(result["read"]), "modules": set(result["modules"])}
     return found
 
 
