@@ -3,7 +3,7 @@
 Two layers, both shipped with the model:
 - a cheap screen before the network, from the file itself: real colour, an aspect ratio no
   radiograph has, a near-constant image;
-- a Mahalanobis detector (Lee et al. 2018, pytorch-ood's implementation) on the network's own
+- a Mahalanobis detector (Lee et al. 2018, fitted by pytorch-ood) on the network's own
   features: the mean activation of every convolution block, standardised, with one centre per
   class and a shared covariance fitted on the train split. Its cut-off is the validation split's
   ``1 - guard.max_val_flag_rate`` quantile, so at most that share of in-distribution images is
@@ -205,12 +205,17 @@ class Guard:
         return scores, why
 
     def _global(self, means: np.ndarray) -> np.ndarray:
-        from pytorch_ood.detector import Mahalanobis
-
-        detector = Mahalanobis(None)
-        detector.mu, detector.precision = self.centres, self.precision
+        """pytorch-ood's Mahalanobis score of its fitted centres and precision: half the squared
+        distance to the nearest centre, by the same operations as its ``predict_features``
+        (tests/model/test_guard.py compares them). Scored here because importing pytorch-ood
+        loads torchvision and ``torch._dynamo``: ~3 s in every process that serves or scores."""
         z = (torch.as_tensor(means, dtype=torch.float32) - self.mean) / self.scale
-        return detector.predict_features(z).double().numpy()
+        per_class = []
+        with torch.no_grad():
+            for centre in self.centres:
+                centred = z - centre
+                per_class.append(-0.5 * ((centred @ self.precision) * centred).sum(dim=1))
+        return (-torch.stack(per_class, 1).max(dim=1).values).double().numpy()
 
     def calibrate(self, val_features: np.ndarray) -> Guard:
         """Put each detector on the validation scale and cut at 1 - max_val_flag_rate of it."""

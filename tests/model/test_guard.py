@@ -20,6 +20,7 @@ from pneumo.evaluation.guard_stage import guard_stage
 from pneumo.inference import forward_pass
 from pneumo.inference.guard import Guard, Screening, screen_file
 from pneumo.inference.predictor import Predictor, predict_paths
+from pneumo.inference.scope import segment
 from pneumo.models import load_model
 from pneumo.workspace import Workspace
 
@@ -94,6 +95,40 @@ def test_guard_file_is_weights_only_and_round_trips(
     torch.save({**payload, "format_version": 2}, older)
     assert not Guard.load(older).prior
     assert np.allclose(Guard.load(older).scores(features), loaded.scores(features))
+
+
+def test_the_global_score_is_pytorch_oods_and_scoring_does_not_import_it(
+    fitted: tuple[Workspace, Settings, dict],
+) -> None:
+    """The guard scores with pytorch-ood's Mahalanobis formula, on the centres and precision it
+    fitted, without importing it (torchvision and torch._dynamo: ~3 s per serving process)."""
+    import subprocess
+    import sys
+
+    from pytorch_ood.detector import Mahalanobis
+
+    workspace, _, _ = fitted
+    guard = Guard.load(workspace.guard)
+    model, _ = load_model(workspace.model)
+    images = load_arrays(workspace.arrays("val"))["images"][:32]
+    means = segment(forward_pass(model, images, features=True).features, guard.segments, "means")
+    means = np.concatenate([means, means * 3.0 + 1.0])  # and far outside the train split
+    detector = Mahalanobis(None)
+    detector.mu, detector.precision = guard.centres, guard.precision
+    z = (torch.as_tensor(means, dtype=torch.float32) - guard.mean) / guard.scale
+    expected = detector.predict_features(z).double().numpy()
+    assert np.allclose(guard._global(means), expected, rtol=1e-6, atol=1e-6)
+    assert expected[32:].min() > np.median(expected[:32])  # the comparison covers both ranges
+
+    code = (
+        "import sys, numpy as np\n"
+        "from pneumo.inference.guard import Guard\n"
+        f"guard = Guard.load({str(workspace.guard)!r})\n"
+        "guard._global(np.zeros((2, len(guard.mean)), np.float32))\n"
+        "assert 'pytorch_ood' not in sys.modules and 'torchvision' not in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_predictions_carry_the_guard_and_flagged_images_are_referred(
