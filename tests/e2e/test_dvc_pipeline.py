@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +27,13 @@ GIT = ["git", "-c", "user.name=pneumo tests", "-c", "user.email=tests@pneumo.inv
 
 def git(ws: Path, *args: str) -> str:
     return subprocess.run([*GIT, *args], cwd=ws, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect server for this module's flows (~16 s to start); each test counts its own runs."""
+    with prefect_server(tmp_path_factory.mktemp("prefect")) as api_url:
+        yield api_url
 
 
 @pytest.fixture()
@@ -126,41 +134,41 @@ def _check_first_run(ws: Path, run: subprocess.CompletedProcess[str], api_url: s
 
 @pytest.mark.slow
 def test_make_run_trains_registers_and_is_then_a_no_op_that_leaves_git_clean(
-    workspace: Path, real_root: Path, tmp_path: Path
+    workspace: Path, real_root: Path, tmp_path: Path, prefect_api: str
 ) -> None:
     data = real_subset(real_root, tmp_path / "chest_xray", {"NORMAL": 110, "PNEUMONIA": 150})
     set_params(workspace, *QUICK_PARAMS)
-    with prefect_server(tmp_path / "prefect") as api_url:
-        env = prefect_env(api_url, tmp_path / "prefect-client")
-        first = make_run(workspace, data, env)
-        _check_first_run(workspace, first, api_url)
-        from pneumo.config import load_settings
-        from pneumo.registry import status
-        from pneumo.workspace import Workspace
+    api_url, runs_before = prefect_api, len(completed_runs(prefect_api))
+    env = prefect_env(api_url, tmp_path / "prefect-client")
+    first = make_run(workspace, data, env)
+    _check_first_run(workspace, first, api_url)
+    from pneumo.config import load_settings
+    from pneumo.registry import status
+    from pneumo.workspace import Workspace
 
-        settings = load_settings(workspace / "params.yaml")
-        champion = status(settings, Workspace(workspace))["aliases"]["champion"]["version"]
-        decision = latest_artifact(api_url, "retrain-decision")["data"]
-        assert f"**Decision:** promoted: v{champion} is the champion" in decision
-        _links_open_in_a_browser(workspace, decision, tmp_path)
-        git(workspace, "add", "-A")
-        git(workspace, "commit", "-qm", "first run")
+    settings = load_settings(workspace / "params.yaml")
+    champion = status(settings, Workspace(workspace))["aliases"]["champion"]["version"]
+    decision = latest_artifact(api_url, "retrain-decision")["data"]
+    assert f"**Decision:** promoted: v{champion} is the champion" in decision
+    _links_open_in_a_browser(workspace, decision, tmp_path)
+    git(workspace, "add", "-A")
+    git(workspace, "commit", "-qm", "first run")
 
-        started = time.monotonic()
-        second = make_run(workspace, data, env)
-        print(f"no-op make run: {time.monotonic() - started:.1f} s")
-        assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
-        for stage in STAGES:
-            assert f"| {stage} | skipped (unchanged) |" in second.stdout
-        assert status(settings, Workspace(workspace))["aliases"]["champion"]["version"] == champion
-        assert len(completed_runs(api_url)) == 2
-        decision = latest_artifact(api_url, "retrain-decision")["data"]
-        assert f"**Decision:** unchanged: v{champion} kept" in decision
-        run_id = (workspace / "models" / "run_id.txt").read_text().strip()
-        assert f"/runs/{run_id}?workflowType=machine_learning)" in decision
-        # the Data Docs over HTTP, in the MLflow run: the Prefect UI cannot open file:// links
-        assert f"/runs/{run_id}/artifacts/data_docs/index.html?" in decision
-        assert "file://" not in decision
+    started = time.monotonic()
+    second = make_run(workspace, data, env)
+    print(f"no-op make run: {time.monotonic() - started:.1f} s")
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    for stage in STAGES:
+        assert f"| {stage} | skipped (unchanged) |" in second.stdout
+    assert status(settings, Workspace(workspace))["aliases"]["champion"]["version"] == champion
+    assert len(completed_runs(api_url)) == runs_before + 2
+    decision = latest_artifact(api_url, "retrain-decision")["data"]
+    assert f"**Decision:** unchanged: v{champion} kept" in decision
+    run_id = (workspace / "models" / "run_id.txt").read_text().strip()
+    assert f"/runs/{run_id}?workflowType=machine_learning)" in decision
+    # the Data Docs over HTTP, in the MLflow run: the Prefect UI cannot open file:// links
+    assert f"/runs/{run_id}/artifacts/data_docs/index.html?" in decision
+    assert "file://" not in decision
     assert git(workspace, "status", "--porcelain") == ""
 
     # Deterministic reruns of stages that mint no new MLflow run change no tracked file either.
@@ -192,10 +200,11 @@ def test_make_run_trains_registers_and_is_then_a_no_op_that_leaves_git_clean(
 
 @pytest.mark.slow
 def test_make_run_with_a_broken_contract_stops_before_the_split(
-    workspace: Path, real_root: Path, tmp_path: Path
+    workspace: Path, real_root: Path, tmp_path: Path, prefect_api: str
 ) -> None:
     data = real_subset(real_root, tmp_path / "chest_xray", {"NORMAL": 10, "PNEUMONIA": 200})
-    run = make_run(workspace, data, dict(os.environ))
+    # (without PREFECT_API_URL a run starts a local server: tests/unit/test_team_setup.py)
+    run = make_run(workspace, data, prefect_env(prefect_api, tmp_path / "prefect-client"))
     assert run.returncode != 0
     assert "expect_column_mean_to_be_between(is_pneumonia)" in run.stderr + run.stdout
     assert not (workspace / "data" / "split.parquet").exists()
@@ -203,7 +212,7 @@ def test_make_run_with_a_broken_contract_stops_before_the_split(
 
 @pytest.mark.slow
 def test_make_run_against_shared_mlflow_and_prefect_servers(
-    workspace: Path, real_root: Path, tmp_path: Path
+    workspace: Path, real_root: Path, tmp_path: Path, prefect_api: str
 ) -> None:
     """The team set-up by settings alone: MLflow on PostgreSQL with proxied artifacts + Prefect."""
     from tests.e2e.servers import mlflow_server, postgres_server
@@ -213,8 +222,8 @@ def test_make_run_against_shared_mlflow_and_prefect_servers(
     with (
         postgres_server() as pg,
         mlflow_server(pg, tmp_path / "artifacts") as tracking_uri,
-        prefect_server(tmp_path / "prefect") as api_url,
     ):
+        api_url, runs_before = prefect_api, len(completed_runs(prefect_api))
         env = prefect_env(api_url, tmp_path / "prefect-client", MLFLOW_TRACKING_URI=tracking_uri)
         run = make_run(workspace, data, env)
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
@@ -233,7 +242,7 @@ def test_make_run_against_shared_mlflow_and_prefect_servers(
         logged = httpx.get(f"{mlflow_api}/runs/get", params={"run_id": run_id}, timeout=30)
         metric_names = {m["key"] for m in logged.json()["run"]["data"]["metrics"]}
         assert {"test/roc_auc", "test/accuracy"} <= metric_names  # evaluation reopened the run
-        assert completed_runs(api_url)
+        assert len(completed_runs(api_url)) == runs_before + 1
         decision = latest_artifact(api_url, "retrain-decision")["data"]
         assert f"]({tracking_uri}/#/experiments/" in decision  # the run, on the team server
     assert not (workspace / "mlruns.db").exists()  # nothing went to the embedded store
