@@ -6,6 +6,7 @@ imported: the evidence that dvc.yaml declares each stage honestly.
 Each VARIANT.yaml is copied over params.yaml in turn and the command run again in the same process
 (the union is recorded): a stage that reads some keys only under some settings is probed under
 each without paying the interpreter's start-up again.
+
 Keys are recorded when the command's code reads a settings field (attribute access or a
 ``model_dump`` of a section), not while params.yaml is validated. Reads made by
 ``pneumo.tracking`` are recorded apart ("logged"): it reads settings only to log them to MLflow.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,9 +104,6 @@ def test_the_global_score_is_pytorch_oods_and_scoring_does_not_import_it(
 ) -> None:
     """The guard scores with pytorch-ood's Mahalanobis formula, on the centres and precision it
     fitted, without importing it (torchvision and torch._dynamo: ~3 s per serving process)."""
-    import subprocess
-    import sys
-
     from pytorch_ood.detector import Mahalanobis
 
     workspace, _, _ = fitted
