@@ -6,6 +6,7 @@
     python bench/serve.py --from-workspace . > bench/results/serve_champion.json  # after make run
     python bench/dicom.py             # writes bench/results/dicom.json itself
     python bench/pipeline.py > bench/results/pipeline.json
+    python bench/int8.py --workspace . --accuracy-control > bench/results/int8.json  # after make run
     python bench/report.py            # rewrites the table between the markers in README.md
 
 A figure whose JSON is missing is shown as "not measured".
@@ -22,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # The command behind a result that is not `bench/NAME.py` alone.
-COMMANDS = {"serve_champion": "bench/serve.py --from-workspace ."}
+COMMANDS = {"serve_champion": "bench/serve.py --from-workspace .",
+            "int8": "bench/int8.py --workspace . --accuracy-control"}  # fmt: skip
 # (benchmark, key path in its JSON, what it is, unit)
 ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("train", "ceiling_fp32_images_per_s", "training compute ceiling, fp32", "img/s"),
@@ -51,6 +53,15 @@ ROWS: tuple[tuple[str, str, str, str], ...] = (
      "  its network alone, OpenVINO bf16, batch 32", "img/s"),
     ("serve_champion", "runtimes.engines.openvino_fp32.images_per_s_batch_32",
      "  the same in fp32", "img/s"),
+    ("int8", "results.default.max_probability_gap",
+     "the champion in int8 (NNCF, the stress stage's setting): largest gap vs fp32 (bound 0.02)", ""),
+    ("int8", "results.keep_ends.max_probability_gap", "  first convolution and head kept in fp32", ""),
+    ("int8", "results.accuracy_control.max_probability_gap",
+     "  NNCF accuracy control, the gap its metric", ""),
+    ("int8", "results.accuracy_control.fake_quantize_ops_left",
+     "    int8 quantisers it kept (0: the whole network fp32)", ""),
+    ("int8", "results.default.cpu_ms_per_image", "  CPU per image in int8, batch 4", "ms"),
+    ("int8", "results.fp32_cpu_ms_per_image", "  the same network in fp32", "ms"),
     ("pipeline", "wall_minutes", "time to champion: make run on a fresh clone (target 10)", "min"),
     ("pipeline", "stage_minutes.train", "  of which training", "min"),
     ("pipeline", "stage_minutes.stress", "  the stress and counterfactual stage", "min"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,28 +44,83 @@ def _evidence(tmp_path: Path, serve: str, gap: float = 0.02) -> Path:
     return path
 
 
-def test_the_probe_scores_real_images_at_reduced_precision(
+@pytest.fixture(scope="module")
+def probed(
     briefly_trained: tuple[Workspace, Settings], val: dict[str, np.ndarray], decision: Path
-) -> None:
+) -> dict[str, Any]:
+    """The stress stage's probe on two sets of real images (clean, mirrored as a stand-in swap)."""
     workspace, settings = briefly_trained
     predictor = Predictor.from_files(workspace.model, decision, FP32, "openvino")
     train = load_arrays(workspace.arrays("train"))["images"][:32]
     probe = PrecisionProbe(predictor, settings, train)
-    assert set(probe.candidates) == ({"bf16", "int8"} if NATIVE else {"int8"})
-    images, labels = val["images"], val["labels"]
+    images = {"clean": val["images"], "cf_swap@2": val["images"][:, ::-1].copy()}
     reference = {}
-    for name, shown in (("clean", images), ("cf_swap@2", images[:, ::-1].copy())):
+    for name, shown in images.items():
         reference[name] = predictor.probabilities(shown)
         probe(name, shown, reference[name])
-    report = evidence(probe, reference, labels, predictor.threshold,
+    report = evidence(probe, reference, val["labels"], predictor.threshold,
                       settings.stress.reduced_precision)  # fmt: skip
+    return {"predictor": predictor, "probe": probe, "train": train, "images": images,
+            "reference": reference, "report": report}  # fmt: skip
+
+
+def test_the_probe_scores_real_images_at_reduced_precision(
+    probed: dict[str, Any], val: dict[str, np.ndarray]
+) -> None:
+    probe, report = probed["probe"], probed["report"]
+    assert set(probe.candidates) == ({"bf16", "int8"} if NATIVE else {"int8"})
     for precision in probe.candidates:
         figures = report["candidates"][precision]
-        assert figures["images"] == 2 * len(labels)
+        assert figures["images"] == 2 * len(val["labels"])
         # Reduced precision computed something else than fp32, but the same model.
         assert 0 < figures["max_probability_gap"] < 0.5
     assert report["serve"] in ("bf16", "fp32")
     assert report["candidates"]["int8"]["servable"] is False
+
+
+def test_the_int8_bench_measures_nncf_settings_as_the_stress_stage_does(
+    probed: dict[str, Any],
+    val: dict[str, np.ndarray],
+    briefly_trained: tuple[Workspace, Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bench/int8.py's ``default`` quantises as the stress stage does (the same NNCF call on the
+    same images: NNCF's calibration is not bit-reproducible, so the calls are compared, not the
+    networks); every setting is compared with fp32 by the stage's rules, its speed measured."""
+    import nncf
+
+    from bench import int8 as bench_int8
+    from pneumo.inference import runtime
+
+    calls: list[tuple[int, dict[str, Any]]] = []
+    quantize = nncf.quantize
+
+    def recorded(network: Any, dataset: Any, **options: Any) -> Any:
+        calls.append((len(list(dataset.get_inference_data())), options))
+        return quantize(network, dataset, **options)
+
+    monkeypatch.setattr(nncf, "quantize", recorded)
+    predictor, train = probed["predictor"], probed["train"]
+    bounds = briefly_trained[1].stress.reduced_precision
+    onnx = runtime.export_onnx(predictor.model, predictor.image_size)
+    runtime.export_network(predictor.model, "openvino", "int8", calibration=train)
+    stage_call = calls.pop()
+    for variant in ("default", "keep_ends"):
+        network = bench_int8.variant_network(variant, onnx, predictor.image_size,
+                                             lambda count: train[:count], len(train))  # fmt: skip
+        images, options = calls.pop()
+        assert images == len(train)
+        if variant == "default":
+            assert (images, options) == stage_call
+        else:  # the first convolution and the head stay fp32
+            assert len(options["ignored_scope"].names) == 2
+        got = bench_int8.measure(predictor, network, probed["images"], probed["reference"],
+                                 val["labels"], bounds)  # fmt: skip
+        assert set(got["within"]) == {"max_probability_gap", "max_flip_rate", "max_auc_drop",
+                                      "max_cue_effect_change"}  # fmt: skip
+        assert got["allowed"] == all(got["within"].values())
+        assert 0 < got["max_probability_gap"] < 0.5  # another network, the same model
+        assert got["cpu_ms_per_image"] > 0
 
 
 def test_bf16_is_served_only_with_evidence_and_a_native_cpu(
@@ -241,4 +297,3 @@ def test_the_service_times_bf16_only_for_precision_auto(
         model = settings.model.model_copy(update={"precision": precision, "runtime": "openvino"})
         load_predictor(settings.model_copy(update={"model": model}), stored, 1)
     assert len(asked) == 1
-
