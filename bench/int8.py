@@ -6,13 +6,14 @@ section's bounds (models/precision.json). This measures NNCF's other post-traini
 very same sets (the clean validation split, every shift and severity, the counterfactual swaps)
 for a workspace's model, with the same comparison (pneumo/evaluation/precision.py): the largest
 probability gap, calls changed at the shipped threshold, the worst ROC-AUC drop, the cue effect's
-move, each bound held or not, and the CPU milliseconds per image of each network (batch 4, the
-service's usual batch). Nothing here is served or written to the workspace: it says whether int8
+move, each bound held or not, and the CPU milliseconds per image of each network (batch 4, about
+the service's batch at 8 clients). Nothing here is served or written to the workspace: it says whether int8
 is within reach for a model before anyone changes a bound or a setting.
 
 ``--accuracy-control`` adds NNCF's accuracy-controlled quantisation, its metric the probability
-gap on the clean split and the counterfactual swap at severity 2, at most the gap bound: it keeps
-in fp32 the layers the gap is most sensitive to (several minutes on 2 cores).
+gap on the clean split and the counterfactual swap at severity 2, at most the gap bound: from the
+first convolution and the head in fp32, it puts back in fp32 the layers the gap is most sensitive
+to until the bound holds (minutes on 2 cores).
 Usage: python bench/int8.py [--workspace .] [--variants default,keep_ends] [--accuracy-control]
 """
 
@@ -177,9 +178,14 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workspace", type=Path, default=Path("."), help="after `make run`")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    parser.add_argument("--accuracy-control", action="store_true")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}")  # fmt: skip
+    parser.add_argument("--accuracy-control", action="store_true",
+                        help="also NNCF's accuracy-controlled quantisation")  # fmt: skip
     args = parser.parse_args()
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
     # NNCF prints its progress bars and notes to stdout: the JSON alone goes there.
     out, sys.stdout = sys.stdout, sys.stderr
     import openvino as ov
