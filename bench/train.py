@@ -1,7 +1,8 @@
 """Benchmark: training and inference speed of the configured model, all measured in one run.
 
 Prints one JSON object with, for fp32 and bf16 autocast (bf16 only where the CPU has it natively):
-- ``ceiling_*``: forward + backward + AdamW + EMA on cached standardised tensors (no augmentation);
+- ``ceiling_*``: forward + backward + AdamW + EMA on cached standardised tensors (no augmentation),
+  in the training's deterministic mode, as every step below;
 - ``step_*_per_image`` / ``step_*_batched``: pneumo's real training step (uint8 arrays in memory,
   augmentation, standardisation, forward, backward, EMA) with the torchvision v2 per-image
   reference augmentation and with the batched tensor-op augmentation; ``*_of_ceiling`` is the
@@ -31,12 +32,12 @@ from torchvision.transforms import v2
 
 from pneumo.accel import Accelerator, available_cores, configure_threads, cpu_flags, native_bf16
 from pneumo.config import Settings, load_settings
-from pneumo.data.augment import BatchAugmentation
+from pneumo.data.augment import BatchAugmentation, augment_batch, build_augmentation
 from pneumo.data.preprocess import decode_many, load_arrays
-from pneumo.data.transforms import augment_batch, build_augmentation, standardize
+from pneumo.data.transforms import standardize
 from pneumo.inference import predict_proba, prepare
 from pneumo.training.optimization import batch_loss, build_optimizer, update_ema
-from pneumo.training.train import build_network
+from pneumo.training.train import build_network, deterministic
 from pneumo.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,19 +71,22 @@ class Trainer:
         self.settings, self.accel = settings, accel
 
     def run(self, batches: Batches) -> float:
-        """Images per second over ``batches`` of (float pixels in [0, 1], labels)."""
+        """Images per second over ``batches`` of (float pixels in [0, 1], labels), in the
+        training's deterministic mode (what `pneumo train` runs)."""
         cfg = self.settings.train
         self.model.train()
         seen, start = 0, time.perf_counter()
-        for step, (pixels, labels) in enumerate(batches):
-            with self.accel.autocast():
-                logits = self.model(standardize(pixels))
-            loss = batch_loss(logits, labels.float(), torch.ones(len(labels)), cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            update_ema(self.ema, self.model, cfg.ema_decay, step)
-            seen += len(labels)
+        with deterministic():
+            for step, (pixels, labels) in enumerate(batches):
+                with self.accel.autocast():
+                    logits = self.model(standardize(pixels))
+                loss = batch_loss(logits, labels.float(), torch.ones(len(labels)),
+                                  cfg.label_smoothing)  # fmt: skip
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                update_ema(self.ema, self.model, cfg.ema_decay, step)
+                seen += len(labels)
         return seen / (time.perf_counter() - start)
 
 

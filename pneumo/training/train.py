@@ -65,15 +65,23 @@ class TrainingDivergedError(PneumoError):
 
 
 @contextmanager
-def _deterministic() -> Iterator[None]:
-    """Deterministic kernels and a private RNG stream, restored afterwards for the caller."""
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels and a private RNG stream, restored afterwards for the caller.
+
+    Deterministic mode also fills every new tensor with NaN by default, a debugging aid against
+    kernels that read memory they never wrote: ~12 % of a CPU training step here (`aten::fill_`)
+    for no change in any result, so it is off while training.
+    """
     previous = torch.are_deterministic_algorithms_enabled()
+    filled = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         with torch.random.fork_rng(devices=[]):
             yield
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.utils.deterministic.fill_uninitialized_memory = filled
 
 
 def validate(
@@ -188,7 +196,7 @@ def train(
     accelerators.configure_threads(threads)
     track = track and ddp.is_main
 
-    with process_group(ddp, accel.device_type), _deterministic():
+    with process_group(ddp, accel.device_type), deterministic():
         torch.manual_seed(cfg.seed)
         model = prepare(build_network(settings), accel)
         ema = prepare(build_network(settings), accel)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,36 @@ def test_same_params_and_seed_give_identical_weights(
     other_seed = copy_workspace(small_workspace, tmp_path / "c")
     train(fast_settings(**{"train.seed": 7}), other_seed, track=False)
     assert not _same_weights(first, other_seed)
+
+
+def test_training_runs_deterministic_kernels_without_the_nan_fill(
+    small_workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic mode's NaN fill of new tensors (a debugging aid, ~12 % of a CPU step) is
+    off while training, changes no weight, and the caller's settings come back afterwards."""
+    flags = torch.utils.deterministic
+    seen: list[tuple[bool, bool]] = []
+
+    def record(_epoch: int, _row: dict[str, float]) -> None:
+        seen.append((torch.are_deterministic_algorithms_enabled(), flags.fill_uninitialized_memory))
+
+    settings, plain = fast_settings(), copy_workspace(small_workspace, tmp_path / "plain")
+    train(settings, plain, track=False, on_epoch_end=record)
+    assert seen == [(True, False), (True, False)]
+    assert not torch.are_deterministic_algorithms_enabled() and flags.fill_uninitialized_memory
+
+    original = train_module.deterministic
+
+    @contextmanager
+    def with_the_fill() -> Iterator[None]:
+        with original():
+            flags.fill_uninitialized_memory = True
+            yield
+
+    monkeypatch.setattr(train_module, "deterministic", with_the_fill)
+    filled = copy_workspace(small_workspace, tmp_path / "filled")
+    train(settings, filled, track=False)
+    assert _same_weights(plain, filled)
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(
