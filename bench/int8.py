@@ -79,10 +79,10 @@ def stress_sets(settings: Settings, workspace: Workspace, predictor: Any) -> tup
 def calibration(settings: Settings, workspace: Workspace, count: int) -> np.ndarray:
     """The stress stage's seeded draw of the train split (the same images for the same count)."""
     from pneumo.data.preprocess import load_arrays
+    from pneumo.evaluation.stress import calibration_draw
 
     train = load_arrays(workspace.arrays("train"))["images"]
-    rng = np.random.default_rng(settings.stress.seed)
-    return train[np.sort(rng.choice(len(train), min(count, len(train)), replace=False))]
+    return calibration_draw(train, count, settings.stress.seed)
 
 
 def standardised(images: np.ndarray) -> np.ndarray:
@@ -92,26 +92,11 @@ def standardised(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(standardize(torch.from_numpy(images[:, None])).numpy())
 
 
-def one_image(image: np.ndarray) -> np.ndarray:
-    """NNCF's transform of one calibration image (S, S)."""
-    return standardised(image[None])
-
-
 def compiled_network(network: Any, image_size: int, name: str) -> Any:
     """An OpenVINO network as the service compiles one (fp32 kernels where not int8)."""
-    import openvino as ov
+    from pneumo.inference.runtime import ExportedNetwork, openvino_run
 
-    from pneumo.inference.runtime import ExportedNetwork
-
-    compiled = ov.Core().compile_model(network, "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})  # fmt: skip
-    request = compiled.create_infer_request()
-
-    def run(pixels: np.ndarray) -> list[np.ndarray]:
-        result = request.infer({0: pixels}, share_inputs=True)
-        return [result[i] for i in range(len(result))]
-
+    run = openvino_run(network, torch.get_num_threads())
     return ExportedNetwork(run, image_size, f"openvino {name}")
 
 
@@ -134,11 +119,13 @@ def variant_network(
     import nncf
     import openvino as ov
 
+    from pneumo.data.transforms import standardize_one
+
     network = ov.Core().read_model(onnx, b"")
     options = VARIANTS[name](nncf, network_ends(network))
     count = options.pop("calibration", calibration_images)
     images = draw(count)
-    dataset = nncf.Dataset(list(images), one_image)
+    dataset = nncf.Dataset(list(images), standardize_one)
     quantized = nncf.quantize(network, dataset, subset_size=len(images), **options)
     return compiled_network(quantized, image_size, f"int8 {name}")
 
@@ -234,7 +221,10 @@ def accuracy_controlled(onnx: bytes, predictor: Any, settings: Settings, workspa
     import nncf
     import openvino as ov
 
-    core = ov.Core()
+    from pneumo.data.transforms import standardize_one
+
+    network = ov.Core().read_model(onnx, b"")
+    ends = network_ends(network)  # before NNCF touches the network
     bounds = settings.stress.reduced_precision
     names = ("clean", "cf_swap@2")
     shown = np.concatenate([images[n] for n in names])
@@ -249,11 +239,11 @@ def accuracy_controlled(onnx: bytes, predictor: Any, settings: Settings, workspa
     began = time.time()
     count = bounds.calibration_images
     quantized = nncf.quantize_with_accuracy_control(
-        core.read_model(onnx, b""),
-        nncf.Dataset(list(calibration(settings, workspace, count)), one_image),
+        network,
+        nncf.Dataset(list(calibration(settings, workspace, count)), standardize_one),
         nncf.Dataset(batches), gap, max_drop=bounds.max_probability_gap,
         drop_type=nncf.DropType.ABSOLUTE, subset_size=count,
-        ignored_scope=nncf.IgnoredScope(names=network_ends(core.read_model(onnx, b""))),
+        ignored_scope=nncf.IgnoredScope(names=ends),
     )  # fmt: skip
     kept_int8 = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     network = compiled_network(quantized, predictor.image_size, "int8 accuracy_control")

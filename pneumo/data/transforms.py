@@ -35,3 +35,9 @@ def standardize(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(_MIN_STD)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def standardize_one(image: np.ndarray) -> np.ndarray:
+    """One uint8 radiograph (S, S) -> the network's input (1, 1, S, S) as a contiguous array:
+    NNCF's transform of int8's calibration images (the stress stage, bench/int8.py)."""
+    return np.ascontiguousarray(standardize(torch.from_numpy(image[None])).numpy())

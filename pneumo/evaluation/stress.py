@@ -302,10 +302,14 @@ def precision_probe(settings: Any, workspace: Any, predictor: Any) -> Any:
     from pneumo.evaluation.precision import PrecisionProbe
 
     train = load_arrays(workspace.arrays("train"))["images"]
-    rng = np.random.default_rng(settings.stress.seed)
-    count = min(len(train), settings.stress.reduced_precision.calibration_images)
-    calibration = train[np.sort(rng.choice(len(train), count, replace=False))]
-    return PrecisionProbe(predictor, settings, calibration)
+    count = settings.stress.reduced_precision.calibration_images
+    return PrecisionProbe(predictor, settings, calibration_draw(train, count, settings.stress.seed))
+
+
+def calibration_draw(train: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """int8's calibration images: a seeded draw of ``count`` train images (all when fewer)."""
+    rng = np.random.default_rng(seed)
+    return train[np.sort(rng.choice(len(train), min(count, len(train)), replace=False))]
 
 
 def precision_metrics(report: dict[str, Any]) -> dict[str, float]:

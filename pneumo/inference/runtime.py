@@ -46,6 +46,7 @@ from pneumo.errors import ConfigError, PneumoError
 log = logging.getLogger(__name__)
 
 RuntimeSetting = Literal["auto", "torch", "openvino", "onnxruntime"]
+Run = Callable[[np.ndarray], list[np.ndarray]]  # pixels -> the network's outputs
 EXPORTED = ("openvino", "onnxruntime")
 # Largest gap allowed between the exported network's probabilities and torch fp32's.
 TOLERANCE = 1e-4
@@ -64,7 +65,7 @@ class ExportedNetwork(nn.Module):
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], list[np.ndarray]],
+        run: Run,
         image_size: int,
         describe: str,
         features: bool = False,
@@ -219,11 +220,21 @@ def _quiet(names: tuple[str, ...]) -> Iterator[None]:
 
 
 def _openvino(onnx: bytes, threads: int, precision: str,
-              calibration: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:  # fmt: skip
+              calibration: np.ndarray | None = None) -> Run:  # fmt: skip
     try:
         import openvino as ov
     except ImportError as exc:
         raise ConfigError(f"model.runtime openvino needs OpenVINO: {INSTALL_HINT}") from exc
+    network = ov.Core().read_model(onnx, b"")
+    if precision == "int8":
+        network = _quantized(network, calibration)
+    return openvino_run(network, threads, precision)
+
+
+def openvino_run(network: Any, threads: int, precision: str = "fp32") -> Run:
+    """An OpenVINO network (read or quantised) compiled with the service's CPU settings."""
+    import openvino as ov
+
     config = {
         # OpenVINO defaults to bf16 on a CPU that has it: fp32 must be asked for.
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
@@ -231,14 +242,10 @@ def _openvino(onnx: bytes, threads: int, precision: str,
         "PERFORMANCE_HINT": "LATENCY",  # one stream: one request at a time uses every thread
         "ENABLE_CPU_PINNING": False,  # the cores are shared with decoding and other processes
     }
-    core = ov.Core()
-    network = core.read_model(onnx, b"")
-    if precision == "int8":
-        network = _quantized(network, calibration)
-    compiled = core.compile_model(network, "CPU", config)
+    compiled = ov.Core().compile_model(network, "CPU", config)
     local = threading.local()  # an infer request serves one thread at a time
 
-    def run(pixels: np.ndarray) -> np.ndarray:
+    def run(pixels: np.ndarray) -> list[np.ndarray]:
         request = getattr(local, "request", None)
         if request is None:
             request = local.request = compiled.create_infer_request()
@@ -257,17 +264,14 @@ def _quantized(network: Any, calibration: np.ndarray | None) -> Any:
         import nncf
     except ImportError as exc:
         raise ConfigError("int8 needs NNCF: pip install nncf==3.4.0") from exc
-    from pneumo.data.transforms import standardize
-
-    def pixels(image: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(standardize(torch.from_numpy(image[None])).numpy())
+    from pneumo.data.transforms import standardize_one
 
     with _quiet(("nncf",)):
-        dataset = nncf.Dataset(list(calibration), pixels)
+        dataset = nncf.Dataset(list(calibration), standardize_one)
         return nncf.quantize(network, dataset, subset_size=len(calibration))
 
 
-def _onnxruntime(onnx: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def _onnxruntime(onnx: bytes, threads: int) -> Run:
     try:
         import onnxruntime as ort
     except ImportError as exc:
