@@ -21,11 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    PREFECT_UI_URL,
+    temporary_settings,
+)
 
 from pneumo.errors import PneumoError
-
-STARTUP_TIMEOUT_S = 120
 
 
 class PrefectServerError(PneumoError):
@@ -58,8 +61,10 @@ class LocalServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def wait(self, timeout: float = STARTUP_TIMEOUT_S) -> str:
-        """Block until the API answers; its URL."""
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the API answers; its URL. By default as long as Prefect's own temporary
+        server may take (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, 120 s in pneumo)."""
+        timeout = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2) as client:
             while time.monotonic() < deadline:

@@ -17,4 +17,10 @@ for _name, _value in {
 # whose cores are shared with other work, spinning made 2-thread training 4x slower than 1 thread.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Prefect's temporary server (commands run without PREFECT_API_URL) must boot within this many
+# seconds. Prefect waits 20 s by default, which a busy 2-core machine overran in CI (the command
+# then fails before any work); the server pneumo starts itself waits as long (flows/local_api.py).
+# Read when Prefect is imported, so set here, before it is.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 __version__ = "0.1.0"

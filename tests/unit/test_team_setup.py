@@ -90,6 +90,27 @@ def test_without_prefect_api_url_a_run_starts_a_local_server(tmp_path: Path) -> 
     assert (tmp_path / "server.log").is_file()
 
 
+@pytest.mark.parametrize("entry", ["pneumo.cli", "flows.healthcheck", "flows.retrain"])
+def test_prefect_waits_two_minutes_for_its_temporary_server_unless_told_otherwise(
+    entry: str,
+) -> None:
+    """Prefect's 20 s default was overrun on a busy 2-core CI machine; pneumo's default is set
+    before Prefect reads its settings, whichever entry point is imported first."""
+    script = (
+        f"import {entry}\nfrom prefect.settings import get_current_settings\n"
+        "from flows.local_api import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as t\n"
+        "print(get_current_settings().server.ephemeral.startup_timeout_seconds, t.value())\n"
+    )
+    name = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    env = {k: v for k, v in os.environ.items() if k != name}
+    for given, expected in ((None, "120 120"), ("45", "45 45")):
+        run_env = env if given is None else {**env, name: given}
+        run = subprocess.run([sys.executable, "-c", script], env=run_env, cwd=REPO,
+                             capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split("\n")[-2] == expected
+
+
 # ---------------------------------------------------------------- prefect.yaml
 
 
