@@ -49,11 +49,14 @@ class WithFeatures(nn.Module):
                 handle.remove()
         maps = [output.float() for output in captured]
         means = [m.mean(dim=(2, 3)) for m in maps]
+        # std over both spatial dims at once, not over a flattened copy: the same values in torch
+        # (bit for bit), but the exported graph then needs no reshape of the largest maps, which
+        # made the features cost more than the network itself in OpenVINO (1.6 -> 1.0 ms/image).
         layout = [
             torch.cat(
                 [
                     nn.functional.adaptive_avg_pool2d(m, LAYOUT_GRID).flatten(1),
-                    m.flatten(2).std(dim=2),
+                    m.std(dim=(2, 3)),
                 ],
                 dim=1,
             )  # fmt: skip

@@ -128,6 +128,38 @@ def test_predictor_runs_the_export_and_keeps_torch_for_gradients(
     )
 
 
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_exported_guard_features_equal_torch_and_each_spread_is_the_channels_std(
+    trained: torch.nn.Module, real_images: np.ndarray, runtime: str
+) -> None:
+    """The scope check's columns (pneumo/models/features.py) as the service computes them: each
+    early block's spread is its channels' sample std over the whole map, in torch and exported."""
+    from pneumo.inference import forward_pass
+    from pneumo.models import conv_blocks
+    from pneumo.models.features import LAYOUT_BLOCKS, LAYOUT_GRID, feature_segments
+
+    images = real_images[:8]
+    ours = forward_pass(trained, images, features=True).features
+    maps: list[torch.Tensor] = []
+    blocks = [block for _, block in conv_blocks(trained)][:LAYOUT_BLOCKS]
+    handles = [b.register_forward_hook(lambda _m, _i, out: maps.append(out)) for b in blocks]
+    try:
+        forward_pass(trained, images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    segments = feature_segments(trained, 64)
+    for index, block_map in enumerate(maps):
+        start, end = segments[f"layout{index}"]
+        flat = block_map.float().numpy().reshape(*block_map.shape[:2], -1)
+        cells = block_map.shape[1] * LAYOUT_GRID * LAYOUT_GRID
+        spread = ours[:, start + cells : end]
+        np.testing.assert_allclose(spread, flat.std(axis=2, ddof=1), rtol=1e-4, atol=1e-6)
+    served = compile_network(trained, runtime, FP32, features=True)
+    theirs = forward_pass(served, images, features=True).features
+    np.testing.assert_allclose(theirs, ours, rtol=1e-3, atol=EQUAL)
+
+
 def test_the_export_is_cached_by_weights_features_and_code(
     trained: torch.nn.Module,
     untrained_twin: torch.nn.Module,
