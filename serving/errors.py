@@ -1,7 +1,7 @@
 """Every error answer in one JSON format, ``{"error": ..., "code": ...}``, whoever produced it.
 
 The routes of serving/api.py answer in this format themselves; BentoML's own answers (an unknown
-route, POST on /livez or /readyz, its request timeout) are plain text or lack a code, so the
+route, POST on /livez or /readyz) are plain text or lack a code, so the
 :class:`JsonErrors` middleware rewrites them on the way out. An exception that escapes below it
 without an answer (BentoML's /readyz raises TimeoutError while a model worker is still loading)
 is answered here: BentoML's request timeout would otherwise hold the request, and a shutdown that
