@@ -111,6 +111,8 @@ def main() -> None:
     from pneumo.registry.bento import import_champion
 
     images = [p.read_bytes() for p in sorted(args.originals.rglob("*.jpeg"))]
+    if not images:
+        sys.exit(f"no .jpeg files under {args.originals}: pass --originals")
     with tempfile.TemporaryDirectory(prefix="pneumo-soak-") as tmp:
         root = Path(tmp)
         params = root / "params.yaml"
@@ -133,7 +135,8 @@ def main() -> None:
             counts, samples = asyncio.run(run())
         finally:
             stop_server(process)
-    print(json.dumps({"minutes": args.minutes, "clients": args.clients, **counts,
+    model = {"arch": settings.model.arch, "trained": source is not None}
+    print(json.dumps({"minutes": args.minutes, "clients": args.clients, "model": model, **counts,
                       "samples": samples, "verdict": verdict(samples)}, indent=2))  # fmt: skip
 
 
