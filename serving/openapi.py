@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from serving.schema import (
     BATCH_ERRORS,
+    DEADLINE_ERRORS,
     EXPLAIN_ERRORS,
     FEEDBACK_ERRORS,
     FEEDBACK_EXAMPLE,
@@ -141,7 +142,7 @@ def _upload_operation(
     return {
         "summary": summary,
         "requestBody": _upload_body(field, many=field == "images"),
-        "responses": {"200": answer, **error_responses(UPLOAD_ERRORS, *errors)},
+        "responses": {"200": answer, **error_responses(UPLOAD_ERRORS, DEADLINE_ERRORS, *errors)},
     }
 
 
@@ -197,7 +198,7 @@ def _feedback_operation() -> dict[str, Any]:
                 "description": "replaced the reviewer's earlier feedback",
                 "content": _json(_ref(FeedbackAnswer), replaced),
             },
-            **error_responses(FEEDBACK_ERRORS),
+            **error_responses(FEEDBACK_ERRORS, DEADLINE_ERRORS),
         },
     }
 

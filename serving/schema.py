@@ -312,6 +312,8 @@ UPLOAD_ERRORS: dict[int, dict[str, str]] = {
     },
     500: {"internal_error": "a bug, logged by the service; the answer holds no details"},
 }
+# Any POST route: serving/deadline.py's answer when nothing started within traffic.timeout.
+DEADLINE_ERRORS = {504: {"timeout": "no answer started within the service's traffic.timeout"}}
 # The status every bad file shares, else 400.
 BATCH_ERRORS = {
     status: {"invalid_files": "files cannot be used (listed in files); nothing was predicted"}

@@ -106,3 +106,7 @@ def test_the_service_is_built_with_it(asgi_client, service_module) -> None:
     found = deadline_of(asgi_client.app)
     assert isinstance(found, RequestDeadline)
     assert found.timeout == service_module.PneumoniaService.config["traffic"]["timeout"] == 300
+    paths = asgi_client.get("/docs.json").json()["paths"]
+    for route in ("/predict", "/predict_batch", "/explain", "/feedback"):  # its 504, documented
+        schema = paths[route]["post"]["responses"]["504"]["content"]["application/json"]["schema"]
+        assert schema["properties"]["code"]["enum"] == ["timeout"]
