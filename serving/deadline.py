@@ -4,7 +4,7 @@ BentoML 1.4.40's ``TimeoutMiddleware`` arms one timer per request (``loop.call_l
 cancels it: the timer, the request's future and the context it was armed in (with the request's
 tracing span) stay alive for the whole timeout, 300 s for the front service, long after the
 answer. Under 8 clients that held ~220,000 objects after a minute, and the collections of the
-oldest generation that walk them grew from 2 to 166 ms, every request in the process waiting;
+oldest generation that walk them grew to 166 ms (2 ms without them), every request waiting;
 bench/soak.py saw the server's RSS rise by ~440 MB over the first five minutes before it
 levelled off. :class:`RequestDeadline` behaves as BentoML's does (an answer not started within
 the timeout is a 504, in pneumo's JSON error format; an answer under way is never cut) and
