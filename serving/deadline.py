@@ -15,14 +15,12 @@ its own: BentoML looks the class up in its module whenever it builds a service's
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any
 
 from bentoml._internal.server.http import traffic
 from starlette.types import Message, Receive, Scope, Send
 
-from serving.errors import error_body
+from serving.errors import send_error
 
 log = logging.getLogger(__name__)
 BENTOML_MIDDLEWARE = traffic.TimeoutMiddleware  # what install() replaces
@@ -66,23 +64,9 @@ def _expire(started: asyncio.Future[None]) -> None:
 async def _answer_timeout(scope: Scope, send: Send, timeout: float) -> None:
     log.warning("%s %s not answered within %g s: 504", scope.get("method"), scope.get("path"),
                 timeout)  # fmt: skip
-    body = json.dumps(error_body(504, f"no answer within {timeout:g} s: retry later")).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 504, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, 504, f"no answer within {timeout:g} s: retry later")
 
 
 def install() -> None:
     """Services built from now on get :class:`RequestDeadline` for their ``traffic.timeout``."""
     traffic.TimeoutMiddleware = RequestDeadline
-
-
-def deadline_of(app: Any) -> RequestDeadline | None:
-    """The deadline middleware in a built ASGI app's stack (tests and diagnostics)."""
-    seen: set[int] = set()
-    while app is not None and id(app) not in seen:
-        seen.add(id(app))
-        if isinstance(app, BENTOML_MIDDLEWARE):
-            return app if isinstance(app, RequestDeadline) else None
-        app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
-    return None

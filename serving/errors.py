@@ -46,6 +46,16 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
     return {"error": message, "code": code or status_code_name(status)}
 
 
+async def send_error(send: Send, status: int, message: str, code: str | None = None,
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:  # fmt: skip
+    """An error answer in the one JSON format, sent on a raw ASGI channel (the middlewares that
+    answer before or instead of a route)."""
+    body = json.dumps(error_body(status, message, code)).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*head, *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def http_error_message(scope: Scope, status: int, text: str) -> str:
     """A plain HTTP error's message, made to say what to do instead."""
     route = f"{scope.get('method', '')} {scope.get('path', '')}"
@@ -136,9 +146,4 @@ async def _answer_unhandled(scope: Scope, send: Send, exc: Exception) -> None:
     else:
         log.error("%s raised before answering", route, exc_info=exc)
     message = "the service is not ready: retry shortly" if transient else "internal error"
-    body = json.dumps(error_body(status, message)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if transient:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, status, message, headers=((b"retry-after", b"1"),) if transient else ())

@@ -16,12 +16,11 @@ Each refusal is one WARNING line and the service's ``{"error", "code"}`` shape.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.errors import error_body
+from serving.errors import send_error
 
 log = logging.getLogger(__name__)
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -79,9 +78,4 @@ class StrictFraming:
         status, code, message = found
         log.warning("%s %s refused: %s (%s)", scope.get("method"), scope.get("path", "")[:100],
                     code, message)  # fmt: skip
-        body = json.dumps(error_body(status, message, code)).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, status, message, code, headers=((b"connection", b"close"),))

@@ -21,7 +21,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumo.data.kermany import CLASSES
-from serving.errors import error_body
+from serving.errors import send_error
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,5 @@ def _parse(body: bytes) -> Any:
 
 
 async def _answer(send: Send, refusal: Refusal) -> None:
-    body = json.dumps(error_body(refusal.status, refusal.message, refusal.code)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]  # fmt: skip
-    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, refusal.status, refusal.message, refusal.code,
+                     headers=((b"connection", b"close"),))  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from serving.deadline import BENTOML_MIDDLEWARE, RequestDeadline, deadline_of
+from serving.deadline import BENTOML_MIDDLEWARE, RequestDeadline
 
 SCOPE = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
 
@@ -99,6 +99,17 @@ def test_a_request_cancelled_by_the_server_cancels_the_app_and_the_timer() -> No
 
     assert asyncio.run(scenario()) == []
     assert events == ["cancelled"]
+
+
+def deadline_of(app: Any) -> RequestDeadline | None:
+    """The deadline middleware in a built ASGI app's stack, if it is pneumo's."""
+    seen: set[int] = set()
+    while app is not None and id(app) not in seen:
+        seen.add(id(app))
+        if isinstance(app, BENTOML_MIDDLEWARE):
+            return app if isinstance(app, RequestDeadline) else None
+        app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
+    return None
 
 
 def test_the_service_is_built_with_it(asgi_client, service_module) -> None:
