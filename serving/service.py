@@ -43,7 +43,7 @@ from pneumo.config import ServeSettings, Settings, load_settings
 from pneumo.decision import Decision
 from pneumo.stored_model import CHAMPION_ALIAS, DECISION_FILE, METRICS_FILE, SERVE_ARGS_ENV
 from serving import api as routes
-from serving import deadline, timing
+from serving import deadline, timing, tracing
 from serving.api import ModelUnavailableError, create_app
 from serving.errors import JsonErrors
 from serving.framing import StrictFraming
@@ -72,6 +72,7 @@ from serving.web import read_model_card
 
 log = logging.getLogger("pneumo.serving")
 deadline.install()  # traffic.timeout below, without BentoML's timer that outlives each request
+tracing.install()  # BentoML's tracing middleware only when a span exporter is configured
 
 PARAMS_ENV = "PNEUMO_PARAMS"  # another params.yaml than the one beside the code
 MODEL_TAG_ENV = "PNEUMO_MODEL_TAG"  # another model than the Bento's champion (source serving)
