@@ -6,9 +6,10 @@ message, attributes read from the headers. With no exporter (BentoML's default, 
 exporter_type`` unset) no span ever leaves the process, yet under 8 clients sending the
 full-size originals that middleware took ~0.3 ms of the event loop's ~1.3 ms of CPU per
 /predict, and the loop's time is time every request waits for. :func:`install` keeps it out of
-the services BentoML builds while no exporter is configured; with one (BentoML's configuration,
-``tracing.exporter_type``: otlp, zipkin, jaeger or in_memory) the middleware is built as
-before, so traces still start here or continue an upstream caller's ``traceparent``.
+the services BentoML builds while no exporter is configured; with one (a ``BENTOML_CONFIG``
+file's ``services: {pneumonia-service: {tracing: {exporter_type: otlp | zipkin | jaeger |
+in_memory, ...}}}``) the middleware is built as before, so traces still start here or continue
+an upstream caller's ``traceparent``.
 
 Without it, error log lines carry no ``trace=`` suffix and answers no ``X-BentoML-Request-ID``
 (both came from the untraced span's ids); pneumo's own ``X-Request-Id`` is unchanged.

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from bentoml._internal.configuration.containers import BentoMLContainer
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.middleware import Middleware
 
 from serving import tracing
+from tests.serving.serving_support import ServingLab, serving
 
 
 class _Other:
@@ -68,3 +70,41 @@ def test_the_service_is_built_without_it(asgi_client) -> None:
     names = {t.__name__ for t in types}
     # The rest of BentoML's stack is untouched: its metrics, access log and deadline stay.
     assert {"RunnerTrafficMetricsMiddleware", "AccessLogMiddleware", "RequestDeadline"} <= names
+
+
+def _traced(lab: ServingLab, folder: Any, jpeg: bytes) -> tuple[httpx.Response, str]:
+    """One /predict to a real `bentoml serve` of the source; its answer and its access-log line."""
+    with serving("serving.service:PneumoniaService", lab, folder / "bentoml.log") as server:
+        answer = httpx.post(
+            f"{server.url}/predict", content=jpeg, headers={"content-type": "image/jpeg"},
+            timeout=60,
+        )  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        server.stop()  # the log is complete once the process is gone
+        lines = [line for line in server.log.read_text().splitlines() if "path=/predict" in line]
+    assert len(lines) == 1
+    return answer, lines[0]
+
+
+@pytest.mark.slow
+def test_a_real_server_traces_only_with_an_exporter(
+    serving_lab: ServingLab, jpeg_paths, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The span's ids show in BentoML's X-BentoML-Request-ID header and its log lines: absent by
+    default, there again once a BENTOML_CONFIG file names an exporter for the front service."""
+    jpeg = jpeg_paths[0].read_bytes()
+    monkeypatch.delenv("BENTOML_CONFIG", raising=False)
+    (tmp_path / "plain").mkdir()
+    answer, line = _traced(serving_lab, tmp_path / "plain", jpeg)
+    assert "x-bentoml-request-id" not in answer.headers and "trace=" not in line
+    assert answer.headers["x-request-id"] == answer.json()["request_id"]  # pneumo's own id
+
+    config = tmp_path / "bentoml.yaml"
+    config.write_text(
+        "services:\n  pneumonia-service:\n    tracing:\n      exporter_type: in_memory\n"
+    )
+    monkeypatch.setenv("BENTOML_CONFIG", str(config))
+    (tmp_path / "traced").mkdir()
+    answer, line = _traced(serving_lab, tmp_path / "traced", jpeg)
+    span = answer.headers["x-bentoml-request-id"]
+    assert f"span={span}" in line and "trace=" in line
