@@ -11,8 +11,9 @@ file's ``services: {pneumonia-service: {tracing: {exporter_type: otlp | zipkin |
 in_memory, ...}}}``) the middleware is built as before, so traces still start here or continue
 an upstream caller's ``traceparent``.
 
-Without it, error log lines carry no ``trace=`` suffix and answers no ``X-BentoML-Request-ID``
-(both came from the untraced span's ids); pneumo's own ``X-Request-Id`` is unchanged.
+Without it, the log lines written during a request (BentoML's access log among them) carry no
+``trace=`` suffix and answers no ``X-BentoML-Request-ID`` (both came from the unsent span's ids);
+pneumo's own ``X-Request-Id`` is unchanged.
 """
 
 from __future__ import annotations
