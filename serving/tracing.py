@@ -24,7 +24,11 @@ from _bentoml_impl.server import app as bentoml_app
 from bentoml._internal.configuration.containers import BentoMLContainer
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-BENTOML_MIDDLEWARES = bentoml_app.ServiceAppFactory.middlewares  # what install() wraps
+_ORIGINAL = "_pneumo_bentoml_middlewares"  # where install() keeps BentoML's own property
+# What install() wraps: BentoML's property, also when this module is imported again.
+BENTOML_MIDDLEWARES = getattr(
+    bentoml_app.ServiceAppFactory, _ORIGINAL, bentoml_app.ServiceAppFactory.middlewares
+)
 
 
 def tracing_exporter() -> str | None:
@@ -43,4 +47,6 @@ def _middlewares(factory: Any) -> list[Any]:
 def install() -> None:
     """Service apps built from now on leave out the tracing middleware unless an exporter is
     configured (checked when each app is built, in its own server process)."""
-    bentoml_app.ServiceAppFactory.middlewares = property(_middlewares)
+    factory = bentoml_app.ServiceAppFactory
+    setattr(factory, _ORIGINAL, BENTOML_MIDDLEWARES)
+    factory.middlewares = property(_middlewares)

@@ -6,6 +6,7 @@ per /predict; with one, traces must still be made.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import httpx
@@ -108,3 +109,16 @@ def test_a_real_server_traces_only_with_an_exporter(
     answer, line = _traced(serving_lab, tmp_path / "traced", jpeg)
     span = answer.headers["x-bentoml-request-id"]
     assert f"span={span}" in line and "trace=" in line
+
+
+def test_installing_twice_still_wraps_bentomls_own(asgi_client) -> None:
+    """A second import (a reload, the Bento's copy) wraps BentoML's property, not its own."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    original = tracing.BENTOML_MIDDLEWARES
+    importlib.reload(tracing)
+    tracing.install()
+    assert tracing.BENTOML_MIDDLEWARES is original
+    assert original.fget.__module__ == "_bentoml_impl.server.app"  # not a wrapper of a wrapper
+    assert ServiceAppFactory.middlewares.fget is tracing._middlewares
+    assert asgi_client.get("/livez").status_code == 200
