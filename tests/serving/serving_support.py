@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import torch
@@ -45,6 +45,15 @@ class ServingLab:
     workspace: Workspace
     home: Path
     model_tag: str
+
+
+def middleware_chain(app: Any) -> list[Any]:
+    """A built ASGI app and the middlewares it wraps, outermost first."""
+    chain: list[Any] = []
+    while app is not None and all(app is not seen for seen in chain):
+        chain.append(app)
+        app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
+    return chain
 
 
 def make_workspace(root: Path, seed: int = 0) -> Workspace:

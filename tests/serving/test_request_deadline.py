@@ -15,6 +15,7 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from serving.deadline import BENTOML_MIDDLEWARE, RequestDeadline
+from tests.serving.serving_support import middleware_chain
 
 SCOPE = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
 
@@ -103,13 +104,8 @@ def test_a_request_cancelled_by_the_server_cancels_the_app_and_the_timer() -> No
 
 def deadline_of(app: Any) -> RequestDeadline | None:
     """The deadline middleware in a built ASGI app's stack, if it is pneumo's."""
-    seen: set[int] = set()
-    while app is not None and id(app) not in seen:
-        seen.add(id(app))
-        if isinstance(app, BENTOML_MIDDLEWARE):
-            return app if isinstance(app, RequestDeadline) else None
-        app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
-    return None
+    found = next((m for m in middleware_chain(app) if isinstance(m, BENTOML_MIDDLEWARE)), None)
+    return found if isinstance(found, RequestDeadline) else None
 
 
 def test_the_service_is_built_with_it(asgi_client, service_module) -> None:

@@ -16,23 +16,12 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.middleware import Middleware
 
 from serving import tracing
-from tests.serving.serving_support import ServingLab, serving
+from tests.serving.serving_support import ServingLab, middleware_chain, serving
 
 
 class _Other:
     def __init__(self, app: Any) -> None:
         self.app = app
-
-
-def _stack_types(app: Any) -> list[type]:
-    """The classes of a built ASGI app's middleware chain, outermost first."""
-    seen: set[int] = set()
-    types = []
-    while app is not None and id(app) not in seen:
-        seen.add(id(app))
-        types.append(type(app))
-        app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
-    return types
 
 
 @pytest.fixture
@@ -66,7 +55,7 @@ def test_the_service_is_built_without_it(asgi_client) -> None:
     assert ServiceAppFactory.middlewares.fget is tracing._middlewares  # installed by the service
     response = asgi_client.get("/livez")  # the app's stack is built by now
     assert response.status_code == 200
-    types = _stack_types(asgi_client.app)
+    types = [type(m) for m in middleware_chain(asgi_client.app)]
     assert OpenTelemetryMiddleware not in types
     names = {t.__name__ for t in types}
     # The rest of BentoML's stack is untouched: its metrics, access log and deadline stay.
